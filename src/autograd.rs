@@ -1,0 +1,196 @@
+//! The tape (a Wengert list): reverse-mode automatic differentiation in one screen.
+//!
+//! Every op that sees an input needing a gradient pushes a [`Node`] holding its input variables and
+//! a `backward` closure that has captured exactly the tensors it needs. Because nodes are pushed in
+//! the order they run, the tape is already topologically sorted: [`Tape::backward`] walks it in
+//! reverse, hands each closure the gradient of its output, and adds (`+=`) what comes back into the
+//! gradients of the inputs. Each closure is consumed as it runs, so what it saved is freed at once.
+//! DARTS needs first derivatives only (its second-order term is a finite difference), so there is
+//! no double backward.
+
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// A handle to a value recorded on a [`Tape`]. Cheap to copy; meaningful only on its own tape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Var(usize);
+
+impl Var {
+    /// The position of this variable on its tape.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// Given the gradient of an op's output and which inputs need a gradient, returns one gradient per
+/// input (`None` where not needed). Runs at most once.
+pub type BackwardFn = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
+
+/// One recorded op: its name, its inputs, its output and how to send a gradient back through it.
+struct Node {
+    op: &'static str,
+    inputs: Vec<Var>,
+    output: Var,
+    backward: Option<BackwardFn>,
+}
+
+/// A record of the ops of one forward pass, for computing gradients.
+#[derive(Default)]
+pub struct Tape {
+    values: Vec<Tensor>,
+    requires_grad: Vec<bool>,
+    nodes: Vec<Node>,
+}
+
+impl Tape {
+    /// An empty tape.
+    pub fn new() -> Tape {
+        Tape::default()
+    }
+
+    /// Puts a tensor on the tape that needs no gradient (input data, labels, frozen weights).
+    pub fn constant(&mut self, value: Tensor) -> Var {
+        self.push_value(value, false)
+    }
+
+    /// Puts a tensor on the tape whose gradient will be asked for (a parameter).
+    pub fn leaf(&mut self, value: Tensor) -> Var {
+        self.push_value(value, true)
+    }
+
+    fn push_value(&mut self, value: Tensor, requires_grad: bool) -> Var {
+        self.values.push(value);
+        self.requires_grad.push(requires_grad);
+        Var(self.values.len() - 1)
+    }
+
+    /// The value of a variable.
+    pub fn value(&self, var: Var) -> &Tensor {
+        &self.values[var.0]
+    }
+
+    /// The shape of a variable's value.
+    pub fn shape(&self, var: Var) -> &[usize] {
+        self.values[var.0].shape()
+    }
+
+    /// Whether a gradient flows into this variable from some leaf.
+    pub fn requires_grad(&self, var: Var) -> bool {
+        self.requires_grad[var.0]
+    }
+
+    /// The number of ops recorded for backward.
+    pub fn num_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Records the result of an op. When none of `inputs` needs a gradient the closure is dropped
+    /// and the output is a constant; otherwise the node is kept for [`Tape::backward`].
+    pub fn record(
+        &mut self,
+        op: &'static str,
+        output: Tensor,
+        inputs: &[Var],
+        backward: impl FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
+    ) -> Var {
+        let needs_grad = inputs.iter().any(|v| self.requires_grad[v.0]);
+        let out = self.push_value(output, needs_grad);
+        if needs_grad {
+            self.nodes.push(Node {
+                op,
+                inputs: inputs.to_vec(),
+                output: out,
+                backward: Some(Box::new(backward)),
+            });
+        }
+        out
+    }
+
+    /// Gradients of the scalar `loss` with respect to each of `wrt` (zeros for a variable the loss
+    /// does not depend on). Consumes the recorded backward closures: call it once per tape.
+    pub fn backward(&mut self, loss: Var, wrt: &[Var]) -> Result<Vec<Tensor>> {
+        self.check_var(loss)?;
+        if self.values[loss.0].numel() != 1 {
+            return Err(Error::shape(
+                "Tape::backward",
+                "a one-element loss",
+                self.values[loss.0].shape(),
+            ));
+        }
+        let seed = Tensor::full(self.values[loss.0].shape(), 1.0)?;
+        self.backward_from(loss, seed, wrt)
+    }
+
+    /// Vector-Jacobian product: the gradients of `Σ output ⊙ seed` with respect to `wrt`.
+    pub fn backward_from(&mut self, output: Var, seed: Tensor, wrt: &[Var]) -> Result<Vec<Tensor>> {
+        self.check_var(output)?;
+        for &v in wrt {
+            self.check_var(v)?;
+        }
+        if seed.shape() != self.values[output.0].shape() {
+            return Err(Error::shape(
+                "Tape::backward_from",
+                format!("seed of the output's shape {:?}", self.shape(output)),
+                seed.shape(),
+            ));
+        }
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.values.len()];
+        grads[output.0] = Some(seed);
+        for node in self.nodes.iter_mut().rev() {
+            let Some(grad_out) = grads[node.output.0].take() else {
+                continue;
+            };
+            let Some(backward) = node.backward.take() else {
+                return Err(Error::invalid(
+                    "Tape::backward",
+                    "this tape's backward has already run",
+                ));
+            };
+            let needs: Vec<bool> = node
+                .inputs
+                .iter()
+                .map(|v| self.requires_grad[v.0])
+                .collect();
+            let input_grads = backward(&grad_out, &needs)?;
+            if input_grads.len() != node.inputs.len() {
+                return Err(Error::WrongInputCount {
+                    op: node.op,
+                    expected: format!("{} input gradients", node.inputs.len()),
+                    got: input_grads.len(),
+                });
+            }
+            for (input, grad) in node.inputs.iter().zip(input_grads) {
+                let Some(grad) = grad else { continue };
+                if !self.requires_grad[input.0] {
+                    continue;
+                }
+                if grad.shape() != self.values[input.0].shape() {
+                    return Err(Error::shape(
+                        node.op,
+                        format!("input gradient of shape {:?}", self.values[input.0].shape()),
+                        grad.shape(),
+                    ));
+                }
+                grads[input.0] = Some(match grads[input.0].take() {
+                    None => grad,
+                    Some(acc) => acc.zip_map(&grad, |a, b| a + b)?,
+                });
+            }
+            // The output's gradient (taken above) and the closure's saved tensors are dropped here.
+        }
+        wrt.iter()
+            .map(|v| match &grads[v.0] {
+                Some(g) => Ok(g.clone()),
+                None => Tensor::zeros(self.values[v.0].shape()),
+            })
+            .collect()
+    }
+
+    fn check_var(&self, var: Var) -> Result<()> {
+        if var.0 < self.values.len() {
+            Ok(())
+        } else {
+            Err(Error::UnknownVar(var.0))
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Elementwise kernels and activations: forward and the derivative rules used by backward.
+
+use super::{map, zip};
+
+/// `max(x, 0)`.
+pub fn relu(x: &[f32]) -> Vec<f32> {
+    map(x, |v| v.max(0.0))
+}
+
+/// `dy · [x > 0]`.
+pub fn relu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    zip(x, dy, |x, g| if x > 0.0 { g } else { 0.0 })
+}
+
+/// `tanh(x)`.
+pub fn tanh(x: &[f32]) -> Vec<f32> {
+    map(x, f32::tanh)
+}
+
+/// `dy · (1 − y²)` where `y = tanh(x)`.
+pub fn tanh_backward(y: &[f32], dy: &[f32]) -> Vec<f32> {
+    zip(y, dy, |y, g| g * (1.0 - y * y))
+}
+
+/// `1 / (1 + e^(−x))`, written to avoid overflow for large |x|.
+pub fn sigmoid(x: &[f32]) -> Vec<f32> {
+    map(x, sigmoid_scalar)
+}
+
+/// The logistic function of one value.
+pub fn sigmoid_scalar(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// `dy · y · (1 − y)` where `y = sigmoid(x)`.
+pub fn sigmoid_backward(y: &[f32], dy: &[f32]) -> Vec<f32> {
+    zip(y, dy, |y, g| g * y * (1.0 - y))
+}
+
+/// `a + b`.
+pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    zip(a, b, |a, b| a + b)
+}
+
+/// `a − b`.
+pub fn sub(a: &[f32], b: &[f32]) -> Vec<f32> {
+    zip(a, b, |a, b| a - b)
+}
+
+/// `a ⊙ b`.
+pub fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
+    zip(a, b, |a, b| a * b)
+}
+
+/// `s · x`.
+pub fn scale(x: &[f32], s: f32) -> Vec<f32> {
+    map(x, |v| v * s)
+}
+
+/// `Σₖ wₖ · xₖ`, summed in `k` order (the DARTS mixed op).
+pub fn weighted_sum(xs: &[&[f32]], weights: &[f32]) -> Vec<f32> {
+    let mut out = scale(xs[0], weights[0]);
+    for (x, &w) in xs.iter().zip(weights).skip(1) {
+        out = zip(&out, x, |acc, v| acc + w * v);
+    }
+    out
+}

@@ -1,0 +1,18 @@
+//! darts-rs: a from-scratch deep-learning engine (tensors, a tape-based autograd, layers and
+//! optimizers on a CPU reference backend) and DARTS, Differentiable Architecture Search
+//! (Liu, Simonyan & Yang, ICLR 2019), written directly against it.
+
+pub mod autograd;
+pub mod device;
+pub mod error;
+pub mod gradcheck;
+pub mod ops;
+pub mod optim;
+pub mod rng;
+pub mod tensor;
+
+pub use autograd::{Tape, Var};
+pub use device::Device;
+pub use error::{Error, Result};
+pub use rng::Rng;
+pub use tensor::Tensor;

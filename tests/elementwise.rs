@@ -1,0 +1,145 @@
+mod common;
+
+use common::{assert_gradients, randn, randn_away_from_zero};
+use darts::gradcheck::{GradCheck, check_gradients};
+use darts::ops::elementwise as ew;
+use darts::{Error, Tape, Tensor};
+
+#[test]
+fn activations_match_their_formulas() {
+    let x = randn(&[3, 5, 7], 1);
+    let mut tape = Tape::new();
+    let v = tape.constant(x.clone());
+    let r = ew::relu(&mut tape, v).unwrap();
+    let t = ew::tanh(&mut tape, v).unwrap();
+    let s = ew::sigmoid(&mut tape, v).unwrap();
+    for (i, &xi) in x.data().iter().enumerate() {
+        assert_eq!(tape.value(r).data()[i], xi.max(0.0));
+        assert!((tape.value(t).data()[i] - xi.tanh()).abs() < 1e-6);
+        assert!((tape.value(s).data()[i] - 1.0 / (1.0 + (-xi).exp())).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn relu_gradient() {
+    let x = randn_away_from_zero(&[2, 3, 5, 7], 2, 0.01);
+    assert_gradients("relu", &[x], |t, v| ew::relu(t, v[0]));
+}
+
+#[test]
+fn tanh_and_sigmoid_gradients() {
+    let x = randn(&[31, 3], 3);
+    assert_gradients("tanh", &[x.clone()], |t, v| ew::tanh(t, v[0]));
+    assert_gradients("sigmoid", &[x], |t, v| ew::sigmoid(t, v[0]));
+}
+
+#[test]
+fn arithmetic_gradients() {
+    let a = randn(&[3, 11], 4);
+    let b = randn(&[3, 11], 5);
+    let ab = [a.clone(), b.clone()];
+    assert_gradients("add", &ab, |t, v| ew::add(t, v[0], v[1]));
+    assert_gradients("sub", &ab, |t, v| ew::sub(t, v[0], v[1]));
+    assert_gradients("mul", &ab, |t, v| ew::mul(t, v[0], v[1]));
+    assert_gradients("scale", &[a], |t, v| ew::scale(t, v[0], -2.5));
+    // A variable used twice gets both contributions: d(x·x)/dx = 2x.
+    assert_gradients("mul(x, x)", &[b], |t, v| ew::mul(t, v[0], v[0]));
+}
+
+#[test]
+fn identity_passes_gradient_through() {
+    let x = randn(&[5], 6);
+    assert_gradients("identity", &[x], |t, v| {
+        let y = ew::identity(t, v[0])?;
+        ew::scale(t, y, 3.0)
+    });
+}
+
+#[test]
+fn weighted_sum_gradient_reaches_inputs_and_weights() {
+    let xs: Vec<Tensor> = (0..4).map(|i| randn(&[2, 3, 5, 5], 10 + i)).collect();
+    let w = randn(&[4], 20);
+    let mut inputs = xs.clone();
+    inputs.push(w);
+    assert_gradients("weighted_sum", &inputs, |t, v| {
+        ew::weighted_sum(t, &v[..4], v[4])
+    });
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let mut tape = Tape::new();
+    let a = tape.constant(randn(&[2, 3], 1));
+    let b = tape.constant(randn(&[3, 2], 2));
+    let w = tape.constant(randn(&[3], 3));
+    assert!(matches!(
+        ew::add(&mut tape, a, b),
+        Err(Error::ShapeMismatch { op: "add", .. })
+    ));
+    assert!(matches!(
+        ew::weighted_sum(&mut tape, &[a, a], w),
+        Err(Error::ShapeMismatch {
+            op: "weighted_sum",
+            ..
+        })
+    ));
+    assert!(matches!(
+        ew::weighted_sum(&mut tape, &[], w),
+        Err(Error::WrongInputCount { .. })
+    ));
+    assert!(matches!(
+        Tensor::zeros(&[2, 0, 3]),
+        Err(Error::ZeroSizedDim { .. })
+    ));
+    assert!(Tensor::from_vec(vec![1.0; 5], &[2, 3]).is_err());
+}
+
+/// The gradient check must be able to fail: a tanh whose backward forgets to square `y`
+/// (`1 − y` instead of `1 − y²`) is caught, while the correct rule passes.
+#[test]
+fn gradient_check_catches_a_wrong_backward() {
+    let x = randn(&[4, 9], 7);
+    let tanh_with = |wrong: bool| {
+        move |tape: &mut Tape, v: &[darts::Var]| {
+            let y = tape.value(v[0]).map(f32::tanh);
+            let saved = y.clone();
+            Ok(tape.record("tanh", y, &[v[0]], move |dy, _| {
+                let d = saved.zip_map(dy, |y, g| {
+                    if wrong {
+                        g * (1.0 - y)
+                    } else {
+                        g * (1.0 - y * y)
+                    }
+                })?;
+                Ok(vec![Some(d)])
+            }))
+        }
+    };
+    let right = check_gradients(&[x.clone()], GradCheck::default(), tanh_with(false)).unwrap();
+    let wrong = check_gradients(&[x], GradCheck::default(), tanh_with(true)).unwrap();
+    assert!(right.passed(), "{right:?}");
+    assert!(
+        !wrong.passed(),
+        "a wrong backward passed the gradient check"
+    );
+}
+
+#[test]
+fn backward_returns_zeros_for_unused_leaves() {
+    let x = randn(&[3], 1);
+    let mut tape = Tape::new();
+    let a = tape.leaf(x.clone());
+    let unused = tape.leaf(randn(&[2], 2));
+    let y = ew::mul(&mut tape, a, a).unwrap();
+    // A non-scalar loss is an error that names the problem.
+    assert!(matches!(
+        tape.backward(y, &[a]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let seed = Tensor::full(&[3], 1.0).unwrap();
+    let grads = tape.backward_from(y, seed, &[a, unused]).unwrap();
+    for (g, x) in grads[0].data().iter().zip(x.data()) {
+        assert!((g - 2.0 * x).abs() < 1e-6);
+    }
+    assert_eq!(grads[1].data(), &[0.0, 0.0]);
+}
