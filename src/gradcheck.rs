@@ -128,7 +128,8 @@ pub fn check_gradients(
             let value = analytic[input].data()[index] as f64;
             report.checked += 1;
             let tolerance = settings.atol + settings.rtol * value.abs().max(numeric.abs());
-            if !((value - numeric).abs() <= tolerance) {
+            let difference = (value - numeric).abs();
+            if difference > tolerance || difference.is_nan() {
                 report.mismatches.push(Mismatch {
                     input,
                     index,

@@ -6,10 +6,13 @@ pub mod autograd;
 pub mod device;
 pub mod error;
 pub mod gradcheck;
+pub mod io;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{Tape, Var};
 pub use device::Device;

@@ -1,1 +1,247 @@
-//! (being written)
+//! Batch normalisation over (N, H, W) per channel, on `[N, C, H, W]` or `[N, C]` inputs, in
+//! training mode (batch statistics) and eval mode (running statistics), and PyTorch's update of
+//! the running statistics. The layer that owns the running buffers lives in `nn`.
+//!
+//! Backward, per channel, with `M = N·H·W`, `x̂ = (x − μ)/σ`, `σ = √(var + eps)` and
+//! `y = γ·x̂ + β`: `dγ = Σ dy·x̂` and `dβ = Σ dy` in both modes. In eval mode μ and σ are constants,
+//! so `dx = (γ/σ)·dy`. In training mode μ and the biased variance depend on x:
+//! `∂x̂ⱼ/∂xᵢ = (δᵢⱼ − 1/M − x̂ᵢ·x̂ⱼ/M)/σ` (the `1/M` from μ, the last term from σ), so
+//! `dxᵢ = Σⱼ γ·dyⱼ·∂x̂ⱼ/∂xᵢ = (γ/σ)·(dyᵢ − mean(dy) − x̂ᵢ·mean(dy·x̂))`, the means over the M
+//! elements of the channel. Without affine parameters γ = 1.
+
+use crate::autograd::{Tape, Var};
+use crate::device::cpu::batchnorm::{self as k, ChannelLayout, Normalizer};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Batch statistics of one training-mode forward, per channel: the mean and the unbiased variance
+/// (`Σ (x − μ)² / (M − 1)`, what PyTorch folds into the running variance).
+#[derive(Debug, Clone)]
+pub struct BatchStats {
+    /// Per-channel batch mean.
+    pub mean: Vec<f32>,
+    /// Per-channel unbiased batch variance.
+    pub var_unbiased: Vec<f32>,
+}
+
+/// The layout of a `[N, C, H, W]` or `[N, C]` input.
+fn layout(tape: &Tape, op: &'static str, x: Var) -> Result<ChannelLayout> {
+    match *tape.shape(x) {
+        [n, c, h, w] => Ok(ChannelLayout { n, c, hw: h * w }),
+        [n, c] => Ok(ChannelLayout { n, c, hw: 1 }),
+        ref other => Err(Error::shape(
+            op,
+            "2 dimensions (N, C) or 4 (N, C, H, W)",
+            other,
+        )),
+    }
+}
+
+/// Checks that `shape` is `[c]`; `what` names the tensor for the error.
+fn check_channels(op: &'static str, what: &str, shape: &[usize], c: usize) -> Result<()> {
+    if shape != [c] {
+        return Err(Error::shape(
+            op,
+            format!("{what} of shape [{c}] (one per channel)"),
+            shape,
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `eps` is finite and not negative.
+fn check_eps(op: &'static str, eps: f32) -> Result<()> {
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::invalid(
+            op,
+            format!("eps must be finite and non-negative, got {eps}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `1/√(var + eps)` per channel, in f64.
+fn inv_std(var: impl Iterator<Item = f64>, eps: f32) -> Vec<f32> {
+    var.map(|v| (1.0 / (v + eps as f64).sqrt()) as f32)
+        .collect()
+}
+
+/// Applies `y = γ·(x − μ)·inv_std + β` with the given normalisation and records the backward;
+/// `train` says whether μ and σ were computed from `x` (so the input gradient has the two extra
+/// terms of the training-mode rule in the module comment).
+fn normalize(
+    tape: &mut Tape,
+    op: &'static str,
+    x: Var,
+    l: ChannelLayout,
+    affine: Option<(Var, Var)>,
+    norm: Normalizer,
+    train: bool,
+) -> Result<Var> {
+    let (gamma, beta) = match affine {
+        Some((g, b)) => {
+            check_channels(op, "gamma", tape.shape(g), l.c)?;
+            check_channels(op, "beta", tape.shape(b), l.c)?;
+            (tape.value(g).to_vec(), tape.value(b).to_vec())
+        }
+        None => (vec![1.0; l.c], vec![0.0; l.c]),
+    };
+    // y = x·scale + shift with scale = γ/σ (also the factor k of the input gradient) and
+    // shift = β − μ·scale.
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(&norm.inv_std)
+        .map(|(g, s)| g * s)
+        .collect();
+    let shift: Vec<f32> = beta
+        .iter()
+        .zip(norm.mean.iter().zip(&scale))
+        .map(|(b, (m, a))| b - m * a)
+        .collect();
+    let xv = tape.value(x).clone();
+    let y = Tensor::from_vec(k::scale_shift(xv.data(), &l, &scale, &shift), xv.shape())?;
+    let inputs: Vec<Var> = match affine {
+        Some((g, b)) => vec![x, g, b],
+        None => vec![x],
+    };
+    Ok(tape.record(op, y, &inputs, move |dy, needs| {
+        let c = l.c;
+        let sums_needed = (train && needs[0]) || (needs.len() == 3 && (needs[1] || needs[2]));
+        let (sum_dy, sum_dy_xhat) = if sums_needed {
+            k::channel_grad_sums(xv.data(), dy.data(), &l, &norm)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut grads = Vec::with_capacity(needs.len());
+        grads.push(if !needs[0] {
+            None
+        } else if train {
+            let count = l.per_channel() as f64;
+            let mean_of =
+                |s: &[f64]| -> Vec<f32> { s.iter().map(|v| (v / count) as f32).collect() };
+            let (mean_dy, mean_dy_xhat) = (mean_of(&sum_dy), mean_of(&sum_dy_xhat));
+            let dx = k::normalize_backward(
+                xv.data(),
+                dy.data(),
+                &l,
+                &norm,
+                &scale,
+                &mean_dy,
+                &mean_dy_xhat,
+            );
+            Some(Tensor::from_vec(dx, xv.shape())?)
+        } else {
+            let dx = k::scale_shift(dy.data(), &l, &scale, &vec![0.0; c]);
+            Some(Tensor::from_vec(dx, xv.shape())?)
+        });
+        if needs.len() == 3 {
+            for (need, sums) in [(needs[1], &sum_dy_xhat), (needs[2], &sum_dy)] {
+                grads.push(if need {
+                    let g = sums.iter().map(|&v| v as f32).collect();
+                    Some(Tensor::from_vec(g, &[c])?)
+                } else {
+                    None
+                });
+            }
+        }
+        Ok(grads)
+    }))
+}
+
+/// Training-mode batch norm over (N, H, W) per channel with the biased batch variance:
+/// `y = (x − mean)/√(var + eps)·γ + β`, where `affine` is `Some((γ [C], β [C]))` or `None`
+/// (γ = 1, β = 0). Accepts `[N, C, H, W]` or `[N, C]`; each channel needs more than one value.
+/// Returns the output and the batch statistics, for the layer to update its running buffers.
+pub fn batch_norm_train(
+    tape: &mut Tape,
+    x: Var,
+    affine: Option<(Var, Var)>,
+    eps: f32,
+) -> Result<(Var, BatchStats)> {
+    const OP: &str = "batch_norm_train";
+    let l = layout(tape, OP, x)?;
+    check_eps(OP, eps)?;
+    let count = l.per_channel();
+    if count < 2 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "training needs more than 1 value per channel, got input shape {:?}",
+                tape.shape(x)
+            ),
+        ));
+    }
+    let (mean, m2) = k::channel_moments(tape.value(x).data(), &l);
+    let stats = BatchStats {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        var_unbiased: m2
+            .iter()
+            .map(|&s| (s / (count - 1) as f64) as f32)
+            .collect(),
+    };
+    let norm = Normalizer {
+        mean: stats.mean.clone(),
+        inv_std: inv_std(m2.iter().map(|&s| s / count as f64), eps),
+    };
+    let y = normalize(tape, OP, x, l, affine, norm, true)?;
+    Ok((y, stats))
+}
+
+/// Eval-mode batch norm with the given running statistics (`[C]` each):
+/// `y = (x − running_mean)/√(running_var + eps)·γ + β`. The statistics are constants; the gradient
+/// flows to x and to γ, β.
+pub fn batch_norm_eval(
+    tape: &mut Tape,
+    x: Var,
+    affine: Option<(Var, Var)>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<Var> {
+    const OP: &str = "batch_norm_eval";
+    let l = layout(tape, OP, x)?;
+    check_eps(OP, eps)?;
+    check_channels(OP, "running_mean", running_mean.shape(), l.c)?;
+    check_channels(OP, "running_var", running_var.shape(), l.c)?;
+    let norm = Normalizer {
+        mean: running_mean.to_vec(),
+        inv_std: inv_std(running_var.data().iter().map(|&v| v as f64), eps),
+    };
+    normalize(tape, OP, x, l, affine, norm, false)
+}
+
+/// PyTorch's running-statistics update, `running ← (1 − momentum)·running + momentum·batch`, with
+/// the unbiased batch variance for the running variance (computed in f64). Returns the new
+/// (mean, var) tensors.
+pub fn update_running_stats(
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    stats: &BatchStats,
+    momentum: f32,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "update_running_stats";
+    let c = stats.mean.len();
+    check_channels(OP, "running_mean", running_mean.shape(), c)?;
+    check_channels(OP, "running_var", running_var.shape(), c)?;
+    check_channels(OP, "the batch variance", &[stats.var_unbiased.len()], c)?;
+    if !(0.0..=1.0).contains(&momentum) {
+        return Err(Error::invalid(
+            OP,
+            format!("momentum must lie in [0, 1], got {momentum}"),
+        ));
+    }
+    let m = momentum as f64;
+    let blend = |running: &Tensor, batch: &[f32]| -> Result<Tensor> {
+        let data = running
+            .data()
+            .iter()
+            .zip(batch)
+            .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b as f64) as f32)
+            .collect();
+        Tensor::from_vec(data, &[c])
+    };
+    Ok((
+        blend(running_mean, &stats.mean)?,
+        blend(running_var, &stats.var_unbiased)?,
+    ))
+}

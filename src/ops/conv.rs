@@ -1,1 +1,227 @@
-//! (being written)
+//! 2-D convolution (PyTorch's `conv2d`): stride, zero padding, dilation and channel groups, with
+//! rectangular kernels.
+
+use crate::autograd::{Tape, Var};
+use crate::device::cpu::conv::{self as k, ConvGeometry};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Stride, padding, dilation (each `[height, width]`) and groups of a 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Step between windows.
+    pub stride: [usize; 2],
+    /// Implicit zeros added on both sides of the input.
+    pub padding: [usize; 2],
+    /// Spacing between kernel taps (2 gives DARTS' dilated convs).
+    pub dilation: [usize; 2],
+    /// Channel groups: `Cin/groups` input channels feed each block of `Cout/groups` outputs
+    /// (`groups == Cin == Cout` is a depthwise conv).
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    /// Stride 1, padding 0, dilation 1, one group.
+    fn default() -> Self {
+        Conv2dParams {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dParams {
+    /// Square stride and padding, dilation 1, one group.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Conv2dParams {
+            stride: [stride; 2],
+            padding: [padding; 2],
+            ..Conv2dParams::default()
+        }
+    }
+
+    /// The same parameters with dilation `d` along both axes.
+    pub fn dilation(self, d: usize) -> Self {
+        Conv2dParams {
+            dilation: [d; 2],
+            ..self
+        }
+    }
+
+    /// The same parameters with `g` channel groups.
+    pub fn groups(self, g: usize) -> Self {
+        Conv2dParams { groups: g, ..self }
+    }
+
+    /// The output height and width for an input of `input_hw` and a kernel of `kernel_hw`:
+    /// `(in + 2·padding − dilation·(k − 1) − 1) / stride + 1` per axis. `None` when the dilated
+    /// window does not fit in the padded input, or a stride, dilation or size is zero.
+    pub fn output_size(&self, input_hw: [usize; 2], kernel_hw: [usize; 2]) -> Option<[usize; 2]> {
+        let axis = |a: usize| -> Option<usize> {
+            let (size, kernel) = (input_hw[a], kernel_hw[a]);
+            let (stride, dilation) = (self.stride[a], self.dilation[a]);
+            if size == 0 || kernel == 0 || stride == 0 || dilation == 0 {
+                return None;
+            }
+            let window = dilation.checked_mul(kernel - 1)?.checked_add(1)?;
+            let padded = size.checked_add(self.padding[a].checked_mul(2)?)?;
+            padded.checked_sub(window).map(|room| room / stride + 1)
+        };
+        Some([axis(0)?, axis(1)?])
+    }
+
+    /// Checks `x: [N, Cin, H, W]`, `weight: [Cout, Cin/groups, kh, kw]` and the bias shape against
+    /// these parameters and returns the convolution's geometry.
+    fn geometry(
+        &self,
+        x: &[usize],
+        weight: &[usize],
+        bias: Option<&[usize]>,
+    ) -> Result<ConvGeometry> {
+        const OP: &str = "conv2d";
+        let &[batch, c_in, h, w] = x else {
+            return Err(Error::shape(OP, "input of 4 dimensions (N, C, H, W)", x));
+        };
+        let &[c_out, cin_g, kh, kw] = weight else {
+            return Err(Error::shape(
+                OP,
+                "weight of 4 dimensions (Cout, Cin/groups, kh, kw)",
+                weight,
+            ));
+        };
+        if self.stride.contains(&0) || self.dilation.contains(&0) || self.groups == 0 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "stride {:?}, dilation {:?} and groups {} must all be positive",
+                    self.stride, self.dilation, self.groups
+                ),
+            ));
+        }
+        if c_in % self.groups != 0 || c_out % self.groups != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "groups {} must divide the input channels {c_in} and the output channels {c_out}",
+                    self.groups
+                ),
+            ));
+        }
+        if cin_g * self.groups != c_in {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "weight with {} input channels per group ({c_in} channels / {} groups)",
+                    c_in / self.groups,
+                    self.groups
+                ),
+                weight,
+            ));
+        }
+        let Some(output) = self.output_size([h, w], [kh, kw]) else {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "a {kh}x{kw} kernel with dilation {:?} does not fit the {h}x{w} input padded by {:?}",
+                    self.dilation, self.padding
+                ),
+            ));
+        };
+        if let Some(b) = bias.filter(|b| *b != [c_out]) {
+            return Err(Error::shape(
+                OP,
+                format!("bias of shape [{c_out}] (one per output channel)"),
+                b,
+            ));
+        }
+        Ok(ConvGeometry {
+            batch,
+            c_in,
+            c_out,
+            input: [h, w],
+            kernel: [kh, kw],
+            output,
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+        })
+    }
+}
+
+/// Checks the arguments and runs the forward kernel; returns the output and the geometry.
+fn forward(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: Conv2dParams,
+) -> Result<(Tensor, ConvGeometry)> {
+    let g = params.geometry(x.shape(), weight.shape(), bias.map(Tensor::shape))?;
+    let y = k::forward(&g, x.data(), weight.data(), bias.map(Tensor::data));
+    let y = Tensor::from_vec(y, &[g.batch, g.c_out, g.output[0], g.output[1]])?;
+    Ok((y, g))
+}
+
+/// The convolution without a tape (see [`conv2d`]): `x: [N, Cin, H, W]`,
+/// `weight: [Cout, Cin/groups, kh, kw]`, `bias: [Cout]` → `[N, Cout, Ho, Wo]`.
+pub fn conv2d_forward(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: Conv2dParams,
+) -> Result<Tensor> {
+    forward(x, weight, bias, params).map(|(y, _)| y)
+}
+
+/// `y[n, o] = b[o] + Σ_{c in o's group} Σ_{ky,kx} w[o, c, ky, kx] · x[n, c, oy·s + ky·d − p,
+/// ox·s + kx·d − p]` (zeros outside the image), with `x: [N, Cin, H, W]`,
+/// `weight: [Cout, Cin/groups, kh, kw]`, `bias: [Cout]` → `[N, Cout, Ho, Wo]`.
+///
+/// Backward: `dx` is the transposed convolution of `dy` with `w` (each output gradient scattered
+/// back through the taps that read it), `dw[o, c, ky, kx] = Σ_{n,oy,ox} dy[n, o, oy, ox] · x[…]`
+/// (the same input positions as the forward), and `db[o] = Σ_{n,oy,ox} dy[n, o, oy, ox]`.
+pub fn conv2d(
+    tape: &mut Tape,
+    x: Var,
+    weight: Var,
+    bias: Option<Var>,
+    params: Conv2dParams,
+) -> Result<Var> {
+    let xv = tape.value(x).clone();
+    let wv = tape.value(weight).clone();
+    let (y, g) = forward(&xv, &wv, bias.map(|b| tape.value(b)), params)?;
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    Ok(tape.record("conv2d", y, &inputs, move |dy, needs| {
+        let dx = if needs[0] {
+            Some(Tensor::from_vec(
+                k::backward_input(&g, wv.data(), dy.data()),
+                xv.shape(),
+            )?)
+        } else {
+            None
+        };
+        let dw = if needs[1] {
+            Some(Tensor::from_vec(
+                k::backward_weight(&g, xv.data(), dy.data()),
+                wv.shape(),
+            )?)
+        } else {
+            None
+        };
+        let mut grads = vec![dx, dw];
+        if bias.is_some() {
+            grads.push(if needs[2] {
+                Some(Tensor::from_vec(
+                    k::backward_bias(&g, dy.data()),
+                    &[g.c_out],
+                )?)
+            } else {
+                None
+            });
+        }
+        Ok(grads)
+    }))
+}

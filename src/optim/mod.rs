@@ -3,5 +3,6 @@
 pub mod adam;
 pub mod asgd;
 pub mod clip;
+pub mod optimizer;
 pub mod schedule;
 pub mod sgd;

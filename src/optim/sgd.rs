@@ -1,1 +1,113 @@
-//! (being written)
+//! Stochastic gradient descent with momentum and L2 weight decay, as `torch.optim.SGD` (dampening
+//! 0, no Nesterov).
+
+use super::optimizer::{
+    NamedState, Optimizer, check_grads, check_non_negative, check_state, update,
+};
+use crate::Result;
+use crate::tensor::Tensor;
+
+/// SGD: `d = g + wd·w`; with momentum `b = μ·b + d` (`b = d` on the first step, as PyTorch) and
+/// `d = b`; then `w ← w − lr·d`.
+#[derive(Debug, Clone)]
+pub struct Sgd {
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    /// One momentum buffer per parameter once the first step with momentum has run.
+    buffers: Vec<Tensor>,
+}
+
+impl Sgd {
+    /// SGD with learning rate `lr`, momentum `μ` (0 for none) and L2 weight decay `wd`. The
+    /// hyperparameters are checked at each step.
+    pub fn new(lr: f32, momentum: f32, weight_decay: f32) -> Sgd {
+        Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            buffers: Vec::new(),
+        }
+    }
+
+    /// The momentum factor `μ`.
+    pub fn momentum(&self) -> f32 {
+        self.momentum
+    }
+
+    /// The weight-decay factor `wd`.
+    pub fn weight_decay(&self) -> f32 {
+        self.weight_decay
+    }
+
+    /// The momentum buffer of parameter `i`; `None` before the first step or without momentum.
+    /// (The DARTS architect reads it for its virtual step `w − ξ·(μ·b + g + wd·w)`.)
+    pub fn momentum_buffer(&self, i: usize) -> Option<&Tensor> {
+        self.buffers.get(i)
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, params: &mut [Tensor], grads: &[Tensor]) -> Result<()> {
+        const OP: &str = "Sgd::step";
+        check_grads(OP, params, grads)?;
+        check_non_negative(OP, "the learning rate", self.lr)?;
+        check_non_negative(OP, "the momentum", self.momentum)?;
+        check_non_negative(OP, "the weight decay", self.weight_decay)?;
+        let (lr, mu, wd) = (self.lr, self.momentum, self.weight_decay);
+        let first = self.buffers.is_empty();
+        if mu != 0.0 && !first {
+            check_state(OP, "momentum buffer", &self.buffers, params)?;
+        }
+        for (i, (w, g)) in params.iter_mut().zip(grads).enumerate() {
+            let mut d = g.to_vec();
+            if wd != 0.0 {
+                for (d, &w) in d.iter_mut().zip(w.data()) {
+                    *d += wd * w;
+                }
+            }
+            if mu != 0.0 {
+                if first {
+                    self.buffers.push(Tensor::from_vec(d.clone(), w.shape())?);
+                } else {
+                    update(&mut self.buffers[i], |b| {
+                        for (b, d) in b.iter_mut().zip(d.iter_mut()) {
+                            *b = mu * *b + *d;
+                            *d = *b;
+                        }
+                    })?;
+                }
+            }
+            update(w, |w| {
+                for (w, &d) in w.iter_mut().zip(&d) {
+                    *w += -lr * d;
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+
+    /// `momentum.i` for every parameter `i`.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let buffers = self.buffers.iter().enumerate();
+        buffers
+            .map(|(i, b)| (format!("momentum.{i}"), b.clone()))
+            .collect()
+    }
+
+    fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()> {
+        let mut state = NamedState::new("Sgd::load_state", state)?;
+        let buffers = state.take_list("momentum");
+        state.finish()?;
+        self.buffers = buffers;
+        Ok(())
+    }
+}

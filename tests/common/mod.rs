@@ -43,7 +43,10 @@ pub fn assert_close(what: &str, got: &[f32], expected: &[f32], atol: f32, rtol: 
         .iter()
         .zip(expected)
         .enumerate()
-        .filter(|(_, (g, e))| !((*g - *e).abs() <= atol + rtol * e.abs()))
+        .filter(|(_, (g, e))| {
+            let difference = (*g - *e).abs();
+            difference > atol + rtol * e.abs() || difference.is_nan()
+        })
         .map(|(i, (g, e))| (i, *g, *e))
         .take(5)
         .collect();

@@ -1,1 +1,139 @@
-//! (being written)
+//! Batch-norm kernels on data laid out as `[N, C, HW]` (NCHW images, or `[N, C]` with `HW = 1`).
+//! Per-channel reductions run in parallel over channels, each channel summed in f64 in a fixed
+//! order (image by image, element by element), so statistics are bit-identical from run to run.
+//! Elementwise passes run in parallel over the `HW`-element planes.
+
+use rayon::prelude::*;
+
+use super::CHUNK;
+
+/// How batch norm sees its input: `n` samples of `c` channels of `hw` elements each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLayout {
+    /// Batch size.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Elements per channel per sample (H · W).
+    pub hw: usize,
+}
+
+impl ChannelLayout {
+    /// Elements averaged over per channel, `n · hw`.
+    pub fn per_channel(&self) -> usize {
+        self.n * self.hw
+    }
+
+    /// The `hw`-element planes of channel `ch`, sample by sample.
+    fn planes<'a>(&self, x: &'a [f32], ch: usize) -> impl Iterator<Item = &'a [f32]> {
+        let (c, hw) = (self.c, self.hw);
+        (0..self.n).map(move |s| &x[(s * c + ch) * hw..][..hw])
+    }
+
+    /// Runs `f(channel)` for every channel in parallel and collects the results in channel order.
+    fn per_channel_map<T: Send>(&self, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+        (0..self.c).into_par_iter().map(f).collect()
+    }
+
+    /// Planes handed to one rayon task in elementwise passes.
+    fn planes_per_task(&self) -> usize {
+        (CHUNK / self.hw).max(1)
+    }
+}
+
+/// The per-channel normalisation `x̂ = (x − mean[c]) · inv_std[c]`.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    /// The mean subtracted, per channel.
+    pub mean: Vec<f32>,
+    /// The reciprocal standard deviation multiplied, per channel.
+    pub inv_std: Vec<f32>,
+}
+
+/// Per channel, the mean and the sum of squared deviations from it, `Σ (x − mean)²` (two passes
+/// in f64, which stays accurate when the mean is large against the spread).
+pub fn channel_moments(x: &[f32], l: &ChannelLayout) -> (Vec<f64>, Vec<f64>) {
+    let count = l.per_channel() as f64;
+    l.per_channel_map(|ch| {
+        let sum: f64 = l
+            .planes(x, ch)
+            .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+            .sum();
+        let mean = sum / count;
+        let m2: f64 = l
+            .planes(x, ch)
+            .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+            .sum();
+        (mean, m2)
+    })
+    .into_iter()
+    .unzip()
+}
+
+/// The per-channel affine map `y = x · scale[c] + shift[c]` (normalisation, and the eval-mode
+/// input gradient).
+pub fn scale_shift(x: &[f32], l: &ChannelLayout, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    y.par_chunks_mut(l.hw)
+        .zip(x.par_chunks(l.hw))
+        .enumerate()
+        .with_min_len(l.planes_per_task())
+        .for_each(|(plane, (y, x))| {
+            let (a, b) = (scale[plane % l.c], shift[plane % l.c]);
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
+        });
+    y
+}
+
+/// Per channel, `Σ dy` and `Σ dy · x̂` (f64 sums): the gradients of β and γ, and the two means the
+/// training-mode input gradient needs.
+pub fn channel_grad_sums(
+    x: &[f32],
+    dy: &[f32],
+    l: &ChannelLayout,
+    norm: &Normalizer,
+) -> (Vec<f64>, Vec<f64>) {
+    l.per_channel_map(|ch| {
+        let (m, s) = (norm.mean[ch], norm.inv_std[ch]);
+        l.planes(x, ch).zip(l.planes(dy, ch)).fold(
+            (0.0f64, 0.0f64),
+            |(sum_dy, sum_dy_xhat), (x, dy)| {
+                x.iter()
+                    .zip(dy)
+                    .fold((sum_dy, sum_dy_xhat), |(a, b), (&x, &g)| {
+                        let xhat = (x - m) * s;
+                        (a + g as f64, b + g as f64 * xhat as f64)
+                    })
+            },
+        )
+    })
+    .into_iter()
+    .unzip()
+}
+
+/// Training-mode input gradient, `dx = k[c] · (dy − mean_dy[c] − x̂ · mean_dy_xhat[c])` with
+/// `k[c] = γ[c] · inv_std[c]` (the derivation is in `ops::batchnorm`).
+pub fn normalize_backward(
+    x: &[f32],
+    dy: &[f32],
+    l: &ChannelLayout,
+    norm: &Normalizer,
+    k: &[f32],
+    mean_dy: &[f32],
+    mean_dy_xhat: &[f32],
+) -> Vec<f32> {
+    let mut dx = vec![0.0; x.len()];
+    dx.par_chunks_mut(l.hw)
+        .zip(x.par_chunks(l.hw).zip(dy.par_chunks(l.hw)))
+        .enumerate()
+        .with_min_len(l.planes_per_task())
+        .for_each(|(plane, (dx, (x, dy)))| {
+            let ch = plane % l.c;
+            let (m, s) = (norm.mean[ch], norm.inv_std[ch]);
+            let (k, gm, gxm) = (k[ch], mean_dy[ch], mean_dy_xhat[ch]);
+            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                *dx = k * (g - gm - (x - m) * s * gxm);
+            }
+        });
+    dx
+}

@@ -1,0 +1,72 @@
+//! `BatchNorm2d` with PyTorch's defaults (eps 1e-5, momentum 0.1, weight 1, bias 0).
+
+use crate::Result;
+use crate::autograd::Var;
+use crate::nn::{Ctx, ParamId, ParamStore, join_name};
+use crate::ops::batchnorm::{batch_norm_eval, batch_norm_train, update_running_stats};
+use crate::tensor::Tensor;
+
+/// PyTorch's BatchNorm2d epsilon.
+pub const BN_EPS: f32 = 1e-5;
+/// PyTorch's BatchNorm2d momentum: running ← 0.9·running + 0.1·batch.
+pub const BN_MOMENTUM: f32 = 0.1;
+
+/// Batch normalisation over (N, H, W) per channel, with running statistics for eval mode.
+/// Entries: `{name}.weight`, `{name}.bias` (when affine), `{name}.running_mean`, `{name}.running_var`.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    affine: Option<(ParamId, ParamId)>,
+    running_mean: ParamId,
+    running_var: ParamId,
+}
+
+impl BatchNorm2d {
+    /// Registers a batch norm over `channels` channels, affine or not (the DARTS search cells use
+    /// `affine = false`).
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        channels: usize,
+        affine: bool,
+    ) -> Result<BatchNorm2d> {
+        let affine = if affine {
+            let gamma =
+                store.add_param(join_name(name, "weight"), Tensor::full(&[channels], 1.0)?)?;
+            let beta = store.add_param(join_name(name, "bias"), Tensor::zeros(&[channels])?)?;
+            Some((gamma, beta))
+        } else {
+            None
+        };
+        Ok(BatchNorm2d {
+            affine,
+            running_mean: store
+                .add_buffer(join_name(name, "running_mean"), Tensor::zeros(&[channels])?)?,
+            running_var: store.add_buffer(
+                join_name(name, "running_var"),
+                Tensor::full(&[channels], 1.0)?,
+            )?,
+        })
+    }
+
+    /// Training mode: normalise with batch statistics and fold them into the running buffers.
+    /// Eval mode: normalise with the running buffers.
+    pub fn forward(&self, ctx: &mut Ctx, x: Var) -> Result<Var> {
+        let affine = self.affine.map(|(g, b)| (ctx.param(g), ctx.param(b)));
+        if ctx.training() {
+            let (y, stats) = batch_norm_train(&mut ctx.tape, x, affine, BN_EPS)?;
+            let (mean, var) = update_running_stats(
+                ctx.buffer(self.running_mean),
+                ctx.buffer(self.running_var),
+                &stats,
+                BN_MOMENTUM,
+            )?;
+            ctx.set_buffer(self.running_mean, mean)?;
+            ctx.set_buffer(self.running_var, var)?;
+            Ok(y)
+        } else {
+            let mean = ctx.buffer(self.running_mean).clone();
+            let var = ctx.buffer(self.running_var).clone();
+            batch_norm_eval(&mut ctx.tape, x, affine, &mean, &var, BN_EPS)
+        }
+    }
+}
