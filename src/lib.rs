@@ -3,6 +3,7 @@
 //! (Liu, Simonyan & Yang, ICLR 2019), written directly against it.
 
 pub mod autograd;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod gradcheck;
