@@ -3,6 +3,7 @@
 //! (Liu, Simonyan & Yang, ICLR 2019), written directly against it.
 
 pub mod autograd;
+pub mod darts;
 pub mod data;
 pub mod device;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod optim;
 pub mod rng;
 pub mod tensor;
 pub mod train;
+pub mod viz;
 
 pub use autograd::{Tape, Var};
 pub use device::Device;

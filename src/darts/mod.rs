@@ -1,0 +1,3 @@
+//! DARTS on the engine: genotypes, the CNN search space and network, the architect.
+
+pub mod genotype;
