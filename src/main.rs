@@ -1,12 +1,17 @@
 //! `darts`: the command-line interface of darts-rs.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
 use darts::Device;
+use darts::darts::genotype::load_genotype;
+use darts::data::dataset::DatasetKind;
 use darts::train::demo::{DemoConfig, train_demo};
+use darts::train::search::{RunOptions, SearchOptions, search};
+use darts::viz::plot_genotype;
 
 /// darts-rs: a from-scratch deep-learning engine and DARTS (Differentiable Architecture Search).
 #[derive(Parser)]
@@ -18,6 +23,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Architecture search.
+    #[command(subcommand)]
+    Search(SearchCommand),
+    /// Write Graphviz pictures (.dot, and .svg/.png when `dot` is installed) of a genotype's
+    /// normal and reduction cells.
+    Plot {
+        /// A built-in genotype name (DARTS_V2, DARTS_V1, NASNet, AmoebaNet, DARTS) or a genotype JSON file.
+        genotype: String,
+        /// Output folder.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Print the version, the devices this build can use and the CPU thread count.
     Info,
     /// Train a small conv net (conv-BN-ReLU twice, global pool, linear) on generated images and
@@ -41,6 +58,90 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SearchCommand {
+    /// DARTS CNN search (`train_search.py`): alternate architect steps on α and SGD steps on the
+    /// weights; prints and plots the genotype found. Defaults are the original's CIFAR-10 search.
+    Cnn(CnnSearchArgs),
+}
+
+#[derive(clap::Args)]
+struct CnnSearchArgs {
+    /// Data set: cifar10 (binary version), fashion-mnist or mnist (IDX files).
+    #[arg(long, default_value = "cifar10")]
+    dataset: String,
+    /// Folder with the data set's files [default: /usr/share/datasets/fashion-mnist for
+    /// fashion-mnist, ./data otherwise].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Images per batch (for both the weight and the architecture step).
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Initial weight learning rate (cosine-annealed per epoch).
+    #[arg(long, default_value_t = 0.025)]
+    learning_rate: f32,
+    /// Final weight learning rate of the cosine schedule.
+    #[arg(long, default_value_t = 0.001)]
+    learning_rate_min: f32,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// SGD weight decay.
+    #[arg(long, default_value_t = 3e-4)]
+    weight_decay: f32,
+    /// Number of epochs.
+    #[arg(long, default_value_t = 50)]
+    epochs: usize,
+    /// Channels of the first cells (C).
+    #[arg(long, default_value_t = 16)]
+    init_channels: usize,
+    /// Number of cells.
+    #[arg(long, default_value_t = 8)]
+    layers: usize,
+    /// Global gradient-norm clip for the weights.
+    #[arg(long, default_value_t = 5.0)]
+    grad_clip: f32,
+    /// Fraction of the training images that train the weights; the rest train α.
+    #[arg(long, default_value_t = 0.5)]
+    train_portion: f64,
+    /// Second-order architecture gradient (unrolled virtual step).
+    #[arg(long)]
+    unrolled: bool,
+    /// Adam learning rate for α.
+    #[arg(long, default_value_t = 3e-4)]
+    arch_learning_rate: f32,
+    /// Adam weight decay for α.
+    #[arg(long, default_value_t = 1e-3)]
+    arch_weight_decay: f32,
+    /// Random seed (weights, α, data order and augmentation).
+    #[arg(long, default_value_t = 2)]
+    seed: u64,
+    /// Apply Cutout to training images.
+    #[arg(long)]
+    cutout: bool,
+    /// Cutout length.
+    #[arg(long, default_value_t = 16)]
+    cutout_length: usize,
+    /// Use only the first N training images (before the split), for quick runs.
+    #[arg(long)]
+    train_images: Option<usize>,
+    /// Device: cpu (cuda and emu arrive with the CUDA backend).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Output folder: checkpoint, metrics.jsonl, genotype.json, pictures, summary.json.
+    #[arg(long, default_value = "runs/search-cnn")]
+    out: PathBuf,
+    /// Stop after this many weight steps (checkpointed; continue with --resume).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Continue the run checkpointed in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Off a terminal, print progress every this many steps.
+    #[arg(long, default_value_t = 50)]
+    report_freq: usize,
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,6 +159,55 @@ fn run(cli: Cli) -> darts::Result<()> {
             println!("devices: cpu (default: {})", Device::default_device());
             println!("cuda: not in this build (CPU reference backend only)");
             println!("cpu threads: {}", rayon::current_num_threads());
+            Ok(())
+        }
+        Command::Search(SearchCommand::Cnn(args)) => {
+            Device::parse(&args.device)?;
+            let kind: DatasetKind = args.dataset.parse()?;
+            let data = args
+                .data
+                .or_else(|| kind.system_dir().map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("data"));
+            let options = SearchOptions {
+                dataset: args.dataset,
+                data,
+                batch_size: args.batch_size,
+                learning_rate: args.learning_rate,
+                learning_rate_min: args.learning_rate_min,
+                momentum: args.momentum,
+                weight_decay: args.weight_decay,
+                epochs: args.epochs,
+                init_channels: args.init_channels,
+                layers: args.layers,
+                grad_clip: args.grad_clip,
+                train_portion: args.train_portion,
+                unrolled: args.unrolled,
+                arch_learning_rate: args.arch_learning_rate,
+                arch_weight_decay: args.arch_weight_decay,
+                seed: args.seed,
+                cutout: args.cutout.then_some(args.cutout_length),
+                train_images: args.train_images,
+            };
+            let run = RunOptions {
+                out: args.out,
+                resume: args.resume,
+                max_steps: args.max_steps,
+                report_freq: args.report_freq,
+                verbose: true,
+            };
+            let outcome = search(&options, &run)?;
+            println!("{}", outcome.genotype);
+            Ok(())
+        }
+        Command::Plot { genotype, out } => {
+            let genotype = load_genotype(&genotype)?;
+            let plots = plot_genotype(&genotype, &out)?;
+            for file in plots.dot_files.iter().chain(&plots.rendered) {
+                println!("wrote {}", file.display());
+            }
+            if let Some(note) = plots.message() {
+                eprintln!("{note}");
+            }
             Ok(())
         }
         Command::Demo {

@@ -2,6 +2,9 @@
 //! and the small demonstration network trained by `darts demo` and the engine's end-to-end test.
 
 pub mod demo;
+pub mod metrics;
+pub mod progress;
+pub mod search;
 
 use crate::Result;
 use crate::nn::{Gradients, ParamId, ParamStore};

@@ -1,0 +1,4 @@
+//! The CNN search space: candidate operations and the search network.
+
+pub mod ops;
+pub mod search;

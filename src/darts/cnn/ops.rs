@@ -1,0 +1,304 @@
+//! The candidate operations of the DARTS CNN search space (`operations.py` of the original), built
+//! from engine layers with the original's parameter names, so a `state_dict` maps one-to-one.
+//!
+//! Inside the search network every batch norm is `affine = false`, and the two pools are followed
+//! by an extra `BN(C, affine = false)` (the original wraps them in `nn.Sequential(pool, BN)`).
+
+use crate::autograd::Var;
+use crate::darts::genotype::PRIMITIVES;
+use crate::nn::{BatchNorm2d, Conv2d, Ctx, ParamStore, join_name};
+use crate::ops::conv::Conv2dParams;
+use crate::ops::elementwise::relu;
+use crate::ops::pool::{avg_pool2d, max_pool2d};
+use crate::ops::shape::{concat, slice, zero};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// ReLU → Conv(k×k, stride, pad) → BN: the 1×1 preprocessing of cell inputs (`op.1`, `op.2`).
+#[derive(Debug, Clone)]
+pub struct ReluConvBn {
+    conv: Conv2d,
+    bn: BatchNorm2d,
+}
+
+impl ReluConvBn {
+    /// Registers `{name}.op.1` (conv, no bias) and `{name}.op.2` (BN).
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        (c_in, c_out): (usize, usize),
+        kernel: usize,
+        params: Conv2dParams,
+        affine: bool,
+        rng: &mut Rng,
+    ) -> Result<ReluConvBn> {
+        Ok(ReluConvBn {
+            conv: Conv2d::new(
+                store,
+                &join_name(name, "op.1"),
+                (c_in, c_out),
+                [kernel, kernel],
+                params,
+                false,
+                rng,
+            )?,
+            bn: BatchNorm2d::new(store, &join_name(name, "op.2"), c_out, affine)?,
+        })
+    }
+
+    /// Applies ReLU, the convolution and the batch norm.
+    pub fn forward(&self, ctx: &mut Ctx, x: Var) -> Result<Var> {
+        let h = relu(&mut ctx.tape, x)?;
+        let h = self.conv.forward(ctx, h)?;
+        self.bn.forward(ctx, h)
+    }
+}
+
+/// ReLU → depthwise conv (k×k, stride, pad, dilation) → pointwise 1×1 conv → BN. `DilConv` is one
+/// such block with dilation 2; `SepConv` is two with dilation 1 (only the first strided).
+#[derive(Debug, Clone)]
+pub struct DwPwBlock {
+    depthwise: Conv2d,
+    pointwise: Conv2d,
+    bn: BatchNorm2d,
+}
+
+impl DwPwBlock {
+    /// Registers the block's layers at `{name}.op.{first}`, `.{first+1}`, `.{first+2}` (the
+    /// positions inside the original's `nn.Sequential`, where index `first − 1` is the ReLU).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        store: &mut ParamStore,
+        name: &str,
+        first: usize,
+        (c_in, c_out): (usize, usize),
+        kernel: usize,
+        params: Conv2dParams,
+        affine: bool,
+        rng: &mut Rng,
+    ) -> Result<DwPwBlock> {
+        let at = |i: usize| join_name(name, &format!("op.{}", first + i));
+        Ok(DwPwBlock {
+            depthwise: Conv2d::new(
+                store,
+                &at(0),
+                (c_in, c_in),
+                [kernel, kernel],
+                params.groups(c_in),
+                false,
+                rng,
+            )?,
+            pointwise: Conv2d::new(
+                store,
+                &at(1),
+                (c_in, c_out),
+                [1, 1],
+                Conv2dParams::default(),
+                false,
+                rng,
+            )?,
+            bn: BatchNorm2d::new(store, &at(2), c_out, affine)?,
+        })
+    }
+
+    fn forward(&self, ctx: &mut Ctx, x: Var) -> Result<Var> {
+        let h = relu(&mut ctx.tape, x)?;
+        let h = self.depthwise.forward(ctx, h)?;
+        let h = self.pointwise.forward(ctx, h)?;
+        self.bn.forward(ctx, h)
+    }
+}
+
+/// FactorizedReduce: halves H and W with two stride-2 1×1 convs, the second on the input shifted
+/// by one pixel (`x[:, :, 1:, 1:]`), concatenated along channels, then BN. Requires even H and W.
+#[derive(Debug, Clone)]
+pub struct FactorizedReduce {
+    conv_1: Conv2d,
+    conv_2: Conv2d,
+    bn: BatchNorm2d,
+}
+
+impl FactorizedReduce {
+    /// Registers `{name}.conv_1`, `{name}.conv_2` (C_in → C_out/2 each) and `{name}.bn`.
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        (c_in, c_out): (usize, usize),
+        affine: bool,
+        rng: &mut Rng,
+    ) -> Result<FactorizedReduce> {
+        if c_out % 2 != 0 {
+            return Err(Error::invalid(
+                "FactorizedReduce",
+                format!("output channels {c_out} must be even"),
+            ));
+        }
+        let half = (c_in, c_out / 2);
+        let s2 = Conv2dParams::new(2, 0);
+        Ok(FactorizedReduce {
+            conv_1: Conv2d::new(
+                store,
+                &join_name(name, "conv_1"),
+                half,
+                [1, 1],
+                s2,
+                false,
+                rng,
+            )?,
+            conv_2: Conv2d::new(
+                store,
+                &join_name(name, "conv_2"),
+                half,
+                [1, 1],
+                s2,
+                false,
+                rng,
+            )?,
+            bn: BatchNorm2d::new(store, &join_name(name, "bn"), c_out, affine)?,
+        })
+    }
+
+    /// Applies the reduction to `x: [N, C_in, H, W]` with H and W even.
+    pub fn forward(&self, ctx: &mut Ctx, x: Var) -> Result<Var> {
+        let [n, c, h, w] = crate::ops::nchw(&ctx.tape, "FactorizedReduce", x)?;
+        if h % 2 != 0 || w % 2 != 0 || h < 2 || w < 2 {
+            return Err(Error::shape(
+                "FactorizedReduce",
+                "even height and width",
+                &[n, c, h, w],
+            ));
+        }
+        let x = relu(&mut ctx.tape, x)?;
+        let a = self.conv_1.forward(ctx, x)?;
+        let shifted = slice(&mut ctx.tape, x, &[0..n, 0..c, 1..h, 1..w])?;
+        let b = self.conv_2.forward(ctx, shifted)?;
+        let joined = concat(&mut ctx.tape, &[a, b], 1)?;
+        self.bn.forward(ctx, joined)
+    }
+}
+
+/// One candidate operation of a mixed edge, in the order of [`PRIMITIVES`].
+#[derive(Debug, Clone)]
+pub enum Candidate {
+    /// `none`: zeros (subsampled when strided).
+    Zero { stride: usize },
+    /// `max_pool_3x3` followed by BN(affine = false) in the search network.
+    MaxPool { stride: usize, bn: BatchNorm2d },
+    /// `avg_pool_3x3` (padding not counted) followed by BN(affine = false).
+    AvgPool { stride: usize, bn: BatchNorm2d },
+    /// `skip_connect` with stride 1.
+    Identity,
+    /// `skip_connect` with stride 2.
+    Reduce(FactorizedReduce),
+    /// `sep_conv_*`: two ReLU-dw-pw-BN blocks.
+    SepConv(DwPwBlock, DwPwBlock),
+    /// `dil_conv_*`: one ReLU-dw(dilation 2)-pw-BN block.
+    DilConv(DwPwBlock),
+}
+
+impl Candidate {
+    /// Builds the primitive `name` on `c` channels with `stride` under the parameter prefix `name_prefix`.
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        primitive: &str,
+        c: usize,
+        stride: usize,
+        affine: bool,
+        rng: &mut Rng,
+    ) -> Result<Candidate> {
+        let sep = |store: &mut ParamStore, rng: &mut Rng, k: usize| -> Result<Candidate> {
+            let pad = k / 2;
+            Ok(Candidate::SepConv(
+                DwPwBlock::new(
+                    store,
+                    prefix,
+                    1,
+                    (c, c),
+                    k,
+                    Conv2dParams::new(stride, pad),
+                    affine,
+                    rng,
+                )?,
+                DwPwBlock::new(
+                    store,
+                    prefix,
+                    5,
+                    (c, c),
+                    k,
+                    Conv2dParams::new(1, pad),
+                    affine,
+                    rng,
+                )?,
+            ))
+        };
+        let dil = |store: &mut ParamStore, rng: &mut Rng, k: usize| -> Result<Candidate> {
+            let params = Conv2dParams::new(stride, k - 1).dilation(2);
+            Ok(Candidate::DilConv(DwPwBlock::new(
+                store,
+                prefix,
+                1,
+                (c, c),
+                k,
+                params,
+                affine,
+                rng,
+            )?))
+        };
+        // In the search network the pools are `nn.Sequential(pool, BN)`: the BN sits at index 1.
+        let pool_bn =
+            |store: &mut ParamStore| BatchNorm2d::new(store, &join_name(prefix, "1"), c, false);
+        match primitive {
+            "none" => Ok(Candidate::Zero { stride }),
+            "max_pool_3x3" => Ok(Candidate::MaxPool {
+                stride,
+                bn: pool_bn(store)?,
+            }),
+            "avg_pool_3x3" => Ok(Candidate::AvgPool {
+                stride,
+                bn: pool_bn(store)?,
+            }),
+            "skip_connect" if stride == 1 => Ok(Candidate::Identity),
+            "skip_connect" => Ok(Candidate::Reduce(FactorizedReduce::new(
+                store,
+                prefix,
+                (c, c),
+                affine,
+                rng,
+            )?)),
+            "sep_conv_3x3" => sep(store, rng, 3),
+            "sep_conv_5x5" => sep(store, rng, 5),
+            "dil_conv_3x3" => dil(store, rng, 3),
+            "dil_conv_5x5" => dil(store, rng, 5),
+            other => Err(Error::invalid(
+                "Candidate::new",
+                format!(
+                    "unknown primitive `{other}` (known: {})",
+                    PRIMITIVES.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// Applies the operation.
+    pub fn forward(&self, ctx: &mut Ctx, x: Var) -> Result<Var> {
+        match self {
+            Candidate::Zero { stride } => zero(&mut ctx.tape, x, *stride),
+            Candidate::MaxPool { stride, bn } => {
+                let h = max_pool2d(&mut ctx.tape, x, 3, *stride, 1)?;
+                bn.forward(ctx, h)
+            }
+            Candidate::AvgPool { stride, bn } => {
+                let h = avg_pool2d(&mut ctx.tape, x, 3, *stride, 1)?;
+                bn.forward(ctx, h)
+            }
+            Candidate::Identity => Ok(x),
+            Candidate::Reduce(reduce) => reduce.forward(ctx, x),
+            Candidate::SepConv(first, second) => {
+                let h = first.forward(ctx, x)?;
+                second.forward(ctx, h)
+            }
+            Candidate::DilConv(block) => block.forward(ctx, x),
+        }
+    }
+}
