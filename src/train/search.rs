@@ -318,6 +318,16 @@ fn from_json<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T>
     })
 }
 
+/// The genotype the current `[α_normal, α_reduce]` decode to.
+fn genotype_of(alphas: &[Tensor], config: &SearchConfig) -> Result<Genotype> {
+    derive_genotype(
+        alphas[0].data(),
+        alphas[1].data(),
+        config.steps,
+        config.multiplier,
+    )
+}
+
 fn check_options(options: &SearchOptions) -> Result<()> {
     let invalid = |m: &str| Err(Error::invalid("search", m.to_string()));
     if options.batch_size == 0
@@ -436,12 +446,7 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
         );
         state.sgd.set_lr(lr);
         if run.verbose && state.position.totals.seen == 0 {
-            let genotype = derive_genotype(
-                state.alphas[0].data(),
-                state.alphas[1].data(),
-                config.steps,
-                config.multiplier,
-            )?;
+            let genotype = genotype_of(&state.alphas, &config)?;
             eprintln!("epoch {epoch}  lr {lr:.6e}\ngenotype = {genotype}");
             eprintln!(
                 "{}",
@@ -533,12 +538,7 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
                 evaluate(&net, &mut state.store, &state.alphas, &mut data.val_eval)?;
             valid_acc = Some(acc);
             let totals = state.position.totals;
-            let genotype = derive_genotype(
-                state.alphas[0].data(),
-                state.alphas[1].data(),
-                config.steps,
-                config.multiplier,
-            )?;
+            let genotype = genotype_of(&state.alphas, &config)?;
             metrics.write(&json!({
                 "kind": "epoch", "epoch": epoch, "lr": lr,
                 "train_loss": totals.loss_sum / totals.seen.max(1) as f64,
@@ -563,12 +563,7 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
     }
 
     // The original never decodes the alphas after the last epoch; we do, and keep them.
-    let genotype = derive_genotype(
-        state.alphas[0].data(),
-        state.alphas[1].data(),
-        config.steps,
-        config.multiplier,
-    )?;
+    let genotype = genotype_of(&state.alphas, &config)?;
     write_atomically(
         &run.out.join("genotype.json"),
         genotype.to_json().as_bytes(),

@@ -19,6 +19,8 @@
 
 use rayon::prelude::*;
 
+use super::matmul::{Mat, gemm};
+
 /// Images per partial weight-gradient sum on the GEMM paths. Fixed (not derived from the thread
 /// count) so that the summation order, and thus the result, never changes.
 const BATCH_CHUNK: usize = 4;
@@ -217,80 +219,6 @@ fn sum_partials(partials: &[f32], len: usize) -> Vec<f32> {
         out.iter_mut().zip(p).for_each(|(o, &v)| *o += v);
     }
     out
-}
-
-/// A read-only matrix inside a slice: element `(i, j)` is `data[i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// The row-major `rows × cols` matrix at the start of `data`.
-    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Mat<'a> {
-        Mat {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The transpose (a view: only the strides swap).
-    fn t(self) -> Mat<'a> {
-        Mat {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    /// Whether every element `(i, j)` lies inside `data`.
-    fn in_bounds(&self) -> bool {
-        self.rows > 0
-            && self.cols > 0
-            && (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `c ← a · b + beta · c`, with `c` a contiguous row-major `a.rows × b.cols` matrix.
-fn gemm(a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(
-        b.rows == k && c.len() == m * n && a.in_bounds() && b.in_bounds(),
-        "conv gemm: inconsistent operands"
-    );
-    let stride = |s: usize| isize::try_from(s).expect("conv gemm: stride overflows isize");
-    // SAFETY: the assert above establishes that every element `(i, j)` of A (i < m, j < k) and of
-    // B (i < k, j < n) is at offset `i·rs + j·cs` inside its slice, and that `c` holds exactly the
-    // m·n elements of C addressed with row stride n and column stride 1, which are all distinct.
-    // `c` is borrowed mutably, so it aliases neither `a.data` nor `b.data`; all three borrows
-    // outlive the call. The crate is built without matrixmultiply's threading feature.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.data.as_ptr(),
-            stride(a.rs),
-            stride(a.cs),
-            b.data.as_ptr(),
-            stride(b.rs),
-            stride(b.cs),
-            beta,
-            c.as_mut_ptr(),
-            stride(n),
-            1,
-        );
-    }
 }
 
 /// Copies the `Cin/groups` channels in `x` into the column matrix `col`
@@ -494,12 +422,7 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> 
                     let cols = columns(g, &axes, x_img, group, buf);
                     let w_g = &w[group * g.cout_g() * k..][..g.cout_g() * k];
                     let y_g = &mut y[group * g.cout_g() * p..][..g.cout_g() * p];
-                    gemm(
-                        Mat::row_major(w_g, g.cout_g(), k),
-                        Mat::row_major(cols, k, p),
-                        0.0,
-                        y_g,
-                    );
+                    gemm(Mat::new(w_g, g.cout_g(), k), Mat::new(cols, k, p), 0.0, y_g);
                 }
             },
         );
@@ -543,8 +466,16 @@ pub fn backward_input(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
             |buf, (n, dx)| {
                 let dy_img = &dy[n * g.c_out * p..][..g.c_out * p];
                 for group in 0..g.groups {
-                    let w_g = Mat::row_major(&w[group * g.cout_g() * k..], g.cout_g(), k);
-                    let dy_g = Mat::row_major(&dy_img[group * g.cout_g() * p..], g.cout_g(), p);
+                    let w_g = Mat::new(
+                        &w[group * g.cout_g() * k..][..g.cout_g() * k],
+                        g.cout_g(),
+                        k,
+                    );
+                    let dy_g = Mat::new(
+                        &dy_img[group * g.cout_g() * p..][..g.cout_g() * p],
+                        g.cout_g(),
+                        p,
+                    );
                     let dx_g =
                         &mut dx[group * g.cin_g() * g.in_plane()..][..g.cin_g() * g.in_plane()];
                     if g.is_pointwise() {
@@ -598,9 +529,13 @@ pub fn backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 let dy_img = &dy[n * g.c_out * p..][..g.c_out * p];
                 for group in 0..g.groups {
                     let cols = columns(g, &axes, x_img, group, buf);
-                    let dy_g = Mat::row_major(&dy_img[group * g.cout_g() * p..], g.cout_g(), p);
+                    let dy_g = Mat::new(
+                        &dy_img[group * g.cout_g() * p..][..g.cout_g() * p],
+                        g.cout_g(),
+                        p,
+                    );
                     let dw_g = &mut dw[group * g.cout_g() * k..][..g.cout_g() * k];
-                    gemm(dy_g, Mat::row_major(cols, k, p).t(), 1.0, dw_g);
+                    gemm(dy_g, Mat::new(cols, k, p).t(), 1.0, dw_g);
                 }
             }
         },
