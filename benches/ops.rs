@@ -1,6 +1,10 @@
 //! Criterion benches of the CPU ops at DARTS search sizes (batch 64, 16–64 channels, 32×32 down to
 //! 8×8): forward alone, and forward + backward through the tape.
 
+/// The allocator the `darts` binary uses, so the numbers match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 use darts::ops::batchnorm::batch_norm_train;
