@@ -3,3 +3,4 @@
 pub mod architect;
 pub mod cnn;
 pub mod genotype;
+pub mod searcher;

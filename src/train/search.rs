@@ -14,9 +14,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::darts::architect::{Architect, ArchitectConfig, Batch, Wrt, loss_pass};
+use crate::darts::architect::{Architect, ArchitectConfig, Batch};
 use crate::darts::cnn::search::{SearchConfig, SearchNetwork, init_alphas};
 use crate::darts::genotype::{Genotype, alpha_table, derive_genotype};
+use crate::darts::searcher::Searcher;
 use crate::data::augment::Transform;
 use crate::data::dataset::{DatasetKind, ImageDataset, Split, open};
 use crate::data::loader::{BatchLoader, LoaderState, split_indices};
@@ -29,7 +30,6 @@ use crate::optim::sgd::Sgd;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::train::metrics::MetricsLog;
-use crate::train::optimizer_step;
 use crate::train::progress::{Progress, peak_memory_bytes};
 use crate::viz::plot_genotype;
 use crate::{Error, Result};
@@ -210,31 +210,31 @@ fn evaluate(
 
 /// The state a step changes, gathered so checkpoints save and restore it in one place.
 struct SearchState {
-    store: ParamStore,
-    alphas: Vec<Tensor>,
-    sgd: Sgd,
-    architect: Architect,
+    model: Searcher,
     position: Position,
 }
 
 impl SearchState {
     fn save(&self, path: &Path, options: &SearchOptions) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = self
+            .model
             .store
             .named_tensors()
             .into_iter()
             .map(|(n, t)| (format!("model.{n}"), t))
             .collect();
-        tensors.push(("alphas.normal".into(), self.alphas[0].clone()));
-        tensors.push(("alphas.reduce".into(), self.alphas[1].clone()));
+        tensors.push(("alphas.normal".into(), self.model.alphas[0].clone()));
+        tensors.push(("alphas.reduce".into(), self.model.alphas[1].clone()));
         tensors.extend(
-            self.sgd
+            self.model
+                .sgd
                 .state()
                 .into_iter()
                 .map(|(n, t)| (format!("sgd.{n}"), t)),
         );
         tensors.extend(
-            self.architect
+            self.model
+                .architect
                 .optimizer()
                 .state()
                 .into_iter()
@@ -275,17 +275,20 @@ impl SearchState {
         if let Some(extra) = file.tensors.keys().next() {
             return Err(bad(format!("unexpected tensor `{extra}`")));
         }
-        self.store.load_named(path, model)?;
-        self.sgd.load_state(sgd_state)?;
-        self.architect.optimizer_mut().load_state(adam_state)?;
+        self.model.store.load_named(path, model)?;
+        self.model.sgd.load_state(sgd_state)?;
+        self.model
+            .architect
+            .optimizer_mut()
+            .load_state(adam_state)?;
         if alphas
             .iter()
-            .zip(&self.alphas)
+            .zip(&self.model.alphas)
             .any(|(a, b)| a.shape() != b.shape())
         {
             return Err(bad("alphas have the wrong shape".into()));
         }
-        self.alphas = alphas;
+        self.model.alphas = alphas;
         self.position = position;
         Ok(())
     }
@@ -376,14 +379,16 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
         weight_decay: options.weight_decay,
     });
     let mut state = SearchState {
-        store,
-        alphas,
-        sgd: Sgd::new(
-            options.learning_rate,
-            options.momentum,
-            options.weight_decay,
-        ),
-        architect,
+        model: Searcher {
+            store,
+            alphas,
+            sgd: Sgd::new(
+                options.learning_rate,
+                options.momentum,
+                options.weight_decay,
+            ),
+            architect,
+        },
         position: Position {
             epoch: 0,
             global_step: 0,
@@ -420,15 +425,14 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
     if run.verbose {
         eprintln!(
             "search network: {} weights ({:.6} M), {} cells, C = {}, {} classes, {} order",
-            state.store.num_parameters(),
-            state.store.num_parameters() as f64 / 1e6,
+            state.model.store.num_parameters(),
+            state.model.store.num_parameters() as f64 / 1e6,
             config.layers,
             config.init_channels,
             config.num_classes,
             if options.unrolled { "second" } else { "first" }
         );
     }
-    let ids = state.store.trainable_ids();
     let started = Instant::now();
     let seconds_before = state.position.seconds;
     let mut steps_run = 0;
@@ -444,17 +448,17 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
             epoch,
             options.epochs,
         );
-        state.sgd.set_lr(lr);
+        state.model.sgd.set_lr(lr);
         if run.verbose && state.position.totals.seen == 0 {
-            let genotype = genotype_of(&state.alphas, &config)?;
+            let genotype = genotype_of(&state.model.alphas, &config)?;
             eprintln!("epoch {epoch}  lr {lr:.6e}\ngenotype = {genotype}");
             eprintln!(
                 "{}",
-                alpha_table(state.alphas[0].data(), "softmax(alpha_normal)")?
+                alpha_table(state.model.alphas[0].data(), "softmax(alpha_normal)")?
             );
             eprintln!(
                 "{}",
-                alpha_table(state.alphas[1].data(), "softmax(alpha_reduce)")?
+                alpha_table(state.model.alphas[1].data(), "softmax(alpha_reduce)")?
             );
         }
         let progress = Progress::new(steps_per_epoch, run.report_freq);
@@ -479,34 +483,13 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
                 images: &val.images,
                 labels: &val.labels,
             };
-            let val_loss = state.architect.step(
-                &net,
-                &mut state.store,
-                &mut state.alphas,
-                train_batch,
-                val_batch,
-                lr,
-                &state.sgd,
-            )?;
-            let pass = loss_pass(
-                &net,
-                &mut state.store,
-                &state.alphas,
-                train_batch,
-                Wrt::Weights,
-            )?;
-            optimizer_step(
-                &mut state.store,
-                &mut state.sgd,
-                &ids,
-                &pass.weight_grads,
-                Some(options.grad_clip),
-            )?;
-
+            let step = state
+                .model
+                .step(&net, train_batch, val_batch, lr, options.grad_clip)?;
             let n = train.labels.len();
             let totals = &mut state.position.totals;
-            totals.loss_sum += pass.loss as f64 * n as f64;
-            totals.correct += pass.correct;
+            totals.loss_sum += step.train_loss as f64 * n as f64;
+            totals.correct += step.train_correct;
             totals.seen += n;
             epoch_images += n;
             state.position.global_step += 1;
@@ -516,8 +499,8 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
             metrics.write(&json!({
                 "kind": "step", "epoch": epoch, "step": step_in_epoch - 1,
                 "global_step": state.position.global_step - 1, "lr": lr,
-                "train_loss": pass.loss, "train_acc": pass.correct as f32 / n as f32,
-                "val_loss": val_loss, "images_per_s": images_per_s,
+                "train_loss": step.train_loss, "train_acc": step.train_correct as f32 / n as f32,
+                "val_loss": step.val_loss, "images_per_s": images_per_s,
             }))?;
             progress.update(
                 step_in_epoch,
@@ -534,11 +517,15 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
             progress.finish();
         }
         if epoch_done {
-            let (valid_loss, acc) =
-                evaluate(&net, &mut state.store, &state.alphas, &mut data.val_eval)?;
+            let (valid_loss, acc) = evaluate(
+                &net,
+                &mut state.model.store,
+                &state.model.alphas,
+                &mut data.val_eval,
+            )?;
             valid_acc = Some(acc);
             let totals = state.position.totals;
-            let genotype = genotype_of(&state.alphas, &config)?;
+            let genotype = genotype_of(&state.model.alphas, &config)?;
             metrics.write(&json!({
                 "kind": "epoch", "epoch": epoch, "lr": lr,
                 "train_loss": totals.loss_sum / totals.seen.max(1) as f64,
@@ -563,12 +550,15 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
     }
 
     // The original never decodes the alphas after the last epoch; we do, and keep them.
-    let genotype = genotype_of(&state.alphas, &config)?;
+    let genotype = genotype_of(&state.model.alphas, &config)?;
     write_atomically(
         &run.out.join("genotype.json"),
         genotype.to_json().as_bytes(),
     )?;
-    state.store.save(&run.out.join("weights.safetensors"))?;
+    state
+        .model
+        .store
+        .save(&run.out.join("weights.safetensors"))?;
     let plots = plot_genotype(&genotype, &run.out)?;
     let seconds = state.position.seconds;
     let summary = json!({
@@ -580,7 +570,7 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
         "images_per_s_this_run": (steps_run * options.batch_size) as f64 / started.elapsed().as_secs_f64(),
         "valid_acc": valid_acc,
         "peak_memory_bytes": peak_memory_bytes(),
-        "weights": state.store.num_parameters(),
+        "weights": state.model.store.num_parameters(),
     });
     write_atomically(
         &run.out.join("summary.json"),
@@ -613,8 +603,8 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
     }
     Ok(SearchOutcome {
         genotype,
-        alphas: state.alphas,
-        store: state.store,
+        alphas: state.model.alphas,
+        store: state.model.store,
         valid_acc,
         steps_run,
         finished: !stopped,
