@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use darts::Device;
 use darts::darts::genotype::load_genotype;
 use darts::data::dataset::DatasetKind;
+use darts::train::bench::{SearchBench, bench_search};
 use darts::train::demo::{DemoConfig, train_demo};
 use darts::train::search::{RunOptions, SearchOptions, search};
 use darts::viz::plot_genotype;
@@ -32,6 +33,9 @@ enum Command {
     /// Architecture search.
     #[command(subcommand)]
     Search(SearchCommand),
+    /// Time search steps on generated data and print a table (and JSON with --json).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Write Graphviz pictures (.dot, and .svg/.png when `dot` is installed) of a genotype's
     /// normal and reduction cells.
     Plot {
@@ -69,6 +73,50 @@ enum SearchCommand {
     /// DARTS CNN search (`train_search.py`): alternate architect steps on α and SGD steps on the
     /// weights; prints and plots the genotype found. Defaults are the original's CIFAR-10 search.
     Cnn(CnnSearchArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Full DARTS CNN search steps (architect step + weight step); defaults are the paper's
+    /// shapes: batch 64, C 16, 8 cells, 32x32x3 images, 10 classes.
+    SearchCnn(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Second-order architecture gradient.
+    #[arg(long)]
+    unrolled: bool,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Channels of the first cells (C).
+    #[arg(long, default_value_t = 16)]
+    init_channels: usize,
+    /// Number of cells.
+    #[arg(long, default_value_t = 8)]
+    layers: usize,
+    /// Image height and width.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Image channels.
+    #[arg(long, default_value_t = 3)]
+    in_channels: usize,
+    /// Number of classes.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Untimed steps before timing.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Device: cpu (cuda and emu arrive with the CUDA backend).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -203,6 +251,63 @@ fn run(cli: Cli) -> darts::Result<()> {
             };
             let outcome = search(&options, &run)?;
             println!("{}", outcome.genotype);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::SearchCnn(args)) => {
+            Device::parse(&args.device)?;
+            if args.steps == 0 || args.batch_size == 0 {
+                return Err(darts::Error::invalid(
+                    "bench",
+                    "--steps and --batch-size must be at least 1",
+                ));
+            }
+            let config = SearchBench {
+                unrolled: args.unrolled,
+                batch_size: args.batch_size,
+                init_channels: args.init_channels,
+                layers: args.layers,
+                image_size: args.image_size,
+                in_channels: args.in_channels,
+                classes: args.classes,
+                warmup: args.warmup,
+                steps: args.steps,
+            };
+            eprintln!(
+                "search-cnn ({} order): batch {}, C {}, {} cells, {}x{}x{}; {} warm-up + {} timed steps",
+                if args.unrolled { "second" } else { "first" },
+                args.batch_size,
+                args.init_channels,
+                args.layers,
+                args.in_channels,
+                args.image_size,
+                args.image_size,
+                args.warmup,
+                args.steps
+            );
+            let report = bench_search(config, |i, ms| eprintln!("  step {i}: {ms:.1} ms"))?;
+            println!(
+                "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device | commit |"
+            );
+            println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+            println!(
+                "| search-cnn | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+                if report.unrolled { "second" } else { "first" },
+                report.batch_size,
+                report.median_ms,
+                report.min_ms,
+                report.max_ms,
+                report.images_per_s,
+                report
+                    .peak_host_bytes
+                    .map_or("n/a".into(), |b| format!("{:.0}", b as f64 / 1048576.0)),
+                report.device,
+                report.commit
+            );
+            if let Some(path) = args.json {
+                let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| darts::Error::invalid("bench", e.to_string()))?;
+                darts::io::write_atomically(&path, text.as_bytes())?;
+            }
             Ok(())
         }
         Command::Plot { genotype, out } => {

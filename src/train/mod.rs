@@ -1,6 +1,7 @@
 //! Training loops and what they need around the model: one optimizer step over a parameter store,
 //! and the small demonstration network trained by `darts demo` and the engine's end-to-end test.
 
+pub mod bench;
 pub mod demo;
 pub mod metrics;
 pub mod progress;

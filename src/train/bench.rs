@@ -1,0 +1,165 @@
+//! `darts bench`: timed search steps on generated data at the paper's shapes (or any other), so a
+//! step's cost can be compared across commits, devices and the PyTorch reference
+//! (`tools/reference/bench.py` writes the same JSON keys).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::Result;
+use crate::darts::architect::{Architect, ArchitectConfig, Batch};
+use crate::darts::cnn::search::{SearchConfig, SearchNetwork, init_alphas};
+use crate::darts::searcher::Searcher;
+use crate::nn::ParamStore;
+use crate::optim::sgd::Sgd;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::progress::peak_memory_bytes;
+
+/// The shape and length of a search-step benchmark. Defaults: the paper's CIFAR-10 search.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchBench {
+    pub unrolled: bool,
+    pub batch_size: usize,
+    pub init_channels: usize,
+    pub layers: usize,
+    pub image_size: usize,
+    pub in_channels: usize,
+    pub classes: usize,
+    /// Untimed steps first (allocator, caches).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+}
+
+impl Default for SearchBench {
+    fn default() -> Self {
+        SearchBench {
+            unrolled: false,
+            batch_size: 64,
+            init_channels: 16,
+            layers: 8,
+            image_size: 32,
+            in_channels: 3,
+            classes: 10,
+            warmup: 1,
+            steps: 5,
+        }
+    }
+}
+
+/// The result, in the JSON layout shared with the PyTorch reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    pub bench: &'static str,
+    pub unrolled: bool,
+    pub batch_size: usize,
+    pub init_channels: usize,
+    pub layers: usize,
+    pub image_size: usize,
+    pub threads: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub images_per_s: f64,
+    pub peak_host_bytes: Option<u64>,
+    pub device: String,
+    pub commit: String,
+}
+
+/// Runs `warmup + steps` full search steps (architect step, then weight step) on random images
+/// and reports the timed ones. `on_step` sees each timed step's milliseconds.
+pub fn bench_search(
+    config: SearchBench,
+    mut on_step: impl FnMut(usize, f64),
+) -> Result<BenchReport> {
+    let net_config = SearchConfig {
+        in_channels: config.in_channels,
+        init_channels: config.init_channels,
+        num_classes: config.classes,
+        layers: config.layers,
+        ..SearchConfig::default()
+    };
+    let mut rng = Rng::new(2);
+    let mut store = ParamStore::new();
+    let net = SearchNetwork::new(&mut store, net_config, &mut rng)?;
+    let alphas = init_alphas(&net_config, &mut rng)?;
+    let mut searcher = Searcher {
+        store,
+        alphas,
+        sgd: Sgd::new(0.025, 0.9, 3e-4),
+        architect: Architect::new(ArchitectConfig {
+            unrolled: config.unrolled,
+            ..ArchitectConfig::default()
+        }),
+    };
+    let shape = [
+        config.batch_size,
+        config.in_channels,
+        config.image_size,
+        config.image_size,
+    ];
+    let mut batch = || -> Result<(Tensor, Vec<usize>)> {
+        let images = Tensor::normal(&shape, 0.0, 1.0, &mut rng)?;
+        let labels = (0..config.batch_size)
+            .map(|_| rng.below(config.classes))
+            .collect();
+        Ok((images, labels))
+    };
+    let (train_x, train_y) = batch()?;
+    let (val_x, val_y) = batch()?;
+    let train = Batch {
+        images: &train_x,
+        labels: &train_y,
+    };
+    let val = Batch {
+        images: &val_x,
+        labels: &val_y,
+    };
+    let mut times = Vec::with_capacity(config.steps);
+    for i in 0..config.warmup + config.steps {
+        let start = Instant::now();
+        searcher.step(&net, train, val, 0.025, 5.0)?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if i >= config.warmup {
+            on_step(times.len(), ms);
+            times.push(ms);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    Ok(BenchReport {
+        implementation: "darts-rs",
+        bench: "search-cnn",
+        unrolled: config.unrolled,
+        batch_size: config.batch_size,
+        init_channels: config.init_channels,
+        layers: config.layers,
+        image_size: config.image_size,
+        threads: rayon::current_num_threads(),
+        median_ms: median,
+        min_ms: times[0],
+        max_ms: times[times.len() - 1],
+        images_per_s: config.batch_size as f64 / (median / 1e3),
+        peak_host_bytes: peak_memory_bytes(),
+        device: "cpu".into(),
+        commit: current_commit(),
+    })
+}
+
+/// The checkout's commit (`git rev-parse --short HEAD`), or "unknown" outside a checkout.
+fn current_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".into(), |s| s.trim().to_string())
+}
