@@ -8,6 +8,9 @@
 //! DARTS needs first derivatives only (its second-order term is a finite difference), so there is
 //! no double backward.
 
+use std::time::Instant;
+
+use crate::profile;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -40,12 +43,17 @@ pub struct Tape {
     values: Vec<Tensor>,
     requires_grad: Vec<bool>,
     nodes: Vec<Node>,
+    /// When the previous op was recorded (only while profiling; see `crate::profile`).
+    last_record: Option<Instant>,
 }
 
 impl Tape {
     /// An empty tape.
     pub fn new() -> Tape {
-        Tape::default()
+        Tape {
+            last_record: profile::enabled().then(Instant::now),
+            ..Tape::default()
+        }
     }
 
     /// Puts a tensor on the tape that needs no gradient (input data, labels, frozen weights).
@@ -93,6 +101,11 @@ impl Tape {
         inputs: &[Var],
         backward: impl FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
     ) -> Var {
+        if let Some(last) = self.last_record {
+            let now = Instant::now();
+            profile::add(profile::Kind::Forward, op, now - last);
+            self.last_record = Some(now);
+        }
         let needs_grad = inputs.iter().any(|v| self.requires_grad[v.0]);
         let out = self.push_value(output, needs_grad);
         if needs_grad {
@@ -151,7 +164,11 @@ impl Tape {
                 .iter()
                 .map(|v| self.requires_grad[v.0])
                 .collect();
+            let started = self.last_record.map(|_| Instant::now());
             let input_grads = backward(&grad_out, &needs)?;
+            if let Some(started) = started {
+                profile::add(profile::Kind::Backward, node.op, started.elapsed());
+            }
             if input_grads.len() != node.inputs.len() {
                 return Err(Error::WrongInputCount {
                     op: node.op,

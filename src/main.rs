@@ -117,6 +117,9 @@ struct BenchArgs {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Print where the time goes: per phase of the step and per op (forward and backward).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(clap::Args)]
@@ -284,7 +287,11 @@ fn run(cli: Cli) -> darts::Result<()> {
                 args.warmup,
                 args.steps
             );
-            let report = bench_search(config, |i, ms| eprintln!("  step {i}: {ms:.1} ms"))?;
+            let report = bench_search(
+                config,
+                |i, ms| eprintln!("  step {i}: {ms:.1} ms"),
+                args.profile,
+            )?;
             println!(
                 "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device | commit |"
             );
@@ -303,6 +310,13 @@ fn run(cli: Cli) -> darts::Result<()> {
                 report.device,
                 report.commit
             );
+            if args.profile {
+                println!(
+                    "\nprofile of the {} timed steps:\n{}",
+                    args.steps,
+                    darts::profile::report()
+                );
+            }
             if let Some(path) = args.json {
                 let text = serde_json::to_string_pretty(&report)
                     .map_err(|e| darts::Error::invalid("bench", e.to_string()))?;

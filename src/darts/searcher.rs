@@ -5,6 +5,7 @@ use crate::Result;
 use crate::darts::architect::{Architect, Batch, Supernet, Wrt, loss_pass};
 use crate::nn::ParamStore;
 use crate::optim::sgd::Sgd;
+use crate::profile;
 use crate::tensor::Tensor;
 use crate::train::optimizer_step;
 
@@ -42,24 +43,28 @@ impl Searcher {
         lr: f32,
         grad_clip: f32,
     ) -> Result<StepOutcome> {
-        let val_loss = self.architect.step(
-            net,
-            &mut self.store,
-            &mut self.alphas,
-            train,
-            val,
-            lr,
-            &self.sgd,
-        )?;
-        let pass = loss_pass(net, &mut self.store, &self.alphas, train, Wrt::Weights)?;
+        let val_loss = profile::phase("architect step", || {
+            let Searcher {
+                store,
+                alphas,
+                sgd,
+                architect,
+            } = self;
+            architect.step(net, store, alphas, train, val, lr, sgd)
+        })?;
+        let pass = profile::phase("weight forward+backward", || {
+            loss_pass(net, &mut self.store, &self.alphas, train, Wrt::Weights)
+        })?;
         let ids = self.store.trainable_ids();
-        optimizer_step(
-            &mut self.store,
-            &mut self.sgd,
-            &ids,
-            &pass.weight_grads,
-            Some(grad_clip),
-        )?;
+        profile::phase("weight update", || {
+            optimizer_step(
+                &mut self.store,
+                &mut self.sgd,
+                &ids,
+                &pass.weight_grads,
+                Some(grad_clip),
+            )
+        })?;
         Ok(StepOutcome {
             train_loss: pass.loss,
             train_correct: pass.correct,

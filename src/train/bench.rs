@@ -70,10 +70,12 @@ pub struct BenchReport {
 }
 
 /// Runs `warmup + steps` full search steps (architect step, then weight step) on random images
-/// and reports the timed ones. `on_step` sees each timed step's milliseconds.
+/// and reports the timed ones. `on_step` sees each timed step's milliseconds. With `profile`,
+/// the timed steps are also profiled per phase and op ([`crate::profile::report`]).
 pub fn bench_search(
     config: SearchBench,
     mut on_step: impl FnMut(usize, f64),
+    profile: bool,
 ) -> Result<BenchReport> {
     let net_config = SearchConfig {
         in_channels: config.in_channels,
@@ -120,6 +122,9 @@ pub fn bench_search(
     };
     let mut times = Vec::with_capacity(config.steps);
     for i in 0..config.warmup + config.steps {
+        if profile && i == config.warmup {
+            crate::profile::enable();
+        }
         let start = Instant::now();
         searcher.step(&net, train, val, 0.025, 5.0)?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
