@@ -10,8 +10,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// Calls and total time per (kind, name).
+type Totals = BTreeMap<(Kind, &'static str), (u64, Duration)>;
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static TOTALS: Mutex<BTreeMap<(Kind, &'static str), (u64, Duration)>> = Mutex::new(BTreeMap::new());
+static TOTALS: Mutex<Totals> = Mutex::new(BTreeMap::new());
 
 /// What a measured interval was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

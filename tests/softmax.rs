@@ -61,7 +61,7 @@ fn softmax_along_each_dim_matches_formula_and_sums_to_one() {
         // Sum along `dim` by moving one stride at a time.
         let inner: usize = x.shape()[dim + 1..].iter().product();
         let size = x.shape()[dim];
-        for start in (0..x.numel()).filter(|s| (s / inner) % size == 0) {
+        for start in (0..x.numel()).filter(|s| (s / inner).is_multiple_of(size)) {
             let total: f32 = (0..size).map(|j| y.data()[start + j * inner]).sum();
             assert!(
                 (total - 1.0).abs() < 1e-5,

@@ -121,7 +121,7 @@ impl CellKind {
         if entries.is_empty() {
             return bad("has no entries".to_string());
         }
-        if entries.len() % self.per_node != 0 {
+        if !entries.len().is_multiple_of(self.per_node) {
             return bad(format!(
                 "has {} entries, but every node takes exactly {} (the count must be a multiple of {})",
                 entries.len(),
@@ -424,7 +424,7 @@ impl fmt::Display for RnnGenotype {
 /// Row-wise softmax of a row-major `[rows x cols]` matrix (the weights the search network puts on
 /// its candidate ops). Errors when `cols` is 0 or the length is not a positive multiple of it.
 pub fn softmax_rows(alphas: &[f32], cols: usize) -> Result<Vec<f32>> {
-    if cols == 0 || alphas.is_empty() || alphas.len() % cols != 0 {
+    if cols == 0 || alphas.is_empty() || !alphas.len().is_multiple_of(cols) {
         return Err(Error::invalid(
             "softmax_rows",
             format!(

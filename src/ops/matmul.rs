@@ -72,14 +72,14 @@ pub fn linear(tape: &mut Tape, x: Var, weight: Var, bias: Option<Var>) -> Result
             tape.shape(weight),
         ));
     }
-    if let Some(b) = bias {
-        if tape.shape(b) != [out] {
-            return Err(Error::shape(
-                "linear",
-                format!("a bias of shape [{out}] (the weight's rows)"),
-                tape.shape(b),
-            ));
-        }
+    if let Some(b) = bias
+        && tape.shape(b) != [out]
+    {
+        return Err(Error::shape(
+            "linear",
+            format!("a bias of shape [{out}] (the weight's rows)"),
+            tape.shape(b),
+        ));
     }
     let (xv, wv) = (tape.value(x).clone(), tape.value(weight).clone());
     let init = bias.map(|b| tape.value(b).data().repeat(n));

@@ -33,7 +33,7 @@ impl Progress {
             if done == self.total {
                 eprintln!();
             }
-        } else if done % self.report_every == 0 || done == self.total {
+        } else if done.is_multiple_of(self.report_every) || done == self.total {
             eprintln!("  step {done:>5}/{}  {message}", self.total);
         }
     }
