@@ -3,6 +3,7 @@
 //! emulator join it as further variants.
 
 pub mod cpu;
+pub mod gpu;
 
 use std::fmt;
 

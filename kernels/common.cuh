@@ -1,0 +1,80 @@
+// common.cuh: device helpers shared by every kernel family.
+//
+// Conventions for kernels/*.cu (build.rs enforces the first two):
+// - A kernel is declared on one line, `extern "C" __global__ void <family>_<op>_<dir>_<dtype>(...)`,
+//   with parameters of these types only: const float*, float*, const int*, int*,
+//   const unsigned*, unsigned*, int, unsigned, float, unsigned long long. build.rs reads that line
+//   and generates the typed Rust launcher, so the Rust side can never pass arguments in another
+//   order or of another type.
+// - Every kernel is correct for any grid: loops are grid-stride loops, so the Rust side picks the
+//   grid for speed alone.
+// - Reductions are deterministic: fixed-shape trees, a second pass instead of float atomics, so
+//   that two runs give the same bits.
+// - `__shared__` arrays are declared in kernels, never in helpers (the host emulator needs that;
+//   see kernels/emu/cuda_emu.h). Helpers that need scratch space take a pointer to it.
+#pragma once
+
+#ifndef DARTS_EMU
+// nvcc side of the dynamic shared memory macro (the emulator defines its own). All dynamic shared
+// memory of a block is one array; each kernel views it with the type it needs.
+#define DARTS_DYNAMIC_SHARED(T, name)                                  \
+    extern __shared__ __align__(16) unsigned char darts_dynamic_smem[]; \
+    T* name = reinterpret_cast<T*>(darts_dynamic_smem)
+#endif
+
+#define WARP_SIZE 32
+#define FULL_MASK 0xffffffffu
+
+// ---- Grid-stride loops ------------------------------------------------------------------------
+// for (size_t i = global_thread_index(); i < n; i += global_thread_count()) { ... }
+// Indices are 64-bit, so `i += stride` cannot overflow near the end of a large buffer.
+__device__ __forceinline__ size_t global_thread_index() {
+    return static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ size_t global_thread_count() {
+    return static_cast<size_t>(blockDim.x) * gridDim.x;
+}
+
+// ---- Reductions -------------------------------------------------------------------------------
+// Sum over the 32 lanes of a warp with a fixed tree: lane i adds lane i+16, then i+8, ... so the
+// order of additions never changes. The full sum lands in lane 0 (the other lanes hold partials).
+template <class T>
+__device__ __forceinline__ T warp_reduce_sum(T v) {
+    for (int offset = WARP_SIZE / 2; offset > 0; offset /= 2) {
+        v += __shfl_down_sync(FULL_MASK, v, offset);
+    }
+    return v;
+}
+
+// Sum over a whole block (blockDim.x a multiple of 32, at most 1024, 1-D): each warp reduces its
+// lanes, lane 0 of every warp writes its sum to `scratch` (at least blockDim.x / 32 elements of
+// __shared__ memory), then warp 0 reduces those sums. The shape of the tree depends only on
+// blockDim.x, so the result is the same bits every run. The total is returned to thread 0 only.
+// Ends with a barrier, so `scratch` may be reused right after.
+template <class T>
+__device__ __forceinline__ T block_reduce_sum(T v, T* scratch) {
+    const unsigned warp = threadIdx.x / WARP_SIZE;
+    const unsigned lane = threadIdx.x % WARP_SIZE;
+    const unsigned warps = blockDim.x / WARP_SIZE;
+    v = warp_reduce_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < warps ? scratch[lane] : T(0);
+        v = warp_reduce_sum(v);
+    }
+    __syncthreads();
+    return v;
+}
+
+// ---- Pointwise math ---------------------------------------------------------------------------
+// The logistic function, written as the CPU reference writes it, so that e^x never overflows:
+// for x >= 0 it uses e^(-x) <= 1, for x < 0 it uses e^x < 1.
+__device__ __forceinline__ float sigmoidf(float x) {
+    if (x >= 0.0f) {
+        return 1.0f / (1.0f + expf(-x));
+    }
+    float e = expf(x);
+    return e / (1.0f + e);
+}
