@@ -15,10 +15,12 @@
 //! Launches are `unsafe`: a kernel indexes raw memory, and only its caller knows how far. The
 //! family modules are where that is checked, so code above them stays safe.
 
+pub mod batchnorm;
 pub mod cuda;
 pub mod elementwise;
 pub mod emu;
 pub mod kernels;
+pub mod pool;
 
 use std::collections::BTreeSet;
 use std::fmt;

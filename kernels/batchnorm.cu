@@ -1,0 +1,234 @@
+// batchnorm.cu: batch normalisation on [N, C, HW] data (NCHW images, or [N, C] with HW = 1):
+// the per-channel batch statistics, the normalisation, the input gradient in its compact form,
+// the per-channel gradient sums that give dgamma and dbeta, and the running-statistics update.
+// The CPU reference is src/device/cpu/batchnorm.rs, with the per-channel arithmetic of
+// src/ops/batchnorm.rs (whose module comment derives the backward); tests/kernels_batchnorm.rs
+// compares every kernel here with them.
+//
+// The layout, and why the reductions are the interesting part
+// ------------------------------------------------------------
+// Channel c of the batch is not one contiguous run: it is N runs of HW elements, one per sample,
+// at x[(s * C + c) * HW ...]. Batch norm needs two kinds of passes over it:
+// - elementwise maps (y = x * scale[c] + shift[c], and the input gradient): one thread per element,
+//   grid-stride, memory-bound, trivially parallel;
+// - per-channel reductions over M = N * HW elements (the mean and variance in the forward, sum(dy)
+//   and sum(dy * xhat) in the backward). With DARTS' C = 16 channels and M = 64 * 32 * 32 = 65536,
+//   one block per channel would leave most of a 132-SM GPU idle, so each channel is split over P
+//   blocks and reduced in two passes, llm.c style but without float atomics:
+//
+//     pass 1, grid (P, C): block (b, c) sums its grid-stride share of channel c in double, reduces
+//                          over the block with the fixed tree of common.cuh, and stores the block's
+//                          partial sums, as doubles, in a workspace;
+//     pass 2, grid C:      block c adds its P partials (in double, fixed tree) and finishes the
+//                          channel's arithmetic on thread 0.
+//
+// Kernel buffers are declared with 32-bit element types (build.rs generates the launchers from
+// them), so the workspace is an `unsigned*` holding each double as two words; allocations are
+// aligned to at least 16 bytes, so viewing it as doubles is safe. Keeping the partials in double,
+// rather than rounding them to floats, loses nothing between the passes.
+//
+// P and the block size depend only on M (the Rust side picks them), never on the GPU, so the order
+// of every addition is fixed: two runs, or two GPUs, give the same bits. Summing in double costs
+// little (the loops are memory-bound) and keeps these sums as accurate as the CPU's f64 sums; the
+// results differ from the CPU's by double rounding errors alone, far below a float's rounding.
+//
+// The variance in one pass over the data
+// --------------------------------------
+// The CPU computes the mean, then sum((x - mean)^2): two passes over x. The one-pass textbook form
+// var = (sum x^2 - (sum x)^2 / M) / M reads x once but cancels catastrophically when |mean| >> std
+// (a channel at 1000 +- 0.01 loses every digit). Shifting the data first fixes that: with K any
+// value of the channel (we take its first element), d = x - K,
+//     mean = K + sum(d) / M,      m2 = sum((x - mean)^2) = sum(d^2) - (sum d)^2 / M,
+// and since (K - mean)^2 is one term of m2, sum(d^2) = m2 + M (K - mean)^2 <= (M + 1) m2: the
+// subtraction loses at most log2(M + 1) bits, about 16 for M = 65536, of the 53 a double has. The
+// result is still ~1e-11 relative or better, well inside a float's rounding, and x is read once.
+// (Welford's update is the other classic fix; it costs a division per element.)
+//
+// The backward
+// ------------
+// In training mode, with xhat = (x - mean) * inv_std and k = gamma * inv_std,
+//     dx = k * (dy - mean(dy) - xhat * mean(dy * xhat)),     dgamma = sum(dy * xhat),   dbeta = sum(dy),
+// the sums and means over the channel's M elements. The two sums are one two-pass reduction (the
+// same shape as the statistics, now summing two products per element), and dx is then an
+// elementwise pass. In eval mode dx = k * dy, the forward's map with a zero shift.
+//
+// Matching the CPU bit for bit where we can
+// -----------------------------------------
+// The elementwise passes evaluate exactly the CPU's float expressions in the CPU's order, spelled
+// with __fmul_rn / __fadd_rn / __fsub_rn where nvcc would otherwise fuse a multiply and an add into
+// one fma (rounded once, unlike the CPU): their results are the CPU's bits. The per-channel
+// finishing arithmetic (1 / sqrt(var + eps), the running-average blend) is done in double as the
+// CPU does it, with correctly rounded IEEE operations, so it too gives the CPU's bits from the same
+// inputs.
+#include "common.cuh"
+
+// The workspace of partial sums as the doubles it holds (two 32-bit words each).
+__device__ __forceinline__ double* as_doubles(unsigned* words) { return reinterpret_cast<double*>(words); }
+__device__ __forceinline__ const double* as_doubles(const unsigned* words) { return reinterpret_cast<const double*>(words); }
+
+// Element j (0 <= j < n * hw) of channel `ch`: sample j / hw, position j % hw. The channel's
+// M = n * hw elements fit in an int (the Rust side checks), so 32-bit division is enough.
+__device__ __forceinline__ size_t channel_element(unsigned j, int c, int hw, int ch) {
+    const unsigned sample = j / unsigned(hw);
+    const unsigned at = j - sample * unsigned(hw);
+    return (size_t(sample) * c + ch) * hw + at;
+}
+
+// ---- Batch statistics -------------------------------------------------------------------------
+
+// Pass 1 of the statistics. Grid (P, C'), 1-D blocks of a multiple of 32 threads; block (b, ch)
+// writes the doubles sum(d), sum(d^2) at 2 (ch P + b) of the workspace, d = x - x[first of ch].
+extern "C" __global__ void batchnorm_moments_partial_fwd_f32(const float* __restrict__ x, unsigned* __restrict__ partials, int n, int c, int hw) {
+    __shared__ double scratch[WARP_SIZE];
+    const size_t m = size_t(n) * hw;
+    for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        const double shift = double(x[size_t(ch) * hw]);
+        double s1 = 0.0;
+        double s2 = 0.0;
+        for (size_t j = global_thread_index(); j < m; j += global_thread_count()) {
+            const double d = double(x[channel_element(unsigned(j), c, hw, ch)]) - shift;
+            s1 += d;
+            s2 += d * d;
+        }
+        s1 = block_reduce_sum(s1, scratch);
+        s2 = block_reduce_sum(s2, scratch);
+        if (threadIdx.x == 0) {
+            double* slot = as_doubles(partials) + 2 * (size_t(ch) * gridDim.x + blockIdx.x);
+            slot[0] = s1;
+            slot[1] = s2;
+        }
+    }
+}
+
+// Pass 2 of the statistics. Grid-stride over channels, 1-D blocks of a multiple of 32 threads.
+// Adds channel ch's p partials and writes mean[ch], the unbiased variance m2 / (M - 1) and
+// inv_std[ch] = 1 / sqrt(m2 / M + eps) (the biased variance normalises, as in PyTorch). M >= 2.
+extern "C" __global__ void batchnorm_moments_final_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, float* __restrict__ mean, float* __restrict__ var_unbiased, float* __restrict__ inv_std, int p, int n, int c, int hw, float eps) {
+    __shared__ double scratch[WARP_SIZE];
+    const double m = double(n) * double(hw);
+    for (int ch = blockIdx.x; ch < c; ch += gridDim.x) {
+        const double* mine = as_doubles(partials) + 2 * size_t(ch) * p;
+        double s1 = 0.0;
+        double s2 = 0.0;
+        for (int b = threadIdx.x; b < p; b += blockDim.x) {
+            s1 += mine[2 * b];
+            s2 += mine[2 * b + 1];
+        }
+        s1 = block_reduce_sum(s1, scratch);
+        s2 = block_reduce_sum(s2, scratch);
+        if (threadIdx.x == 0) {
+            const double shift = double(x[size_t(ch) * hw]);
+            // Rounding can leave a zero-variance channel a hair below zero.
+            const double m2 = fmax(s2 - s1 * s1 / m, 0.0);
+            mean[ch] = float(shift + s1 / m);
+            var_unbiased[ch] = float(m2 / (m - 1.0));
+            inv_std[ch] = float(1.0 / sqrt(m2 / m + double(eps)));
+        }
+    }
+}
+
+// inv_std[ch] = 1 / sqrt(var[ch] + eps), in double (eval mode, from the running variance).
+extern "C" __global__ void batchnorm_inv_std_fwd_f32(const float* __restrict__ var, float* __restrict__ inv_std, int c, float eps) {
+    for (size_t ch = global_thread_index(); ch < size_t(c); ch += global_thread_count()) {
+        inv_std[ch] = float(1.0 / sqrt(double(var[ch]) + double(eps)));
+    }
+}
+
+// ---- Normalisation ----------------------------------------------------------------------------
+
+// The per-channel affine map of y = gamma (x - mean) inv_std + beta = x * scale + shift:
+// scale[ch] = gamma[ch] * inv_std[ch], shift[ch] = beta[ch] - mean[ch] * scale[ch]
+// (without affine parameters gamma = 1 and beta = 0, passed as such).
+extern "C" __global__ void batchnorm_affine_fwd_f32(const float* __restrict__ mean, const float* __restrict__ inv_std, const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ scale, float* __restrict__ shift, int c) {
+    for (size_t ch = global_thread_index(); ch < size_t(c); ch += global_thread_count()) {
+        const float a = gamma[ch] * inv_std[ch];
+        scale[ch] = a;
+        shift[ch] = __fsub_rn(beta[ch], __fmul_rn(mean[ch], a));
+    }
+}
+
+// y = x * scale[ch] + shift[ch] on [N, C, hw] data (count = N C hw elements), ch = (i / hw) % c.
+// The forward normalisation, and with shift = 0 the eval-mode input gradient.
+extern "C" __global__ void batchnorm_scale_shift_fwd_f32(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ shift, float* __restrict__ y, int count, int c, int hw) {
+    for (size_t i = global_thread_index(); i < size_t(count); i += global_thread_count()) {
+        const unsigned ch = unsigned(i) / unsigned(hw) % unsigned(c);
+        y[i] = __fadd_rn(__fmul_rn(x[i], scale[ch]), shift[ch]);
+    }
+}
+
+// ---- Backward ---------------------------------------------------------------------------------
+
+// Pass 1 of the gradient sums. Grid (P, C'), 1-D blocks of a multiple of 32 threads; block (b, ch)
+// writes the doubles sum(dy), sum(dy * xhat) at 2 (ch P + b) of the workspace, with
+// xhat = (x - mean[ch]) * inv_std[ch] rounded to float as the CPU rounds it.
+extern "C" __global__ void batchnorm_grad_partial_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ mean, const float* __restrict__ inv_std, unsigned* __restrict__ partials, int n, int c, int hw) {
+    __shared__ double scratch[WARP_SIZE];
+    const size_t m = size_t(n) * hw;
+    for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        const float mu = mean[ch];
+        const float s = inv_std[ch];
+        double sum_dy = 0.0;
+        double sum_dy_xhat = 0.0;
+        for (size_t j = global_thread_index(); j < m; j += global_thread_count()) {
+            const size_t at = channel_element(unsigned(j), c, hw, ch);
+            const float xhat = __fmul_rn(__fsub_rn(x[at], mu), s);
+            const double g = double(dy[at]);
+            sum_dy += g;
+            sum_dy_xhat += g * double(xhat);  // exact product: fused or not, one rounding
+        }
+        sum_dy = block_reduce_sum(sum_dy, scratch);
+        sum_dy_xhat = block_reduce_sum(sum_dy_xhat, scratch);
+        if (threadIdx.x == 0) {
+            double* slot = as_doubles(partials) + 2 * (size_t(ch) * gridDim.x + blockIdx.x);
+            slot[0] = sum_dy;
+            slot[1] = sum_dy_xhat;
+        }
+    }
+}
+
+// Pass 2 of the gradient sums. Grid-stride over channels, 1-D blocks of a multiple of 32 threads.
+// Writes dbeta = sum(dy), dgamma = sum(dy * xhat) and their means over the m elements of the
+// channel (what the training-mode dx needs).
+extern "C" __global__ void batchnorm_grad_final_bwd_f32(const unsigned* __restrict__ partials, float* __restrict__ sum_dy, float* __restrict__ sum_dy_xhat, float* __restrict__ mean_dy, float* __restrict__ mean_dy_xhat, int p, int c, int m) {
+    __shared__ double scratch[WARP_SIZE];
+    for (int ch = blockIdx.x; ch < c; ch += gridDim.x) {
+        const double* mine = as_doubles(partials) + 2 * size_t(ch) * p;
+        double s1 = 0.0;
+        double s2 = 0.0;
+        for (int b = threadIdx.x; b < p; b += blockDim.x) {
+            s1 += mine[2 * b];
+            s2 += mine[2 * b + 1];
+        }
+        s1 = block_reduce_sum(s1, scratch);
+        s2 = block_reduce_sum(s2, scratch);
+        if (threadIdx.x == 0) {
+            sum_dy[ch] = float(s1);
+            sum_dy_xhat[ch] = float(s2);
+            mean_dy[ch] = float(s1 / double(m));
+            mean_dy_xhat[ch] = float(s2 / double(m));
+        }
+    }
+}
+
+// Training-mode input gradient, dx = k[ch] * (dy - mean_dy[ch] - xhat * mean_dy_xhat[ch]) with
+// xhat = (x - mean[ch]) * inv_std[ch], on [N, C, hw] data (count elements), in the CPU's order.
+extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ mean, const float* __restrict__ inv_std, const float* __restrict__ k, const float* __restrict__ mean_dy, const float* __restrict__ mean_dy_xhat, float* __restrict__ dx, int count, int c, int hw) {
+    for (size_t i = global_thread_index(); i < size_t(count); i += global_thread_count()) {
+        const unsigned ch = unsigned(i) / unsigned(hw) % unsigned(c);
+        const float xhat_term = __fmul_rn(__fmul_rn(__fsub_rn(x[i], mean[ch]), inv_std[ch]), mean_dy_xhat[ch]);
+        dx[i] = __fmul_rn(k[ch], __fsub_rn(__fsub_rn(dy[i], mean_dy[ch]), xhat_term));
+    }
+}
+
+// ---- Running statistics -----------------------------------------------------------------------
+
+// PyTorch's update, in place and in double as the CPU does it:
+// running <- (1 - momentum) running + momentum batch, the variance from the unbiased batch variance.
+extern "C" __global__ void batchnorm_running_stats_fwd_f32(float* __restrict__ running_mean, float* __restrict__ running_var, const float* __restrict__ mean, const float* __restrict__ var_unbiased, int c, float momentum) {
+    const double m = double(momentum);
+    const double keep = 1.0 - m;
+    for (size_t ch = global_thread_index(); ch < size_t(c); ch += global_thread_count()) {
+        running_mean[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_mean[ch])), __dmul_rn(m, double(mean[ch]))));
+        running_var[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_var[ch])), __dmul_rn(m, double(var_unbiased[ch]))));
+    }
+}
