@@ -16,10 +16,12 @@
 //! family modules are where that is checked, so code above them stays safe.
 
 pub mod batchnorm;
+pub mod conv;
 pub mod cuda;
 pub mod elementwise;
 pub mod emu;
 pub mod kernels;
+pub mod matmul;
 pub mod pool;
 
 use std::collections::BTreeSet;

@@ -1,0 +1,222 @@
+// conv.cu: 2-D convolution on NCHW data, forward and backward: the depthwise convolutions of the
+// DARTS separable and dilated convs as direct kernels, everything else as im2col + the GEMM of
+// kernels/matmul.cu. The CPU reference is src/device/cpu/conv.rs; tests/kernels_conv.rs compares
+// every kernel here with it, and src/device/gpu/conv.rs holds the launch plan.
+//
+// Shapes: x is [N, C, H, W], the weight [Cout, Cin/groups, kh, kw], y [N, Cout, Ho, Wo]. Along each
+// axis, output position o and kernel tap t read input position
+//
+//     i = o·stride + t·dilation − padding            (zero when i is outside [0, size))
+//
+// The depthwise path (groups == Cin == Cout)
+// ------------------------------------------
+// Each output channel sees one input channel through kh·kw weights, so a GEMM would multiply
+// 1-wide matrices. Instead:
+//   - forward: one thread per output element sums its kh·kw taps (a tap is a load of x that its
+//     neighbours also make, so the taps mostly hit L1/L2);
+//   - input gradient: one thread per input element *gathers* the output gradients that read it.
+//     Input i was read by tap t of output o exactly when i + padding − t·dilation = o·stride, so
+//     the thread loops over the taps, keeps those where that difference is a non-negative multiple
+//     of the stride below Ho·stride, and adds w[t]·dy[o]. The scatter form (each output adds into
+//     the inputs it read) would need atomics, whose order of additions changes from run to run;
+//     the gather writes every element once, with its taps added in a fixed order;
+//   - weight gradient: dw[c, t] = Σ over images and output positions of dy · x (the input that
+//     tap t read). That is one dot product of N·Ho·Wo terms per (channel, tap), so one block per
+//     (c, t): each thread sums a strided share, then a fixed warp-shuffle tree (block_reduce_sum in
+//     common.cuh) adds the threads. The tree depends only on the block size, which the Rust side
+//     fixes, so the bits never change.
+//
+// The general path: im2col + GEMM
+// -------------------------------
+// A convolution of one image and channel group is a matrix product once the input is unfolded:
+// the column matrix col[(c, ky, kx), (oy, ox)] = x[c, iy, ix] has Cin/groups·kh·kw rows and Ho·Wo
+// columns, and y_g = W_g · col with W_g the group's [Cout/groups, Cin/groups·kh·kw] weights.
+//   - im2col: one thread per element of col (for a chunk of images at once), zero off the image;
+//   - forward: a batched GEMM over (image, group);
+//   - input gradient: dcol = W_gᵀ · dy_g (a GEMM with A transposed by its strides), then col2im
+//     folds dcol back onto the image. Like the depthwise input gradient it is a gather: one
+//     thread per input element adds the dcol entries of the (tap, output) pairs that read it, in
+//     tap order, with no atomics;
+//   - weight gradient: per image, dW_g(n) = dy_g(n) · col(n)ᵀ (a GEMM with B transposed), into a
+//     workspace of one partial gradient per image; then conv_weight_sum adds the partials in image
+//     order (onto the running total of the previous chunk of images, when the batch is processed
+//     in chunks to bound the workspace). Summing over images inside the GEMM would need the batch
+//     in the k dimension; per-image partials keep every layout a plain strided matrix and give N
+//     times more blocks to the GPU;
+//   - 1×1 convolutions with stride 1 and no padding skip im2col: the image itself is the column
+//     matrix (Cin/groups rows of H·W), so they are one batched GEMM each way.
+//
+// The bias: the forward adds it in place after the convolution (as the CPU reference does); its
+// gradient, Σ over images and positions of dy, is one block tree per output channel.
+#include "common.cuh"
+
+// The input position read by output `o` through tap `t`, or -1 when it falls in the padding.
+__device__ __forceinline__ int conv_input_pos(int o, int t, int size, int stride, int pad, int dil) {
+    const int i = o * stride + t * dil - pad;
+    return (i >= 0 && i < size) ? i : -1;
+}
+
+// The output position that read input `i` through tap `t`, or -1 when no output did.
+__device__ __forceinline__ int conv_output_pos(int i, int t, int out, int stride, int pad, int dil) {
+    const int shifted = i + pad - t * dil;
+    if (shifted < 0 || shifted % stride != 0) return -1;
+    const int o = shifted / stride;
+    return o < out ? o : -1;
+}
+
+// ---- im2col + GEMM ----------------------------------------------------------------------------
+
+// col[img, c, ky, kx, oy, ox] = x[n0 + img, c, iy, ix] (zero in the padding) for img < images: the
+// column matrices of `images` images starting at n0, for all channels (each group's rows are
+// contiguous, so this is [images, groups, Cin/groups·kh·kw, Ho·Wo]).
+extern "C" __global__ void conv_im2col_fwd_f32(const float* __restrict__ x, float* __restrict__ col, int n0, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
+    const size_t total = size_t(images) * channels * kernel_h * kernel_w * out_h * out_w;
+    for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
+        const int ox = int(e % out_w);
+        const int oy = int(e / out_w % out_h);
+        const int kx = int(e / (size_t(out_w) * out_h) % kernel_w);
+        const int ky = int(e / (size_t(out_w) * out_h * kernel_w) % kernel_h);
+        const size_t plane = e / (size_t(out_w) * out_h * kernel_w * kernel_h);  // img·C + c
+        const int iy = conv_input_pos(oy, ky, height, stride_h, pad_h, dil_h);
+        const int ix = conv_input_pos(ox, kx, width, stride_w, pad_w, dil_w);
+        const float* src = x + (size_t(n0) * channels + plane) * height * width;
+        col[e] = (iy >= 0 && ix >= 0) ? src[size_t(iy) * width + ix] : 0.0f;
+    }
+}
+
+// dx[n0 + img, c, iy, ix] = Σ over the taps (ky, kx), in order, whose window covers (iy, ix) of
+// dcol[img, c, ky, kx, oy, ox]: the adjoint of im2col, as a gather (one thread per element of dx).
+extern "C" __global__ void conv_col2im_bwd_f32(const float* __restrict__ col, float* __restrict__ dx, int n0, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
+    const size_t total = size_t(images) * channels * height * width;
+    const size_t out_plane = size_t(out_h) * out_w;
+    for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
+        const int ix = int(e % width);
+        const int iy = int(e / width % height);
+        const size_t plane = e / (size_t(width) * height);  // img·C + c
+        const float* src = col + plane * kernel_h * kernel_w * out_plane;
+        float acc = 0.0f;
+        for (int ky = 0; ky < kernel_h; ++ky) {
+            const int oy = conv_output_pos(iy, ky, out_h, stride_h, pad_h, dil_h);
+            if (oy < 0) continue;
+            for (int kx = 0; kx < kernel_w; ++kx) {
+                const int ox = conv_output_pos(ix, kx, out_w, stride_w, pad_w, dil_w);
+                if (ox < 0) continue;
+                acc += src[(size_t(ky) * kernel_w + kx) * out_plane + size_t(oy) * out_w + ox];
+            }
+        }
+        dx[size_t(n0) * channels * height * width + e] = acc;
+    }
+}
+
+// dweight[i] = Σ_j partials[j·len + i] for j = 0 .. count-1 in order, added to dweight[i] when
+// `accumulate` is non-zero (the next chunk of images), else stored.
+extern "C" __global__ void conv_weight_sum_bwd_f32(const float* __restrict__ partials, float* __restrict__ dweight, int count, int len, int accumulate) {
+    for (size_t i = global_thread_index(); i < size_t(len); i += global_thread_count()) {
+        float s = partials[i];
+        for (int j = 1; j < count; ++j) s += partials[size_t(j) * len + i];
+        dweight[i] = accumulate ? dweight[i] + s : s;
+    }
+}
+
+// ---- Depthwise --------------------------------------------------------------------------------
+
+// y[n, c, oy, ox] = Σ_{ky, kx} w[c, ky, kx] · x[n, c, iy, ix], taps in order, over the taps that
+// land on the image. One thread per output element.
+extern "C" __global__ void conv_depthwise_fwd_f32(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ y, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
+    const size_t total = size_t(images) * channels * out_h * out_w;
+    for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
+        const int ox = int(e % out_w);
+        const int oy = int(e / out_w % out_h);
+        const size_t plane = e / (size_t(out_w) * out_h);  // n·C + c
+        const float* src = x + plane * height * width;
+        const float* wc = weight + (plane % channels) * kernel_h * kernel_w;
+        float acc = 0.0f;
+        for (int ky = 0; ky < kernel_h; ++ky) {
+            const int iy = conv_input_pos(oy, ky, height, stride_h, pad_h, dil_h);
+            if (iy < 0) continue;
+            for (int kx = 0; kx < kernel_w; ++kx) {
+                const int ix = conv_input_pos(ox, kx, width, stride_w, pad_w, dil_w);
+                if (ix < 0) continue;
+                acc += wc[ky * kernel_w + kx] * src[size_t(iy) * width + ix];
+            }
+        }
+        y[e] = acc;
+    }
+}
+
+// dx[n, c, iy, ix] = Σ over the taps, in order, of w[c, ky, kx] · dy[n, c, oy, ox] for the output
+// (oy, ox) that read (iy, ix) through that tap, if any. One thread per input element (a gather).
+extern "C" __global__ void conv_depthwise_input_bwd_f32(const float* __restrict__ dy, const float* __restrict__ weight, float* __restrict__ dx, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
+    const size_t total = size_t(images) * channels * height * width;
+    for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
+        const int ix = int(e % width);
+        const int iy = int(e / width % height);
+        const size_t plane = e / (size_t(width) * height);  // n·C + c
+        const float* src = dy + plane * out_h * out_w;
+        const float* wc = weight + (plane % channels) * kernel_h * kernel_w;
+        float acc = 0.0f;
+        for (int ky = 0; ky < kernel_h; ++ky) {
+            const int oy = conv_output_pos(iy, ky, out_h, stride_h, pad_h, dil_h);
+            if (oy < 0) continue;
+            for (int kx = 0; kx < kernel_w; ++kx) {
+                const int ox = conv_output_pos(ix, kx, out_w, stride_w, pad_w, dil_w);
+                if (ox < 0) continue;
+                acc += wc[ky * kernel_w + kx] * src[size_t(oy) * out_w + ox];
+            }
+        }
+        dx[e] = acc;
+    }
+}
+
+// dweight[c, ky, kx] = Σ_{n, oy, ox} dy[n, c, oy, ox] · x[n, c, iy, ix] over the positions where
+// the tap lands on the image. One block per (c, tap), grid-stride over them; 1-D blocks of a
+// multiple of 32 threads (the block tree needs whole warps).
+extern "C" __global__ void conv_depthwise_weight_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dweight, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
+    __shared__ float scratch[WARP_SIZE];
+    const int taps = kernel_h * kernel_w;
+    const size_t out_plane = size_t(out_h) * out_w;
+    const size_t terms = size_t(images) * out_plane;
+    for (int job = blockIdx.x; job < channels * taps; job += gridDim.x) {
+        const int c = job / taps;
+        const int ky = job % taps / kernel_w;
+        const int kx = job % kernel_w;
+        float s = 0.0f;
+        for (size_t e = threadIdx.x; e < terms; e += blockDim.x) {
+            const int ox = int(e % out_w);
+            const int oy = int(e / out_w % out_h);
+            const size_t plane = e / out_plane * channels + c;  // n·C + c
+            const int iy = conv_input_pos(oy, ky, height, stride_h, pad_h, dil_h);
+            const int ix = conv_input_pos(ox, kx, width, stride_w, pad_w, dil_w);
+            if (iy >= 0 && ix >= 0) {
+                s += dy[plane * out_plane + size_t(oy) * out_w + ox] * x[(plane * height + iy) * width + ix];
+            }
+        }
+        s = block_reduce_sum(s, scratch);
+        if (threadIdx.x == 0) dweight[job] = s;
+    }
+}
+
+// ---- Bias -------------------------------------------------------------------------------------
+
+// y[n, c, :] += bias[c] on [images, channels, plane] data, in place.
+extern "C" __global__ void conv_bias_fwd_f32(float* __restrict__ y, const float* __restrict__ bias, int images, int channels, int plane) {
+    const size_t total = size_t(images) * channels * plane;
+    for (size_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        y[i] += bias[i / plane % channels];
+    }
+}
+
+// dbias[c] = Σ_{n, p} dy[n, c, p]: one block per channel (grid-stride), a strided share per
+// thread, then the fixed block tree. 1-D blocks of a multiple of 32 threads.
+extern "C" __global__ void conv_bias_bwd_f32(const float* __restrict__ dy, float* __restrict__ dbias, int images, int channels, int plane) {
+    __shared__ float scratch[WARP_SIZE];
+    const size_t terms = size_t(images) * plane;
+    for (int c = blockIdx.x; c < channels; c += gridDim.x) {
+        float s = 0.0f;
+        for (size_t e = threadIdx.x; e < terms; e += blockDim.x) {
+            s += dy[(e / plane * channels + c) * plane + e % plane];
+        }
+        s = block_reduce_sum(s, scratch);
+        if (threadIdx.x == 0) dbias[c] = s;
+    }
+}

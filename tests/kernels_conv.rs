@@ -1,0 +1,486 @@
+//! Every kernel of `kernels/conv.cu` (and the batched GEMM of `kernels/matmul.cu` in every layout
+//! the convolutions use), run through `darts::device::gpu::conv::ConvPlan`, against the CPU
+//! reference `darts::device::cpu::conv`: forward, input, weight and bias gradients, on the
+//! emulator always, and on CUDA when this machine has a driver and the build has PTX (otherwise
+//! that test says it skipped). The geometries are DARTS' (separable and dilated depthwise convs,
+//! 1×1 and strided 1×1 convs, the 3×3 stem, the 1×7 / 7×1 pair) plus channel groups, on odd image
+//! sizes; every device allocation starts as NaN, so an element a kernel fails to write shows up.
+
+use std::collections::BTreeSet;
+
+use darts::Rng;
+use darts::device::cpu::conv::{self as reference, ConvGeometry};
+use darts::device::gpu::conv::ConvPlan;
+use darts::device::gpu::{
+    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, Family, GpuError, KernelId, LaunchConfig,
+    TestExecutor, kernels,
+};
+use darts::ops::conv::Conv2dParams;
+
+/// The kernels this file launches. Each backend's test checks that it launched exactly these of
+/// the conv family (and the GEMM), and `tests/kernel_coverage.rs` checks that every kernel of the
+/// build is in such a list.
+const COVERED: &[KernelId] = &[
+    KernelId::ConvIm2colFwdF32,
+    KernelId::ConvCol2imBwdF32,
+    KernelId::ConvWeightSumBwdF32,
+    KernelId::ConvDepthwiseFwdF32,
+    KernelId::ConvDepthwiseInputBwdF32,
+    KernelId::ConvDepthwiseWeightBwdF32,
+    KernelId::ConvBiasFwdF32,
+    KernelId::ConvBiasBwdF32,
+];
+
+/// Allowed difference `atol + |expected| · eps`.
+#[derive(Clone, Copy)]
+struct Tolerance {
+    atol: f32,
+    eps: f32,
+}
+
+/// The kernels sum in another order than the CPU reference (and with fma on CUDA): at most a few
+/// hundred standard-normal products per output here, so sums stay below ~50 in magnitude.
+const SUMS: Tolerance = Tolerance {
+    atol: 2e-5,
+    eps: 1e-5,
+};
+
+/// One test geometry on a batch of 2 images of 7×9.
+struct Case {
+    name: &'static str,
+    c_in: usize,
+    c_out: usize,
+    kernel: [usize; 2],
+    params: Conv2dParams,
+    bias: bool,
+}
+
+impl Case {
+    fn geometry(&self) -> ConvGeometry {
+        let input = [7, 9];
+        ConvGeometry {
+            batch: 2,
+            c_in: self.c_in,
+            c_out: self.c_out,
+            input,
+            kernel: self.kernel,
+            output: self.params.output_size(input, self.kernel).unwrap(),
+            stride: self.params.stride,
+            padding: self.params.padding,
+            dilation: self.params.dilation,
+            groups: self.params.groups,
+        }
+    }
+}
+
+fn params(stride: [usize; 2], padding: [usize; 2], dilation: usize, groups: usize) -> Conv2dParams {
+    Conv2dParams {
+        stride,
+        padding,
+        dilation: [dilation; 2],
+        groups,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let case = |name, c_in, c_out, kernel, params, bias| Case {
+        name,
+        c_in,
+        c_out,
+        kernel,
+        params,
+        bias,
+    };
+    vec![
+        case(
+            "sep_conv 3x3 (depthwise)",
+            5,
+            5,
+            [3, 3],
+            params([1, 1], [1, 1], 1, 5),
+            false,
+        ),
+        case(
+            "sep_conv 5x5, stride 2 (depthwise)",
+            5,
+            5,
+            [5, 5],
+            params([2, 2], [2, 2], 1, 5),
+            false,
+        ),
+        case(
+            "dil_conv 3x3, stride 2 (depthwise)",
+            4,
+            4,
+            [3, 3],
+            params([2, 2], [2, 2], 2, 4),
+            true,
+        ),
+        case(
+            "dil_conv 5x5 (depthwise)",
+            3,
+            3,
+            [5, 5],
+            params([1, 1], [4, 4], 2, 3),
+            false,
+        ),
+        case("3x3 stem", 3, 5, [3, 3], params([1, 1], [1, 1], 1, 1), true),
+        case(
+            "3x3, groups 2",
+            4,
+            6,
+            [3, 3],
+            params([1, 1], [1, 1], 1, 2),
+            true,
+        ),
+        case(
+            "3x3, groups = Cin, 2 outputs each",
+            3,
+            6,
+            [3, 3],
+            params([1, 1], [1, 1], 1, 3),
+            false,
+        ),
+        case(
+            "3x3, stride 2, dilation 2",
+            3,
+            4,
+            [3, 3],
+            params([2, 2], [2, 2], 2, 1),
+            false,
+        ),
+        case("1x1", 5, 4, [1, 1], params([1, 1], [0, 0], 1, 1), true),
+        case(
+            "1x1, groups 2",
+            4,
+            6,
+            [1, 1],
+            params([1, 1], [0, 0], 1, 2),
+            false,
+        ),
+        case(
+            "1x1, stride 2",
+            4,
+            3,
+            [1, 1],
+            params([2, 2], [0, 0], 1, 1),
+            false,
+        ),
+        case(
+            "1x7, stride (1, 2), padding (0, 3)",
+            3,
+            4,
+            [1, 7],
+            params([1, 2], [0, 3], 1, 1),
+            false,
+        ),
+        case(
+            "7x1, stride (2, 1), padding (3, 0)",
+            4,
+            3,
+            [7, 1],
+            params([2, 1], [3, 0], 1, 1),
+            true,
+        ),
+    ]
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The contents of a buffer an op returned.
+fn host(e: &dyn Executor, result: Result<DeviceBuffer<f32>, GpuError>) -> Vec<f32> {
+    e.to_host(&result.unwrap()).unwrap()
+}
+
+/// Compares `got` with `expected`, naming the first mismatches.
+fn check(exec: &dyn Executor, what: &str, got: &[f32], expected: &[f32]) {
+    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|(_, (g, e))| {
+            let difference = (*g - *e).abs();
+            difference.is_nan() || difference > SUMS.atol + e.abs() * SUMS.eps
+        })
+        .take(5)
+        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what} on {} (n = {}): first mismatches: {}",
+        exec.describe(),
+        expected.len(),
+        bad.join("; ")
+    );
+}
+
+/// The inputs of one case: x, the weight, the bias and an output gradient.
+struct Data {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+impl Data {
+    fn new(g: &ConvGeometry, seed: u64) -> Data {
+        let x_len = g.batch * g.c_in * g.input[0] * g.input[1];
+        let w_len = g.c_out * g.c_in / g.groups * g.kernel[0] * g.kernel[1];
+        let y_len = g.batch * g.c_out * g.output[0] * g.output[1];
+        Data {
+            x: random(x_len, seed),
+            w: random(w_len, seed + 1),
+            b: random(g.c_out, seed + 2),
+            dy: random(y_len, seed + 3),
+        }
+    }
+}
+
+/// Forward and every gradient of one case with `plan` against the CPU; the weight and bias
+/// gradients twice, which must give the same bits.
+fn check_case(e: &dyn Executor, case: &Case, plan: &ConvPlan, data: &Data) {
+    let g = plan.geometry();
+    let name = format!("{} ({} images a chunk)", case.name, plan.images_per_chunk());
+    let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
+    let (b, dy) = (
+        e.to_device(&data.b).unwrap(),
+        e.to_device(&data.dy).unwrap(),
+    );
+
+    let bias = case.bias.then_some(&b);
+    let want = reference::forward(g, &data.x, &data.w, case.bias.then_some(&data.b[..]));
+    let got = host(e, plan.forward(e, &x, &w, bias));
+    check(e, &format!("{name}: forward"), &got, &want);
+
+    let want = reference::backward_input(g, &data.w, &data.dy);
+    let got = host(e, plan.backward_input(e, &w, &dy));
+    check(e, &format!("{name}: backward_input"), &got, &want);
+
+    let want = reference::backward_weight(g, &data.x, &data.dy);
+    let got = host(e, plan.backward_weight(e, &x, &dy));
+    check(e, &format!("{name}: backward_weight"), &got, &want);
+    let again = host(e, plan.backward_weight(e, &x, &dy));
+    assert_eq!(bits(&got), bits(&again), "{name}: backward_weight rerun");
+
+    let want = reference::backward_bias(g, &data.dy);
+    let got = host(e, plan.backward_bias(e, &dy));
+    check(e, &format!("{name}: backward_bias"), &got, &want);
+    let again = host(e, plan.backward_bias(e, &dy));
+    assert_eq!(bits(&got), bits(&again), "{name}: backward_bias rerun");
+}
+
+/// Every case against the CPU, with the whole batch in one workspace chunk and (on the GEMM paths)
+/// one image a chunk; then the kernels launched.
+fn check_against_cpu(exec: &TestExecutor) {
+    for (i, case) in cases().iter().enumerate() {
+        let g = case.geometry();
+        let data = Data::new(&g, 10 * i as u64);
+        let plan = ConvPlan::new(&g).unwrap();
+        assert_eq!(plan.images_per_chunk(), g.batch);
+        check_case(exec, case, &plan, &data);
+        if g.groups != g.c_in || g.groups != g.c_out {
+            check_case(exec, case, &plan.with_images_per_chunk(1), &data);
+        }
+    }
+    let launched: BTreeSet<KernelId> = exec.launched().into_iter().collect();
+    let conv: Vec<KernelId> = launched
+        .iter()
+        .copied()
+        .filter(|k| k.family() == Family::Conv)
+        .collect();
+    let mut expected = COVERED.to_vec();
+    expected.sort();
+    assert_eq!(
+        conv,
+        expected,
+        "conv kernels launched on {}",
+        exec.describe()
+    );
+    assert!(launched.contains(&KernelId::MatmulGemmFwdF32));
+}
+
+#[test]
+fn emulator_matches_the_cpu_reference() {
+    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
+}
+
+#[test]
+fn cuda_matches_the_cpu_reference() {
+    match CudaExecutor::new(0) {
+        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
+        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
+    }
+}
+
+/// The kernels each path launches: depthwise convs never reach the GEMM, 1×1 stride-1 convs
+/// never unfold their input, everything else goes through im2col and col2im.
+#[test]
+fn each_path_launches_its_kernels() {
+    let expect = |case: &Case, launches: &[KernelId]| {
+        let exec = TestExecutor::new(Box::new(EmuExecutor::new()));
+        let e: &dyn Executor = &exec;
+        let g = case.geometry();
+        let data = Data::new(&g, 7);
+        let plan = ConvPlan::new(&g).unwrap();
+        let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
+        let dy = e.to_device(&data.dy).unwrap();
+        plan.forward(e, &x, &w, None).unwrap();
+        plan.backward_input(e, &w, &dy).unwrap();
+        plan.backward_weight(e, &x, &dy).unwrap();
+        let mut launches = launches.to_vec();
+        launches.sort();
+        assert_eq!(exec.launched(), launches, "{}", case.name);
+    };
+    let all = cases();
+    let find = |name: &str| all.iter().find(|c| c.name == name).unwrap();
+    expect(
+        find("sep_conv 3x3 (depthwise)"),
+        &[
+            KernelId::ConvDepthwiseFwdF32,
+            KernelId::ConvDepthwiseInputBwdF32,
+            KernelId::ConvDepthwiseWeightBwdF32,
+        ],
+    );
+    expect(
+        find("1x1, groups 2"),
+        &[KernelId::MatmulGemmFwdF32, KernelId::ConvWeightSumBwdF32],
+    );
+    expect(
+        find("1x1, stride 2"),
+        &[
+            KernelId::MatmulGemmFwdF32,
+            KernelId::ConvIm2colFwdF32,
+            KernelId::ConvCol2imBwdF32,
+            KernelId::ConvWeightSumBwdF32,
+        ],
+    );
+}
+
+/// The depthwise kernels on a one-block grid (the block walks everything by its grid-stride
+/// loops) give the same bits as on the grids the plan picks.
+#[test]
+fn depthwise_kernels_are_the_same_on_any_grid() {
+    let exec = EmuExecutor::new();
+    let e: &dyn Executor = &exec;
+    let case = &cases()[2];
+    let g = case.geometry();
+    let data = Data::new(&g, 3);
+    let plan = ConvPlan::new(&g).unwrap();
+    let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
+    let dy = e.to_device(&data.dy).unwrap();
+    let forward = host(e, plan.forward(e, &x, &w, None));
+    let weight = host(e, plan.backward_weight(e, &x, &dy));
+
+    let i = |v: usize| v as i32;
+    let geometry = [
+        i(g.batch),
+        i(g.c_in),
+        i(g.input[0]),
+        i(g.input[1]),
+        i(g.kernel[0]),
+        i(g.kernel[1]),
+        i(g.output[0]),
+        i(g.output[1]),
+        i(g.stride[0]),
+        i(g.stride[1]),
+        i(g.padding[0]),
+        i(g.padding[1]),
+        i(g.dilation[0]),
+        i(g.dilation[1]),
+    ];
+    let [n, c, h, wd, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw] = geometry;
+    let mut y = e.alloc::<f32>(data.dy.len()).unwrap();
+    let mut dweight = e.alloc::<f32>(data.w.len()).unwrap();
+    // SAFETY: x, w, y and dy hold N·C·H·W, C·kh·kw, N·C·Ho·Wo and N·C·Ho·Wo elements of this
+    // (consistent, depthwise) geometry, and dweight C·kh·kw.
+    unsafe {
+        kernels::conv_depthwise_fwd_f32(
+            e,
+            LaunchConfig::linear(1, 32),
+            &x,
+            &w,
+            &mut y,
+            n,
+            c,
+            h,
+            wd,
+            kh,
+            kw,
+            ho,
+            wo,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+        )
+        .unwrap();
+        kernels::conv_depthwise_weight_bwd_f32(
+            e,
+            LaunchConfig::linear(1, 256),
+            &x,
+            &dy,
+            &mut dweight,
+            n,
+            c,
+            h,
+            wd,
+            kh,
+            kw,
+            ho,
+            wo,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+        )
+        .unwrap();
+    }
+    assert_eq!(bits(&e.to_host(&y).unwrap()), bits(&forward));
+    assert_eq!(bits(&e.to_host(&dweight).unwrap()), bits(&weight));
+}
+
+#[test]
+fn wrong_sizes_are_errors() {
+    let exec = EmuExecutor::new();
+    let e: &dyn Executor = &exec;
+    let g = cases()[4].geometry();
+    let argument = |r: Result<ConvPlan, GpuError>| matches!(r, Err(GpuError::Argument { .. }));
+    assert!(argument(ConvPlan::new(&ConvGeometry { groups: 2, ..g })));
+    assert!(argument(ConvPlan::new(&ConvGeometry { groups: 0, ..g })));
+    assert!(argument(ConvPlan::new(&ConvGeometry {
+        stride: [0, 1],
+        ..g
+    })));
+    assert!(argument(ConvPlan::new(&ConvGeometry {
+        output: [7, 8],
+        ..g
+    })));
+    assert!(argument(ConvPlan::new(&ConvGeometry {
+        kernel: [9, 3],
+        ..g
+    })));
+    let plan = ConvPlan::new(&g).unwrap();
+    let data = Data::new(&g, 1);
+    let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
+    let dy = e.to_device(&data.dy).unwrap();
+    let short = e.to_device(&data.x[1..]).unwrap();
+    assert!(plan.forward(e, &short, &w, None).is_err());
+    assert!(plan.forward(e, &x, &x, None).is_err());
+    assert!(plan.forward(e, &x, &w, Some(&w)).is_err());
+    assert!(plan.backward_input(e, &w, &x).is_err());
+    assert!(plan.backward_weight(e, &dy, &x).is_err());
+    assert!(plan.backward_bias(e, &x).is_err());
+    assert!(plan.forward(e, &x, &w, None).is_ok());
+}

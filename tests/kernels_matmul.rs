@@ -1,0 +1,296 @@
+//! Every kernel of `kernels/matmul.cu`, run through the GPU ops of `darts::device::gpu::matmul`,
+//! against the CPU reference `darts::device::cpu::matmul`: on the emulator always, and on CUDA
+//! when this machine has a driver and the build has PTX (otherwise that test says it skipped).
+//! Shapes are not multiples of the 64×64 GEMM tile (nor of its 16-deep slab), every transpose
+//! combination runs, and every device allocation starts as NaN, so an output element a kernel
+//! fails to write shows up. The batched GEMM layouts are exercised by tests/kernels_conv.rs.
+
+use darts::Rng;
+use darts::device::cpu::matmul::{self as reference, Mat};
+use darts::device::gpu::matmul::{self as ops, DeviceMat};
+use darts::device::gpu::{
+    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, LaunchConfig,
+    TestExecutor, kernels,
+};
+
+/// The kernels this file launches. Each backend's test checks that it launched exactly these,
+/// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
+const COVERED: &[KernelId] = &[
+    KernelId::MatmulGemmFwdF32,
+    KernelId::MatmulGatherRowsFwdF32,
+    KernelId::MatmulScatterAddRowsBwdF32,
+];
+
+/// GEMM shapes `(m, k, n)`: one element, smaller than a warp, around half a tile with k across two
+/// slabs, and several tiles in each direction.
+const SHAPES: [(usize, usize, usize); 4] = [(1, 1, 1), (7, 5, 3), (33, 17, 31), (70, 40, 130)];
+
+/// Allowed difference `atol + |expected| · eps`.
+#[derive(Clone, Copy)]
+struct Tolerance {
+    atol: f32,
+    eps: f32,
+}
+
+/// For products: the kernel sums k terms in order (with fma on CUDA), the CPU reference in its own
+/// blocked order; inputs are standard normal, so sums stay below ~20 in magnitude.
+const PRODUCT: Tolerance = Tolerance {
+    atol: 1e-5,
+    eps: 1e-5,
+};
+
+/// For the embedding: copies and sums in the reference's order, so the bits agree.
+const EXACT: Tolerance = Tolerance {
+    atol: 0.0,
+    eps: 0.0,
+};
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+/// Compares `got` with `expected`, naming the first mismatches.
+fn check(exec: &dyn Executor, what: &str, got: &[f32], expected: &[f32], tol: Tolerance) {
+    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|(_, (g, e))| {
+            let difference = (*g - *e).abs();
+            difference.is_nan() || difference > tol.atol + e.abs() * tol.eps
+        })
+        .take(5)
+        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what} on {} (n = {}): first mismatches: {}",
+        exec.describe(),
+        expected.len(),
+        bad.join("; ")
+    );
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// An operand stored for a view of `rows × cols`: row-major as is, or (transposed) as the
+/// row-major `cols × rows` buffer whose `.t()` is the view.
+fn operand(rows: usize, cols: usize, transposed: bool, seed: u64) -> (Vec<f32>, [usize; 2]) {
+    let shape = if transposed {
+        [cols, rows]
+    } else {
+        [rows, cols]
+    };
+    (random(rows * cols, seed), shape)
+}
+
+/// The `rows × cols` view of `data` stored as `shape`: the buffer itself, or its transpose.
+fn view(data: &[f32], [rows, cols]: [usize; 2], transposed: bool) -> Mat<'_> {
+    let mat = Mat::new(data, rows, cols);
+    if transposed { mat.t() } else { mat }
+}
+
+/// [`view`] on the device.
+fn device_view(
+    data: &DeviceBuffer<f32>,
+    [rows, cols]: [usize; 2],
+    transposed: bool,
+) -> DeviceMat<'_> {
+    let mat = DeviceMat::new(data, rows, cols);
+    if transposed { mat.t() } else { mat }
+}
+
+/// `A·B + beta·C` for every shape, transpose combination and beta in {0, 0.5} against the CPU.
+fn check_gemm(e: &dyn Executor) {
+    for (case, &(m, k, n)) in SHAPES.iter().enumerate() {
+        for combo in 0..4 {
+            let (ta, tb) = (combo & 1 == 1, combo & 2 == 2);
+            let seed = 1000 * case as u64 + 10 * combo as u64;
+            let (a, a_shape) = operand(m, k, ta, seed);
+            let (b, b_shape) = operand(k, n, tb, seed + 1);
+            let c0 = random(m * n, seed + 2);
+            let (da, db) = (e.to_device(&a).unwrap(), e.to_device(&b).unwrap());
+            for beta in [0.0, 0.5] {
+                let mut want = c0.clone();
+                reference::gemm(
+                    view(&a, a_shape, ta),
+                    view(&b, b_shape, tb),
+                    beta,
+                    &mut want,
+                );
+                // beta = 0 must ignore the NaN the fresh buffer holds; beta ≠ 0 reads c0.
+                let mut dc = e.alloc::<f32>(m * n).unwrap();
+                if beta != 0.0 {
+                    e.write(&c0, &mut dc).unwrap();
+                }
+                let (va, vb) = (device_view(&da, a_shape, ta), device_view(&db, b_shape, tb));
+                ops::gemm(e, va, vb, beta, &mut dc).unwrap();
+                let what = format!("gemm {m}×{k}×{n} (Aᵀ: {ta}, Bᵀ: {tb}, beta {beta})");
+                check(e, &what, &e.to_host(&dc).unwrap(), &want, PRODUCT);
+            }
+        }
+    }
+}
+
+/// Gather and scatter-add against the CPU, with repeated ids, unused table rows, more ids than a
+/// block scans at once (256) and rows wider than a block.
+fn check_embedding(e: &dyn Executor) {
+    let cases: [(usize, usize, Vec<usize>); 3] = [
+        (7, 5, vec![3, 0, 3, 6, 3, 1, 0, 6, 6, 2, 3]),
+        (1, 1, vec![0]),
+        (3, 300, (0..300).map(|r| (r * r + 1) % 3).collect()),
+    ];
+    for (vocab, dim, ids) in cases {
+        let table = random(vocab * dim, vocab as u64);
+        let dy = random(ids.len() * dim, dim as u64);
+        let device_ids = ops::upload_ids(e, &ids, vocab).unwrap();
+        let dtable = e.to_device(&table).unwrap();
+        let got = ops::gather_rows(e, &dtable, dim, &device_ids).unwrap();
+        let want = reference::gather_rows(&table, dim, &ids);
+        let what = format!("gather_rows (vocab {vocab}, dim {dim})");
+        check(e, &what, &e.to_host(&got).unwrap(), &want, EXACT);
+        let ddy = e.to_device(&dy).unwrap();
+        let got = ops::scatter_add_rows(e, &ddy, dim, &device_ids, vocab).unwrap();
+        let want = reference::scatter_add_rows(&dy, dim, &ids, vocab);
+        let what = format!("scatter_add_rows (vocab {vocab}, dim {dim})");
+        check(e, &what, &e.to_host(&got).unwrap(), &want, EXACT);
+    }
+}
+
+fn check_against_cpu(exec: &TestExecutor) {
+    check_gemm(exec);
+    check_embedding(exec);
+    let mut expected = COVERED.to_vec();
+    expected.sort();
+    assert_eq!(
+        exec.launched(),
+        expected,
+        "kernels launched on {}",
+        exec.describe()
+    );
+}
+
+#[test]
+fn emulator_matches_the_cpu_reference() {
+    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
+}
+
+#[test]
+fn cuda_matches_the_cpu_reference() {
+    match CudaExecutor::new(0) {
+        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
+        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
+    }
+}
+
+/// The GEMM on a one-block grid (the block walks every tile by its grid-stride loops) gives the
+/// same bits as on the grid the op picks: every element is one thread's sum in k order.
+#[test]
+fn gemm_is_the_same_on_any_grid() {
+    let exec = EmuExecutor::new();
+    let e: &dyn Executor = &exec;
+    let (m, k, n) = (70, 40, 130);
+    let (a, b) = (random(m * k, 1), random(k * n, 2));
+    let (da, db) = (e.to_device(&a).unwrap(), e.to_device(&b).unwrap());
+    let mut planned = e.alloc::<f32>(m * n).unwrap();
+    ops::gemm(
+        e,
+        DeviceMat::new(&da, m, k),
+        DeviceMat::new(&db, k, n),
+        0.0,
+        &mut planned,
+    )
+    .unwrap();
+    let mut single = e.alloc::<f32>(m * n).unwrap();
+    let one_block = LaunchConfig {
+        grid: [1, 1, 1],
+        block: [16, 16, 1],
+        shared_bytes: 0,
+    };
+    let (m_, k_, n_) = (m as i32, k as i32, n as i32);
+    // SAFETY: one row-major m×k A, k×n B and m×n C, each holding exactly those elements; a single
+    // problem at offset 0.
+    unsafe {
+        kernels::matmul_gemm_fwd_f32(
+            e,
+            one_block,
+            &da,
+            &db,
+            &mut single,
+            m_,
+            n_,
+            k_,
+            k_,
+            1,
+            n_,
+            1,
+            0.0,
+            1,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+    }
+    .unwrap();
+    let (planned, single) = (e.to_host(&planned).unwrap(), e.to_host(&single).unwrap());
+    assert_eq!(bits(&planned), bits(&single));
+    assert!(planned.iter().all(|v| v.is_finite()));
+}
+
+/// The embedding gradient twice on ids with many repeats: the same bits.
+#[test]
+fn embedding_gradient_is_deterministic() {
+    let exec = EmuExecutor::new();
+    let e: &dyn Executor = &exec;
+    let (vocab, dim) = (4, 33);
+    let ids: Vec<usize> = (0..517).map(|r| r * 7 % vocab).collect();
+    let device_ids = ops::upload_ids(e, &ids, vocab).unwrap();
+    let dy = e.to_device(&random(ids.len() * dim, 5)).unwrap();
+    let first = ops::scatter_add_rows(e, &dy, dim, &device_ids, vocab).unwrap();
+    let second = ops::scatter_add_rows(e, &dy, dim, &device_ids, vocab).unwrap();
+    let (first, second) = (e.to_host(&first).unwrap(), e.to_host(&second).unwrap());
+    assert_eq!(bits(&first), bits(&second));
+    assert!(first.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn wrong_shapes_are_errors() {
+    let exec = EmuExecutor::new();
+    let e: &dyn Executor = &exec;
+    let six: DeviceBuffer<f32> = e.to_device(&[1.0f32; 6]).unwrap();
+    let mut out = e.alloc::<f32>(4).unwrap();
+    let argument = |r: Result<(), GpuError>| matches!(r, Err(GpuError::Argument { .. }));
+    // Inner dimensions differ: 2×3 times 2×3.
+    let a = DeviceMat::new(&six, 2, 3);
+    assert!(argument(ops::gemm(e, a, a, 0.0, &mut out)));
+    // The output is not 2×2.
+    let mut five = e.alloc::<f32>(5).unwrap();
+    assert!(argument(ops::gemm(e, a, a.t(), 0.0, &mut five)));
+    // A view larger than its buffer.
+    let big = DeviceMat::new(&six, 2, 4);
+    let mut eight = e.alloc::<f32>(8).unwrap();
+    assert!(argument(ops::gemm(e, big.t(), big, 0.0, &mut eight)));
+    // 2×3 times 3×2 fits.
+    ops::gemm(e, a, a.t(), 0.0, &mut out).unwrap();
+    assert_eq!(e.to_host(&out).unwrap(), vec![3.0; 4]);
+
+    assert!(ops::upload_ids(e, &[0, 3, 1], 3).is_err());
+    assert!(ops::upload_ids(e, &[], 3).is_err());
+    let ids = ops::upload_ids(e, &[0, 2], 3).unwrap();
+    // A table of 6 elements has no rows of 4; dy of 6 is not 2 rows of 2.
+    assert!(ops::gather_rows(e, &six, 4, &ids).is_err());
+    assert!(ops::gather_rows(e, &six, 0, &ids).is_err());
+    assert!(ops::scatter_add_rows(e, &six, 2, &ids, 3).is_err());
+    assert!(ops::scatter_add_rows(e, &six, 3, &ids, 0).is_err());
+}
