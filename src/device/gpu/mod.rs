@@ -22,7 +22,10 @@ pub mod elementwise;
 pub mod emu;
 pub mod kernels;
 pub mod matmul;
+pub mod optim;
 pub mod pool;
+pub mod reduce;
+pub mod softmax;
 
 use std::collections::BTreeSet;
 use std::fmt;
