@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# darts-rs against PyTorch on the CPU: full DARTS CNN search steps (first and second order) at the
+# paper's network shape, timed by `darts bench search-cnn` and by tools/reference/bench.py, then one
+# table: our ms/step, PyTorch's ms/step, their ratio, and the peak host memory of both.
+#
+# The defaults (batches 16 and 64, 1 warm-up + 1 timed step per case) keep the whole comparison
+# within about ten minutes on 2 cores; `--steps 3` shows the spread in about twice the time.
+# PyTorch needs tools/reference/.venv (tools/reference/install.sh).
+#
+# Usage: tools/compare.sh [--batches "16 64"] [--orders "first second"] [--warmup 1] [--steps 1]
+#          [--threads N] [--init-channels 16] [--layers 8] [--image-size 32]
+#          [--darts PATH] [--python PATH] [--out DIR]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+batches="16 64"
+orders="first second"
+warmup=1
+steps=1
+threads="$(nproc)"
+init_channels=16
+layers=8
+image_size=32
+darts=""
+python="$root/tools/reference/.venv/bin/python"
+out=""
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --batches) batches="$2"; shift 2 ;;
+        --orders) orders="$2"; shift 2 ;;
+        --warmup) warmup="$2"; shift 2 ;;
+        --steps) steps="$2"; shift 2 ;;
+        --threads) threads="$2"; shift 2 ;;
+        --init-channels) init_channels="$2"; shift 2 ;;
+        --layers) layers="$2"; shift 2 ;;
+        --image-size) image_size="$2"; shift 2 ;;
+        --darts) darts="$2"; shift 2 ;;
+        --python) python="$2"; shift 2 ;;
+        --out) out="$2"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "compare.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+for order in $orders; do
+    case "$order" in
+        first|second) ;;
+        *) echo "compare.sh: --orders takes 'first' and/or 'second', not '$order'" >&2; exit 2 ;;
+    esac
+done
+
+if [ ! -x "$python" ]; then
+    echo "compare.sh: no Python with PyTorch at $python; run tools/reference/install.sh" \
+        "or pass --python" >&2
+    exit 1
+fi
+if [ -z "$out" ]; then
+    out="$(mktemp -d "${TMPDIR:-/tmp}/darts-compare.XXXXXX")"
+fi
+mkdir -p "$out"
+
+# Our side: the release binary, built here unless --darts names one. If it cannot be built or has
+# no `bench search-cnn` command, the table shows PyTorch alone.
+have_darts=1
+if [ -z "$darts" ]; then
+    if (cd "$root" && cargo build --release --quiet --bin darts); then
+        darts="$root/target/release/darts"
+    else
+        echo "compare.sh: could not build darts; comparing nothing on our side" >&2
+        have_darts=0
+    fi
+fi
+if [ "$have_darts" = 1 ] && ! "$darts" bench search-cnn --help >/dev/null 2>&1; then
+    echo "compare.sh: $darts has no 'bench search-cnn' command yet; timing PyTorch alone" >&2
+    have_darts=0
+fi
+
+shape=(--init-channels "$init_channels" --layers "$layers" --image-size "$image_size")
+timing=(--warmup "$warmup" --steps "$steps")
+for order in $orders; do
+    flag=()
+    [ "$order" = second ] && flag=(--unrolled)
+    for batch in $batches; do
+        name="$order-b$batch"
+        echo "== $order order, batch $batch" >&2
+        if [ "$have_darts" = 1 ]; then
+            RAYON_NUM_THREADS="$threads" "$darts" bench search-cnn "${flag[@]}" \
+                --batch-size "$batch" "${shape[@]}" "${timing[@]}" \
+                --json "$out/darts-$name.json" >&2 \
+                || echo "compare.sh: darts bench failed for $name" >&2
+        fi
+        (cd "$root/tools/reference" && "$python" bench.py "${flag[@]}" --batch-size "$batch" \
+            "${shape[@]}" "${timing[@]}" --threads "$threads" \
+            --json "$out/pytorch-$name.json" >&2) \
+            || echo "compare.sh: PyTorch bench failed for $name" >&2
+    done
+done
+
+"$python" - "$out" "$orders" "$batches" <<'PY'
+import json, os, sys
+
+out, orders, batches = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+
+def load(name):
+    path = os.path.join(out, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+def ms(r):
+    return f"{r['median_ms']:.1f}" if r else "n/a"
+
+def mib(r):
+    b = r and r.get("peak_host_bytes")
+    return f"{b / 2**20:.0f}" if b else "n/a"
+
+print()
+print("| order | batch | threads | darts-rs ms/step | PyTorch ms/step | darts-rs / PyTorch "
+      "| darts-rs peak MiB | PyTorch peak MiB |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for order in orders:
+    for batch in batches:
+        ours = load(f"darts-{order}-b{batch}.json")
+        theirs = load(f"pytorch-{order}-b{batch}.json")
+        ratio = f"{ours['median_ms'] / theirs['median_ms']:.2f}" if ours and theirs else "n/a"
+        threads = (ours or theirs or {}).get("threads", "n/a")
+        print(f"| {order} | {batch} | {threads} | {ms(ours)} | {ms(theirs)} | {ratio} "
+              f"| {mib(ours)} | {mib(theirs)} |")
+print(f"\nJSON results in {out}")
+PY
