@@ -25,6 +25,7 @@ pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod shape;
 pub mod softmax;
 
 use std::collections::BTreeSet;
