@@ -25,6 +25,7 @@ pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod rnn;
 pub mod softmax;
 
 use std::collections::BTreeSet;
