@@ -22,6 +22,7 @@ pub mod elementwise;
 pub mod emu;
 pub mod kernels;
 pub mod matmul;
+pub mod mixed;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
