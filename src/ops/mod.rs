@@ -8,6 +8,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod pool;
 pub mod reduce;
+pub mod rnn;
 pub mod shape;
 pub mod softmax;
 

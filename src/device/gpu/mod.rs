@@ -23,9 +23,11 @@ pub mod elementwise;
 pub mod emu;
 pub mod kernels;
 pub mod matmul;
+pub mod mixed;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod rnn;
 pub mod shape;
 pub mod softmax;
 

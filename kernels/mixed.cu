@@ -1,0 +1,87 @@
+// mixed.cu: the DARTS mixed op over separate candidate buffers, forward and the mixing weights'
+// gradient. The CPU reference is device::cpu::elementwise::weighted_sum and device::cpu::dot_f64;
+// tests/kernels_mixed.rs compares every kernel here with it.
+//
+// Why a second mixed op
+// ---------------------
+// A DARTS edge computes y = sum_k w_k x_k over the outputs x_k of its K candidate operations (K <= 8,
+// the eight primitives of the search space). elementwise.cu has this op for candidates stacked in
+// one [K, n] buffer; but each candidate op writes its own tensor, and stacking them first is a copy
+// of K n floats, as much memory traffic as the mixed op itself. These kernels take the K candidate
+// pointers directly, as eight `const float*` parameters x0..x7 and a count k: a kernel's
+// parameters live in constant memory, so there is no pointer table to build or copy to the device.
+// Unused pointers alias x0 and are never read.
+//
+// Forward: y = sum_k w[k] * x_k[i]
+// --------------------------------
+// One thread per element in a grid-stride loop, adding in k order with __fmul_rn / __fadd_rn (which
+// nvcc never contracts into a fused multiply-add), exactly as the CPU does, so the result equals
+// the CPU's bit for bit. nvcc unrolls the loops over the 8 slots (their trip count is a constant;
+// tools/kernel-report.sh shows no stack frame), so `candidate(j, ...)` is resolved at compile time
+// and the weights sit in registers; slots j >= k are skipped by a branch that is the same for every
+// thread. Memory-bound: K + 1 floats moved per element, the least possible.
+//
+// Backward: dw[k] = sum_i dy[i] * x_k[i]
+// --------------------------------------
+// K dot products of length n, reduced deterministically in two passes (the scheme of
+// elementwise.cu, which has the full story): pass 1 here, on a (P, K) grid, has block (b, k) sum
+// its grid-stride share of dy * x_k in double and write the block's sum as hi + lo floats; pass 2
+// is elementwise_weighted_sum_weight_final_bwd_f32, which adds each weight's P partials. The
+// partials have the same layout and, for the same P, the same values as the stacked version's, so
+// both versions of the op give the same bits. The input gradients w[k] * dy are plain scalings
+// (elementwise_scale_fwd_f32) and need no kernel here.
+#include "common.cuh"
+
+// The most candidates a mixed op takes: one pointer parameter each.
+#define MIXED_MAX_CANDIDATES 8
+
+// Candidate j of x0..x7. With j known at compile time (an unrolled loop) this is free; with j
+// uniform over a block (blockIdx.y) it is a few selects.
+__device__ __forceinline__ const float* candidate(int j, const float* x0, const float* x1, const float* x2, const float* x3, const float* x4, const float* x5, const float* x6, const float* x7) {
+    switch (j) {
+        case 0: return x0;
+        case 1: return x1;
+        case 2: return x2;
+        case 3: return x3;
+        case 4: return x4;
+        case 5: return x5;
+        case 6: return x6;
+        default: return x7;
+    }
+}
+
+// y[i] = sum_{j < k} w[j] * x_j[i], added in j order as the CPU does. 1 <= k <= 8.
+extern "C" __global__ void mixed_sum_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ w, float* __restrict__ y, int k, int n) {
+    float weight[MIXED_MAX_CANDIDATES];
+    for (int j = 0; j < MIXED_MAX_CANDIDATES; ++j) {
+        weight[j] = j < k ? w[j] : 0.0f;
+    }
+    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
+        float acc = __fmul_rn(x0[i], weight[0]);
+        for (int j = 1; j < MIXED_MAX_CANDIDATES; ++j) {
+            if (j < k) {
+                acc = __fadd_rn(acc, __fmul_rn(weight[j], candidate(j, x0, x1, x2, x3, x4, x5, x6, x7)[i]));
+            }
+        }
+        y[i] = acc;
+    }
+}
+
+// Pass 1 of dw[k] = sum_i dy[i] * x_k[i]. Grid (P, K), 1-D blocks of a multiple of 32 threads.
+// Block (b, k) writes partials[2 (k P + b)] = hi and partials[2 (k P + b) + 1] = lo, the layout
+// elementwise_weighted_sum_weight_final_bwd_f32 (pass 2) reads.
+extern "C" __global__ void mixed_sum_weight_partial_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, float* __restrict__ partials, int n) {
+    __shared__ double scratch[WARP_SIZE];
+    const float* x = candidate(blockIdx.y, x0, x1, x2, x3, x4, x5, x6, x7);
+    double s = 0.0;
+    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
+        s += double(dy[i]) * double(x[i]);  // the product of two floats is exact in double
+    }
+    s = block_reduce_sum(s, scratch);
+    if (threadIdx.x == 0) {
+        const float hi = float(s);
+        const size_t slot = 2 * (size_t(blockIdx.y) * gridDim.x + blockIdx.x);
+        partials[slot] = hi;
+        partials[slot + 1] = float(s - double(hi));
+    }
+}

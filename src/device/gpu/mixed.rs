@@ -1,0 +1,154 @@
+//! The mixed family on a GPU executor (`kernels/mixed.cu`): the DARTS mixed op
+//! `y = Σₖ wₖ · xₖ` over candidate outputs held in separate buffers, as the candidate ops write
+//! them, so that nothing is stacked first (`elementwise::weighted_sum` takes them stacked as one
+//! `[k, n]` buffer). Each function mirrors its CPU reference (`device::cpu::elementwise::
+//! weighted_sum`, `device::cpu::dot_f64`), checks lengths, allocates its output and launches.
+//! The candidates' own gradients `wₖ · dy` are plain scalings (`elementwise::scale`).
+
+use super::kernels;
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+
+/// The most candidates a mixed op takes: the kernels have one pointer parameter per candidate,
+/// and DARTS has eight primitives.
+pub const MAX_CANDIDATES: usize = 8;
+
+/// Threads per block: a multiple of 32 (the block reductions need it), small enough that several
+/// blocks share an SM.
+const THREADS: u32 = 256;
+
+/// Elements each thread of the weight-gradient reduction sums before the block tree, at least.
+/// With [`THREADS`] and [`MAX_PARTIALS`], the same as `elementwise`'s, so that both versions of
+/// the op give the same bits.
+const ELEMENTS_PER_THREAD: usize = 8;
+
+/// The most partial sums per weight in the weight-gradient reduction.
+const MAX_PARTIALS: usize = 256;
+
+fn invalid(op: &'static str, message: String) -> GpuError {
+    GpuError::Argument { op, message }
+}
+
+/// `n` as the kernels' `int`, refusing what does not fit.
+fn count(op: &'static str, n: usize) -> Result<i32, GpuError> {
+    i32::try_from(n).map_err(|_| invalid(op, format!("{n} elements is more than a kernel indexes")))
+}
+
+/// The kernels' `(k, n)` for 1 to [`MAX_CANDIDATES`] candidates of one length `n`, and `n`.
+fn candidates(op: &'static str, xs: &[&DeviceBuffer<f32>]) -> Result<(i32, i32, usize), GpuError> {
+    let Some(first) = xs.first() else {
+        return Err(invalid(op, "no candidates".into()));
+    };
+    if xs.len() > MAX_CANDIDATES {
+        return Err(invalid(
+            op,
+            format!(
+                "{} candidates, more than the {MAX_CANDIDATES} the kernels take",
+                xs.len()
+            ),
+        ));
+    }
+    if let Some((j, x)) = xs.iter().enumerate().find(|(_, x)| x.len() != first.len()) {
+        return Err(invalid(
+            op,
+            format!(
+                "candidate {j} has {} elements, candidate 0 has {}",
+                x.len(),
+                first.len()
+            ),
+        ));
+    }
+    Ok((count(op, xs.len())?, count(op, first.len())?, first.len()))
+}
+
+/// The kernels' eight candidate slots: `xs`, then `xs[0]` in the slots past `xs.len()` (never
+/// read).
+fn slots<'a>(xs: &[&'a DeviceBuffer<f32>]) -> [&'a DeviceBuffer<f32>; MAX_CANDIDATES] {
+    std::array::from_fn(|j| xs.get(j).copied().unwrap_or(xs[0]))
+}
+
+/// The DARTS mixed op `y = Σₖ weights[k] · xs[k]` over `k = xs.len()` candidates of equal length
+/// (1 to [`MAX_CANDIDATES`]), summed in `k` order: the same bits as
+/// `device::cpu::elementwise::weighted_sum`.
+pub fn mixed_forward(
+    exec: &dyn Executor,
+    xs: &[&DeviceBuffer<f32>],
+    weights: &DeviceBuffer<f32>,
+) -> Result<DeviceBuffer<f32>, GpuError> {
+    let op = "mixed_forward";
+    let (k, n, len) = candidates(op, xs)?;
+    if weights.len() != xs.len() {
+        return Err(invalid(
+            op,
+            format!("{} weights for {} candidates", weights.len(), xs.len()),
+        ));
+    }
+    let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(xs);
+    let mut y = exec.alloc(len)?;
+    let config = LaunchConfig::grid_stride(len, THREADS);
+    // SAFETY: the kernel reads x0..x(k−1) at [0..n) and weights[0..k) and writes y[0..n); each
+    // candidate holds n elements, weights k and y n. Slots from k on are never read.
+    unsafe {
+        kernels::mixed_sum_fwd_f32(
+            exec, config, x0, x1, x2, x3, x4, x5, x6, x7, weights, &mut y, k, n,
+        )
+    }?;
+    Ok(y)
+}
+
+/// The mixing weights' gradient of the mixed op, `dw[k] = Σᵢ dy[i] · xs[k][i]`, summed in f64 by
+/// a deterministic two-pass reduction (see `kernels/mixed.cu`): the same bits on every run and
+/// every GPU, and the same as `elementwise::weighted_sum_backward_weights` on the stacked
+/// candidates.
+pub fn mixed_backward_weights(
+    exec: &dyn Executor,
+    dy: &DeviceBuffer<f32>,
+    xs: &[&DeviceBuffer<f32>],
+) -> Result<DeviceBuffer<f32>, GpuError> {
+    let op = "mixed_backward_weights";
+    let (k, n, len) = candidates(op, xs)?;
+    if dy.len() != len {
+        return Err(invalid(
+            op,
+            format!("dy has {} elements, the candidates {len}", dy.len()),
+        ));
+    }
+    // P depends on n alone, never on the device, so the order of additions does too.
+    let partials = len
+        .div_ceil(THREADS as usize * ELEMENTS_PER_THREAD)
+        .min(MAX_PARTIALS);
+    let p = count(op, partials)?;
+    let mut workspace = exec.alloc(2 * partials * xs.len())?;
+    let mut dw = exec.alloc(xs.len())?;
+    let pass1 = LaunchConfig {
+        grid: [p as u32, k as u32, 1],
+        block: [THREADS, 1, 1],
+        shared_bytes: 0,
+    };
+    let pass2 = LaunchConfig::linear(k as u32, THREADS);
+    let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(xs);
+    // SAFETY: pass 1 reads dy[0..n) and candidates 0..k at [0..n) (block (b, j) reads candidate
+    // j < k) and writes workspace[0..2·p·k) (block (b, j) writes slots 2(j·p + b) and the next);
+    // pass 2 reads those 2·p·k values and writes dw[0..k). Each buffer holds that many elements.
+    // Both passes run on one queue, in order.
+    unsafe {
+        kernels::mixed_sum_weight_partial_bwd_f32(
+            exec,
+            pass1,
+            dy,
+            x0,
+            x1,
+            x2,
+            x3,
+            x4,
+            x5,
+            x6,
+            x7,
+            &mut workspace,
+            n,
+        )?;
+        kernels::elementwise_weighted_sum_weight_final_bwd_f32(
+            exec, pass2, &workspace, &mut dw, p,
+        )?;
+    }
+    Ok(dw)
+}

@@ -1,0 +1,226 @@
+//! Every kernel of `kernels/mixed.cu`, run through the GPU ops of `darts::device::gpu::mixed`,
+//! against the CPU reference (`device::cpu::elementwise::weighted_sum`, `device::cpu::dot_f64`):
+//! on the emulator always, and on CUDA when this machine has a driver and the build has PTX
+//! (otherwise that test says it skipped). Inputs are random, of sizes that are not multiples of
+//! the block size, with 1, 2, 5 and 8 candidates; every device allocation starts as NaN, so an
+//! output element a kernel fails to write shows up.
+
+use darts::Rng;
+use darts::device::cpu::{self, elementwise as reference};
+use darts::device::gpu::mixed::{self as ops, MAX_CANDIDATES};
+use darts::device::gpu::{
+    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, Family, GpuError, KernelId, TestExecutor,
+    elementwise,
+};
+
+/// The kernels of this family this file launches. Each backend's test checks that it launched
+/// exactly these, and `tests/kernel_coverage.rs` checks that every kernel of the build is in such
+/// a list.
+const COVERED: &[KernelId] = &[
+    KernelId::MixedSumFwdF32,
+    KernelId::MixedSumWeightPartialBwdF32,
+];
+
+/// The weight gradient's second pass, which the mixed family shares with the stacked op.
+const SHARED: KernelId = KernelId::ElementwiseWeightedSumWeightFinalBwdF32;
+
+/// Element counts: 1, around a warp, around a block of 256, and a few thousand.
+const SIZES: [usize; 6] = [1, 31, 33, 257, 1000, 4099];
+
+/// Candidate counts: one, two, an odd count, and all eight primitives of a DARTS edge.
+const COUNTS: [usize; 4] = [1, 2, 5, 8];
+
+/// Allowed difference `atol + |expected| · eps`.
+#[derive(Clone, Copy)]
+struct Tolerance {
+    atol: f32,
+    eps: f32,
+}
+
+/// The forward sum: correctly rounded IEEE operations in the CPU's order, so the bits agree.
+const EXACT: Tolerance = Tolerance {
+    atol: 0.0,
+    eps: 0.0,
+};
+
+/// For the weight gradient: summed in f64 in another order than the CPU, then rounded to f32.
+const REDUCTION: Tolerance = Tolerance {
+    atol: 1e-6,
+    eps: 2.0 * f32::EPSILON,
+};
+
+/// Normal data times 4.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| 4.0 * rng.normal()).collect()
+}
+
+/// Copies `got` back and compares it with `expected`, naming the first mismatches.
+fn check(
+    exec: &dyn Executor,
+    what: &str,
+    got: &DeviceBuffer<f32>,
+    expected: &[f32],
+    tol: Tolerance,
+) {
+    let got = exec.to_host(got).unwrap();
+    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|(_, (g, e))| {
+            let difference = (*g - *e).abs();
+            difference.is_nan() || difference > tol.atol + e.abs() * tol.eps
+        })
+        .take(5)
+        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what} on {} (n = {}): first mismatches: {}",
+        exec.describe(),
+        expected.len(),
+        bad.join("; ")
+    );
+}
+
+/// `count` random candidates of `n` elements, on the host and on `exec`.
+fn candidates(
+    exec: &dyn Executor,
+    count: usize,
+    n: usize,
+    seed: u64,
+) -> (Vec<Vec<f32>>, Vec<DeviceBuffer<f32>>) {
+    let xs: Vec<Vec<f32>> = (0..count).map(|j| random(n, seed + j as u64)).collect();
+    let on_device = xs.iter().map(|x| exec.to_device(x).unwrap()).collect();
+    (xs, on_device)
+}
+
+/// Runs the mixed op forward and its weight gradient at every size and candidate count on `exec`
+/// and compares with the CPU.
+fn check_against_cpu(exec: &TestExecutor) {
+    let e: &dyn Executor = exec;
+    for (case, &n) in SIZES.iter().enumerate() {
+        for &k in &COUNTS {
+            let seed = 100 * case as u64 + 10 * k as u64;
+            let (xs, on_device) = candidates(e, k, n, seed);
+            let refs: Vec<&DeviceBuffer<f32>> = on_device.iter().collect();
+            let slices: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+            let (weights, dy) = (random(k, seed + 8), random(n, seed + 9));
+            let (dw, ddy) = (e.to_device(&weights).unwrap(), e.to_device(&dy).unwrap());
+
+            let want = reference::weighted_sum(&slices, &weights);
+            let got = ops::mixed_forward(e, &refs, &dw).unwrap();
+            check(e, &format!("mixed_forward, k = {k}"), &got, &want, EXACT);
+
+            let want: Vec<f32> = xs.iter().map(|x| cpu::dot_f64(&dy, x) as f32).collect();
+            let got = ops::mixed_backward_weights(e, &ddy, &refs).unwrap();
+            let what = format!("mixed_backward_weights, k = {k}");
+            check(e, &what, &got, &want, REDUCTION);
+        }
+    }
+    let launched = exec.launched();
+    let mixed: Vec<KernelId> = launched
+        .iter()
+        .copied()
+        .filter(|k| k.family() == Family::Mixed)
+        .collect();
+    let mut expected = COVERED.to_vec();
+    expected.sort();
+    assert_eq!(mixed, expected, "kernels launched on {}", exec.describe());
+    assert!(launched.contains(&SHARED), "{launched:?}");
+}
+
+#[test]
+fn emulator_matches_the_cpu_reference() {
+    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
+}
+
+#[test]
+fn cuda_matches_the_cpu_reference() {
+    match CudaExecutor::new(0) {
+        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
+        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
+    }
+}
+
+fn bits(exec: &dyn Executor, buffer: &DeviceBuffer<f32>) -> Vec<u32> {
+    let values = exec.to_host(buffer).unwrap();
+    assert!(values.iter().all(|v| v.is_finite()), "{values:?}");
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The weight gradient twice on the same data, with many partial sums per weight: the same bits;
+/// and both ops give the same bits as the stacked `elementwise` version on the same candidates.
+#[test]
+fn weight_gradient_is_deterministic_and_matches_the_stacked_op() {
+    let exec = EmuExecutor::new();
+    let e: &dyn Executor = &exec;
+    let (n, k) = (20_011, 5);
+    let (xs, on_device) = candidates(e, k, n, 7);
+    let refs: Vec<&DeviceBuffer<f32>> = on_device.iter().collect();
+    let dy = e.to_device(&random(n, 1)).unwrap();
+    let weights = e.to_device(&random(k, 2)).unwrap();
+    let first = bits(e, &ops::mixed_backward_weights(e, &dy, &refs).unwrap());
+    let second = bits(e, &ops::mixed_backward_weights(e, &dy, &refs).unwrap());
+    assert_eq!(first, second);
+
+    let stacked = e.to_device(&xs.concat()).unwrap();
+    let grad = elementwise::weighted_sum_backward_weights(e, &dy, &stacked).unwrap();
+    assert_eq!(
+        first,
+        bits(e, &grad),
+        "weight gradient, separate vs stacked"
+    );
+    let y = ops::mixed_forward(e, &refs, &weights).unwrap();
+    let y_stacked = elementwise::weighted_sum(e, &stacked, &weights).unwrap();
+    assert_eq!(
+        bits(e, &y),
+        bits(e, &y_stacked),
+        "forward, separate vs stacked"
+    );
+}
+
+/// A candidate passed twice is read twice: aliasing pointers are fine for the kernels.
+#[test]
+fn a_candidate_may_appear_twice() {
+    let exec = EmuExecutor::new();
+    let e: &dyn Executor = &exec;
+    let x = random(33, 3);
+    let (dx, dw) = (
+        e.to_device(&x).unwrap(),
+        e.to_device(&[0.25f32, 0.5]).unwrap(),
+    );
+    let got = e
+        .to_host(&ops::mixed_forward(e, &[&dx, &dx], &dw).unwrap())
+        .unwrap();
+    assert_eq!(got, reference::weighted_sum(&[&x, &x], &[0.25, 0.5]));
+}
+
+#[test]
+fn wrong_arguments_are_errors() {
+    let exec = EmuExecutor::new();
+    let e: &dyn Executor = &exec;
+    let buffer = |n: usize| e.to_device(&vec![0.5f32; n]).unwrap();
+    let (a, b, w2) = (buffer(5), buffer(6), buffer(2));
+    let nine: Vec<&DeviceBuffer<f32>> = vec![&a; MAX_CANDIDATES + 1];
+    let refused = |r: Result<DeviceBuffer<f32>, GpuError>, op: &str| {
+        assert!(
+            matches!(&r, Err(GpuError::Argument { op: o, .. }) if *o == op),
+            "{op}: {r:?}"
+        );
+    };
+    let forward = "mixed_forward";
+    refused(ops::mixed_forward(e, &[], &w2), forward);
+    refused(ops::mixed_forward(e, &[&a, &b], &w2), forward);
+    refused(ops::mixed_forward(e, &[&a, &a, &a], &w2), forward);
+    refused(ops::mixed_forward(e, &nine, &buffer(9)), forward);
+    assert!(ops::mixed_forward(e, &nine[..MAX_CANDIDATES], &buffer(8)).is_ok());
+    let weights = "mixed_backward_weights";
+    refused(ops::mixed_backward_weights(e, &a, &[]), weights);
+    refused(ops::mixed_backward_weights(e, &a, &[&a, &b]), weights);
+    refused(ops::mixed_backward_weights(e, &b, &[&a, &a]), weights);
+    refused(ops::mixed_backward_weights(e, &a, &nine), weights);
+    assert!(ops::mixed_backward_weights(e, &a, &nine[..MAX_CANDIDATES]).is_ok());
+}
