@@ -121,6 +121,14 @@ extern "C" __global__ void elementwise_scale_fwd_f32(const float* __restrict__ x
     }
 }
 
+// y = a * x + b * z, each product and the sum rounded on its own (no fma), as the CPU computes it:
+// the axpy-like updates of the architect's virtual step and finite differences.
+extern "C" __global__ void elementwise_lincomb_fwd_f32(const float* __restrict__ x, const float* __restrict__ z, float* __restrict__ y, float a, float b, int n) {
+    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
+        y[i] = __fadd_rn(__fmul_rn(a, x[i]), __fmul_rn(b, z[i]));
+    }
+}
+
 // ---- The DARTS mixed op -----------------------------------------------------------------------
 
 // y = sum_k w[k] * xs[k, :], added in k order as the CPU does. Each thread loads its element of

@@ -130,7 +130,8 @@ impl Tape {
                 self.values[loss.0].shape(),
             ));
         }
-        let seed = Tensor::full(self.values[loss.0].shape(), 1.0)?;
+        let loss_value = &self.values[loss.0];
+        let seed = Tensor::full_on(loss_value.shape(), 1.0, loss_value.device())?;
         self.backward_from(loss, seed, wrt)
     }
 
@@ -139,6 +140,16 @@ impl Tape {
         self.check_var(output)?;
         for &v in wrt {
             self.check_var(v)?;
+        }
+        if seed.device() != self.values[output.0].device() {
+            return Err(Error::invalid(
+                "Tape::backward_from",
+                format!(
+                    "the seed is on {} but the output on {}",
+                    seed.device(),
+                    self.values[output.0].device()
+                ),
+            ));
         }
         if seed.shape() != self.values[output.0].shape() {
             return Err(Error::shape(
@@ -190,7 +201,7 @@ impl Tape {
                 }
                 grads[input.0] = Some(match grads[input.0].take() {
                     None => grad,
-                    Some(acc) => acc.zip_map(&grad, |a, b| a + b)?,
+                    Some(acc) => acc.add(&grad)?,
                 });
             }
             // The output's gradient (taken above) and the closure's saved tensors are dropped here.
@@ -198,7 +209,7 @@ impl Tape {
         wrt.iter()
             .map(|v| match &grads[v.0] {
                 Some(g) => Ok(g.clone()),
-                None => Tensor::zeros(self.values[v.0].shape()),
+                None => self.values[v.0].zeros_like(),
             })
             .collect()
     }

@@ -45,8 +45,11 @@ pub fn save_tensors(
 ) -> Result<()> {
     let raw: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|(_, t)| t.data().iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
+        .map(|(_, t)| {
+            let host = t.to_host()?;
+            Ok(host.data().iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect::<Result<_>>()?;
     let mut views = BTreeMap::new();
     for ((name, tensor), bytes) in tensors.iter().zip(&raw) {
         let view = TensorView::new(Dtype::F32, tensor.shape().to_vec(), bytes)

@@ -62,9 +62,10 @@ enum Command {
         /// Seed of the generated data and of the initial weights.
         #[arg(long, default_value_t = 2)]
         seed: u64,
-        /// Device to run on: cpu (cuda and emu arrive with the CUDA backend).
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// Device: cpu, emu (the CUDA kernels on the host emulator), cuda or cuda:N [default:
+        /// cuda when available, else cpu].
+        #[arg(long)]
+        device: Option<String>,
     },
 }
 
@@ -111,9 +112,11 @@ struct BenchArgs {
     /// Timed steps.
     #[arg(long, default_value_t = 5)]
     steps: usize,
-    /// Device: cpu (cuda and emu arrive with the CUDA backend).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Device: cpu, emu (the CUDA kernels on the host emulator: exact but slow, for tiny
+    /// configurations), cuda or cuda:N [default: cuda when a GPU, its driver and this build's
+    /// PTX are present, else cpu].
+    #[arg(long)]
+    device: Option<String>,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -182,9 +185,11 @@ struct CnnSearchArgs {
     /// Use only the first N training images (before the split), for quick runs.
     #[arg(long)]
     train_images: Option<usize>,
-    /// Device: cpu (cuda and emu arrive with the CUDA backend).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Device: cpu, emu (the CUDA kernels on the host emulator: exact but slow, for tiny
+    /// configurations), cuda or cuda:N [default: cuda when a GPU, its driver and this build's
+    /// PTX are present, else cpu].
+    #[arg(long)]
+    device: Option<String>,
     /// Output folder: checkpoint, metrics.jsonl, genotype.json, pictures, summary.json.
     #[arg(long, default_value = "runs/search-cnn")]
     out: PathBuf,
@@ -209,17 +214,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `--device` asked for (checked to be usable here), or the default device.
+fn pick_device(arg: Option<&str>) -> darts::Result<Device> {
+    match arg {
+        None => Ok(Device::default_device()),
+        Some(name) => {
+            let device = Device::parse(name)?;
+            device.check_available()?;
+            Ok(device)
+        }
+    }
+}
+
 fn run(cli: Cli) -> darts::Result<()> {
     match cli.command {
         Command::Info => {
             println!("darts {}", env!("CARGO_PKG_VERSION"));
-            println!("devices: cpu (default: {})", Device::default_device());
-            println!("cuda: not in this build (CPU reference backend only)");
+            println!("devices: cpu, emu (default: {})", Device::default_device());
+            match Device::Cuda(0).describe() {
+                Ok(gpu) => println!("cuda: {gpu}"),
+                Err(e) => println!("cuda: unavailable ({e})"),
+            }
             println!("cpu threads: {}", rayon::current_num_threads());
             Ok(())
         }
         Command::Search(SearchCommand::Cnn(args)) => {
-            Device::parse(&args.device)?;
+            let device = pick_device(args.device.as_deref())?;
             let kind: DatasetKind = args.dataset.parse()?;
             let data = args
                 .data
@@ -251,13 +271,14 @@ fn run(cli: Cli) -> darts::Result<()> {
                 max_steps: args.max_steps,
                 report_freq: args.report_freq,
                 verbose: true,
+                device,
             };
             let outcome = search(&options, &run)?;
             println!("{}", outcome.genotype);
             Ok(())
         }
         Command::Bench(BenchCommand::SearchCnn(args)) => {
-            Device::parse(&args.device)?;
+            let device = pick_device(args.device.as_deref())?;
             if args.steps == 0 || args.batch_size == 0 {
                 return Err(darts::Error::invalid(
                     "bench",
@@ -274,6 +295,7 @@ fn run(cli: Cli) -> darts::Result<()> {
                 classes: args.classes,
                 warmup: args.warmup,
                 steps: args.steps,
+                device,
             };
             eprintln!(
                 "search-cnn ({} order): batch {}, C {}, {} cells, {}x{}x{}; {} warm-up + {} timed steps",
@@ -342,7 +364,7 @@ fn run(cli: Cli) -> darts::Result<()> {
             seed,
             device,
         } => {
-            let device = Device::parse(&device)?;
+            let device = pick_device(device.as_deref())?;
             if steps == 0 || batch_size == 0 {
                 return Err(darts::Error::invalid(
                     "demo",
@@ -358,6 +380,7 @@ fn run(cli: Cli) -> darts::Result<()> {
                 batch_size,
                 learning_rate,
                 seed,
+                device,
             };
             let history = train_demo(config, |step, stats| {
                 if step % 10 == 0 || step + 1 == steps {
@@ -370,7 +393,8 @@ fn run(cli: Cli) -> darts::Result<()> {
                         rate
                     );
                 }
-            })?;
+            })?
+            .history;
             let first = history.first().map_or(f32::NAN, |s| s.loss);
             let last = history.last().map_or(f32::NAN, |s| s.loss);
             println!(

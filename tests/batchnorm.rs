@@ -74,8 +74,14 @@ fn train_forward_matches_naive_formula() {
             assert_close(&what, tape.value(y).data(), &expected, 1e-5, 1e-5);
             let mean: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
             let var: Vec<f32> = stats.iter().map(|s| s.2 as f32).collect();
-            assert_close(&format!("{what} mean"), &got.mean, &mean, 1e-6, 1e-6);
-            assert_close(&format!("{what} var"), &got.var_unbiased, &var, 1e-6, 1e-6);
+            assert_close(&format!("{what} mean"), got.mean.data(), &mean, 1e-6, 1e-6);
+            assert_close(
+                &format!("{what} var"),
+                got.var_unbiased.data(),
+                &var,
+                1e-6,
+                1e-6,
+            );
         }
     }
 }
@@ -260,8 +266,8 @@ fn running_stats_update_by_hand() {
     let rm = Tensor::from_vec(vec![0.0, 1.0, -2.0], &[3]).unwrap();
     let rv = Tensor::from_vec(vec![1.0, 2.0, 0.5], &[3]).unwrap();
     let stats = BatchStats {
-        mean: vec![1.0, 3.0, 0.0],
-        var_unbiased: vec![2.0, 0.0, 4.5],
+        mean: Tensor::from_vec(vec![1.0, 3.0, 0.0], &[3]).unwrap(),
+        var_unbiased: Tensor::from_vec(vec![2.0, 0.0, 4.5], &[3]).unwrap(),
     };
     let (m, v) = bn::update_running_stats(&rm, &rv, &stats, 0.1).unwrap();
     // 0.9·running + 0.1·batch.
@@ -273,7 +279,7 @@ fn running_stats_update_by_hand() {
     let (m, v) = bn::update_running_stats(&rm, &rv, &stats, 1.0).unwrap();
     assert_eq!(
         (m.data(), v.data()),
-        (&stats.mean[..], &stats.var_unbiased[..])
+        (stats.mean.data(), stats.var_unbiased.data())
     );
 }
 
@@ -362,12 +368,12 @@ fn bad_arguments_are_errors() {
     }
 
     let stats = BatchStats {
-        mean: vec![0.0; 3],
-        var_unbiased: vec![1.0; 3],
+        mean: Tensor::zeros(&[3]).unwrap(),
+        var_unbiased: Tensor::full(&[3], 1.0).unwrap(),
     };
     let short = BatchStats {
-        mean: vec![0.0; 3],
-        var_unbiased: vec![1.0; 2],
+        mean: Tensor::zeros(&[3]).unwrap(),
+        var_unbiased: Tensor::full(&[2], 1.0).unwrap(),
     };
     assert!(bn::update_running_stats(&c4, &c3, &stats, 0.1).is_err());
     assert!(bn::update_running_stats(&c3, &c4, &stats, 0.1).is_err());

@@ -262,8 +262,8 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     // The running statistics, against ops::batchnorm::update_running_stats.
     let running_mean = random(c, seed + 5);
     let batch = BatchStats {
-        mean: norm.mean.clone(),
-        var_unbiased: to_f32(&var),
+        mean: Tensor::from_vec(norm.mean.clone(), &[c]).unwrap(),
+        var_unbiased: Tensor::from_vec(to_f32(&var), &[c]).unwrap(),
     };
     let (want_mean, want_var) = bn::update_running_stats(
         &Tensor::from_vec(running_mean.clone(), &[c]).unwrap(),
@@ -275,8 +275,8 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     let mut rm = e.to_device(&running_mean).unwrap();
     let mut rv = e.to_device(&running_var).unwrap();
     let (bm, bv) = (
-        e.to_device(&batch.mean).unwrap(),
-        e.to_device(&batch.var_unbiased).unwrap(),
+        e.to_device(batch.mean.data()).unwrap(),
+        e.to_device(batch.var_unbiased.data()).unwrap(),
     );
     ops::update_running_stats(e, &mut rm, &mut rv, &bm, &bv, 0.1).unwrap();
     check(e, &what("running mean"), &rm, want_mean.data(), EXACT);
@@ -324,8 +324,14 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
         ops::affine_coefficients(e, norm, affine.then_some((&dgamma, &dbeta))).unwrap();
     let got_y = ops::scale_shift(e, &dx, l, &scale, &shift).unwrap();
     check(e, &what("y"), &got_y, &want_y, PIPELINE);
-    check(e, &what("mean"), &gpu_stats.mean, &stats.mean, REDUCTION);
-    let want = &stats.var_unbiased;
+    check(
+        e,
+        &what("mean"),
+        &gpu_stats.mean,
+        stats.mean.data(),
+        REDUCTION,
+    );
+    let want = stats.var_unbiased.data();
     check(e, &what("var"), &gpu_stats.var_unbiased, want, REDUCTION);
 
     let sums = ops::channel_grad_sums(e, &dx, &ddy, l, norm).unwrap();

@@ -26,6 +26,7 @@ const COVERED: &[KernelId] = &[
     KernelId::ElementwiseSubFwdF32,
     KernelId::ElementwiseMulFwdF32,
     KernelId::ElementwiseScaleFwdF32,
+    KernelId::ElementwiseLincombFwdF32,
     KernelId::ElementwiseWeightedSumFwdF32,
     KernelId::ElementwiseWeightedSumInputBwdF32,
     KernelId::ElementwiseWeightedSumWeightPartialBwdF32,
@@ -186,6 +187,10 @@ fn check_against_cpu(exec: &TestExecutor) {
         );
         let want = reference::scale(&x, -1.7);
         check(e, "scale", &ops::scale(e, &dx, -1.7).unwrap(), &want, EXACT);
+        // Coefficients whose products round (0.1 is inexact): an fma would show.
+        let want = reference::lincomb(0.1, &x, -0.3, &b);
+        let got = ops::lincomb(e, 0.1, &dx, -0.3, &db).unwrap();
+        check(e, "lincomb", &got, &want, EXACT);
 
         // The mixed op over k candidates (k = 1, 3 and 8, as in a DARTS edge).
         let k = [1, 3, 8][case % 3];

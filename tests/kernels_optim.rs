@@ -325,7 +325,11 @@ fn the_global_norm_is_deterministic() {
             e.to_device(&data).unwrap()
         })
         .collect();
-    let bits = || e.to_host(&ops::grad_norm(e, &grads).unwrap()).unwrap()[0].to_bits();
+    let bits = || {
+        e.to_host(&ops::grad_norm(e, &grads.iter().collect::<Vec<_>>()).unwrap())
+            .unwrap()[0]
+            .to_bits()
+    };
     let first = bits();
     assert_eq!(first, bits());
     assert!(f32::from_bits(first).is_finite());

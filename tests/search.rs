@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use darts::Rng;
+mod common;
+
 use darts::train::search::{CHECKPOINT, RunOptions, SearchOptions, search};
+use darts::{Device, Rng};
 
 /// Writes a tiny IDX data set (1×8×8 images in 3 classes, each class a different brightness
 /// pattern plus noise) under the Fashion-MNIST file names.
@@ -69,13 +71,14 @@ fn run(out: &Path, resume: bool, max_steps: Option<usize>) -> RunOptions {
         max_steps,
         report_freq: 1000,
         verbose: false,
+        device: Device::Cpu,
     }
 }
 
 fn bits(tensors: impl IntoIterator<Item = darts::Tensor>) -> Vec<u32> {
     tensors
         .into_iter()
-        .flat_map(|t| t.to_vec())
+        .flat_map(|t| t.to_host().unwrap().to_vec())
         .map(f32::to_bits)
         .collect()
 }
@@ -212,4 +215,49 @@ fn bad_input_is_refused_and_damages_nothing() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("train-portion"), "{err}");
+}
+
+/// The same search steps on the emulator (the CUDA kernels on the host) and on the CPU: the same
+/// α and weights up to float rounding, for first and second order; and a run stopped and resumed
+/// on the emulator equals one that was not stopped, bit for bit.
+#[test]
+fn search_on_the_emulator_matches_the_cpu_and_resumes_exactly() {
+    let data = scratch("emu-data");
+    write_idx(&data, 60);
+    for unrolled in [false, true] {
+        let opts = SearchOptions {
+            unrolled,
+            layers: 2,
+            ..options(&data)
+        };
+        let on = |device, out: &Path, resume, max_steps| RunOptions {
+            device,
+            ..run(out, resume, max_steps)
+        };
+        let cpu = search(&opts, &on(Device::Cpu, &scratch("cpu"), false, Some(2))).unwrap();
+        let emu = search(&opts, &on(Device::Emu, &scratch("emu"), false, Some(2))).unwrap();
+        assert_eq!(emu.alphas[0].device(), Device::Emu);
+        let host = |ts: &[darts::Tensor]| -> Vec<f32> {
+            ts.iter()
+                .flat_map(|t| t.to_host().unwrap().to_vec())
+                .collect()
+        };
+        common::assert_close("alphas", &host(&emu.alphas), &host(&cpu.alphas), 1e-5, 1e-3);
+        let weights = |s: &darts::nn::ParamStore| -> Vec<darts::Tensor> {
+            s.named_tensors().into_iter().map(|(_, t)| t).collect()
+        };
+        common::assert_close(
+            "weights",
+            &host(&weights(&emu.store)),
+            &host(&weights(&cpu.store)),
+            1e-4,
+            1e-3,
+        );
+
+        let out = scratch("emu-parts");
+        search(&opts, &on(Device::Emu, &out, false, Some(1))).unwrap();
+        let resumed = search(&opts, &on(Device::Emu, &out, true, Some(2))).unwrap();
+        assert_eq!(bits(resumed.alphas.clone()), bits(emu.alphas.clone()));
+        assert_eq!(bits(weights(&resumed.store)), bits(weights(&emu.store)));
+    }
 }

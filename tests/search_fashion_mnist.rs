@@ -50,6 +50,7 @@ fn small_search_on_fashion_mnist_beats_chance() {
         max_steps: None,
         report_freq: 1000,
         verbose: false,
+        device: darts::Device::Cpu,
     };
     let outcome = search(&options, &run).unwrap();
     let acc = outcome.valid_acc.unwrap();

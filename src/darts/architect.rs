@@ -192,26 +192,20 @@ impl Architect {
         let mut unrolled = store.clone();
         for (i, &id) in ids.iter().enumerate() {
             let w = store.get(id);
-            let grad = g
-                .get(id)
-                .cloned()
-                .map_or_else(|| Tensor::zeros(w.shape()), Ok)?;
+            let grad = g.get(id).cloned().map_or_else(|| w.zeros_like(), Ok)?;
+            // μb + g, then w − ξ(step + λw): each product rounded on its own, on any device.
             let step = match sgd.momentum_buffer(i) {
-                Some(b) => b.zip_map(&grad, |b, g| self.config.momentum * b + g)?,
+                Some(b) => b.lincomb(self.config.momentum, &grad, 1.0)?,
                 None => grad,
             };
-            let decay = self.config.weight_decay;
-            let next = w.zip_map(&step, |w, s| w - lr * (s + decay * w))?;
+            let decayed = step.lincomb(1.0, w, self.config.weight_decay)?;
+            let next = w.lincomb(1.0, &decayed, -lr)?;
             unrolled.set(id, next)?;
         }
         // 2. d_α and v on the unrolled copy (its BN statistics are discarded with it).
         let pass = loss_pass(net, &mut unrolled, alphas, val, Wrt::Both)?;
         let v = pass.weight_grads.aligned(&unrolled, &ids)?;
-        let norm = v
-            .iter()
-            .map(|t| crate::device::cpu::dot_f64(t.data(), t.data()))
-            .sum::<f64>()
-            .sqrt();
+        let norm = f64::from(Tensor::global_norm(&v)?);
         if !(norm > 0.0 && norm.is_finite()) {
             return Err(Error::invalid(
                 "architect",
@@ -223,7 +217,7 @@ impl Architect {
         let alpha_grad_at = |sign: f32, store: &mut ParamStore| -> Result<Vec<Tensor>> {
             let mut perturbed = store.clone();
             for (&id, v) in ids.iter().zip(&v) {
-                perturbed.set(id, store.get(id).zip_map(v, |w, v| w + sign * eps * v)?)?;
+                perturbed.set(id, store.get(id).lincomb(1.0, v, sign * eps)?)?;
             }
             let grads = loss_pass(net, &mut perturbed, alphas, train, Wrt::Alphas)?.alpha_grads;
             for id in store
@@ -243,8 +237,8 @@ impl Architect {
             .iter()
             .zip(plus.iter().zip(&minus))
             .map(|(d, (p, m))| {
-                let hvp = p.zip_map(m, |p, m| (p - m) / (2.0 * eps))?;
-                d.zip_map(&hvp, |d, h| d - lr * h)
+                let hvp = p.lincomb(1.0, m, -1.0)?.scaled(1.0 / (2.0 * eps))?;
+                d.lincomb(1.0, &hvp, -lr)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((pass.loss, result))

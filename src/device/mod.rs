@@ -1,11 +1,15 @@
-//! Where tensors live and where ops run. The device is chosen once, at start-up; model code never
-//! looks at it. Today the CPU reference backend is the only one; the CUDA backend and its host
-//! emulator join it as further variants.
+//! Where tensors live and where ops run. The device is chosen once, at start-up (the data and the
+//! model are moved there), and every op then runs where its inputs are: model code never looks at
+//! it. Three devices exist: the CPU reference backend, a CUDA GPU, and the CUDA emulator, which runs
+//! the very same kernels and launch code as the GPU on the host.
 
 pub mod cpu;
 pub mod gpu;
 
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
+
+use gpu::{CudaExecutor, EmuExecutor, Executor};
 
 /// A place that holds tensor storage and runs kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -13,27 +17,95 @@ pub enum Device {
     /// The CPU reference backend: plain Rust, parallel over batch and channels with rayon.
     #[default]
     Cpu,
+    /// The CUDA kernels run on the host by the emulator: exact and slow (tiny configurations).
+    Emu,
+    /// CUDA GPU number `n`, running the kernels of `kernels/*.cu` through cudarc.
+    Cuda(usize),
 }
 
 impl Device {
-    /// Parses a `--device` value. Only `cpu` exists in this build; `cuda` and `emu` say so.
+    /// Parses a `--device` value: `cpu`, `emu`, `cuda` (GPU 0) or `cuda:N`. Whether the device
+    /// can actually run here is checked by [`Device::executor`] (or [`Device::check_available`]).
     pub fn parse(name: &str) -> crate::Result<Device> {
+        let unknown = || {
+            crate::Error::invalid(
+                "device",
+                format!("unknown device `{name}` (expected cpu, emu, cuda or cuda:N)"),
+            )
+        };
         match name {
             "cpu" => Ok(Device::Cpu),
-            n if n == "cuda" || n.starts_with("cuda:") || n == "emu" => Err(crate::Error::invalid(
-                "device",
-                format!("device `{n}` is not available in this build: only `cpu` is implemented"),
-            )),
-            n => Err(crate::Error::invalid(
-                "device",
-                format!("unknown device `{n}` (expected cpu, cuda[:N] or emu)"),
-            )),
+            "emu" => Ok(Device::Emu),
+            "cuda" => Ok(Device::Cuda(0)),
+            n => match n.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(ordinal)) => Ok(Device::Cuda(ordinal)),
+                _ => Err(unknown()),
+            },
         }
     }
 
-    /// The device used when none is asked for: a GPU when present, else the CPU.
+    /// The device used when none is asked for: GPU 0 when a driver, a GPU and PTX are all
+    /// present, else the CPU.
     pub fn default_device() -> Device {
-        Device::Cpu
+        if Device::Cuda(0).executor().is_ok() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }
+    }
+
+    /// Whether this is a GPU executor's device (CUDA or the emulator).
+    pub fn is_gpu(self) -> bool {
+        self != Device::Cpu
+    }
+
+    /// Fails with a message saying what is missing when this device cannot run here (no CUDA
+    /// driver, no such GPU, no PTX in this build); the CPU and the emulator always can.
+    pub fn check_available(self) -> crate::Result<()> {
+        self.executor().map(|_| ())
+    }
+
+    /// The executor that runs this device's kernels (`None` for the CPU), created on first use
+    /// and kept for the life of the process: one CUDA context and stream per GPU.
+    pub fn executor(self) -> crate::Result<Option<&'static dyn Executor>> {
+        static EMU: EmuExecutor = EmuExecutor;
+        static CUDA: OnceLock<Mutex<Vec<(usize, &'static CudaExecutor)>>> = OnceLock::new();
+        match self {
+            Device::Cpu => Ok(None),
+            Device::Emu => Ok(Some(&EMU)),
+            Device::Cuda(ordinal) => {
+                let opened = CUDA.get_or_init(|| Mutex::new(Vec::new()));
+                let mut opened = opened.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(&(_, exec)) = opened.iter().find(|(o, _)| *o == ordinal) {
+                    return Ok(Some(exec));
+                }
+                let exec: &'static CudaExecutor =
+                    Box::leak(Box::new(CudaExecutor::new(ordinal).map_err(|e| {
+                        crate::Error::invalid("device", format!("{self} cannot be used: {e}"))
+                    })?));
+                opened.push((ordinal, exec));
+                Ok(Some(exec))
+            }
+        }
+    }
+}
+
+impl Device {
+    /// Waits until the work queued on this device has finished (a no-op on the CPU, whose ops
+    /// finish before they return): timings of GPU work call it before reading the clock.
+    pub fn synchronize(self) -> crate::Result<()> {
+        if let Some(exec) = self.executor()? {
+            exec.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// A description for reports: `cpu`, `emulator`, or the GPU's name and architecture.
+    pub fn describe(self) -> crate::Result<String> {
+        Ok(match self.executor()? {
+            None => "cpu".into(),
+            Some(exec) => exec.describe(),
+        })
     }
 }
 
@@ -41,6 +113,8 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            Device::Emu => write!(f, "emu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
 }

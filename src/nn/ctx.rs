@@ -35,7 +35,7 @@ impl Gradients {
         ids.iter()
             .map(|&id| match self.get(id) {
                 Some(g) => Ok(g.clone()),
-                None => Tensor::zeros(store.get(id).shape()),
+                None => store.get(id).zeros_like(),
             })
             .collect()
     }

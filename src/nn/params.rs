@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use crate::device::Device;
 use crate::io::{load_tensors, save_tensors};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -138,8 +139,9 @@ impl ParamStore {
     }
 
     /// Replaces every entry from `tensors` (e.g. a checkpoint): each entry must be present with its
-    /// shape, and no extra name may appear, so a mismatched model is never half-loaded. `source`
-    /// names where the tensors came from, for the error.
+    /// shape, and no extra name may appear, so a mismatched model is never half-loaded. Each value
+    /// goes to the device of the entry it replaces. `source` names where the tensors came from,
+    /// for the error.
     pub fn load_named(
         &mut self,
         source: &Path,
@@ -169,7 +171,26 @@ impl ParamStore {
                 format!("tensor `{extra}` does not belong to this model"),
             ));
         }
+        let loaded: Vec<Tensor> = self
+            .entries
+            .iter()
+            .zip(loaded)
+            .map(|(entry, value)| value.to_device(entry.value.device()))
+            .collect::<Result<_>>()?;
         for (entry, value) in self.entries.iter_mut().zip(loaded) {
+            entry.value = value;
+        }
+        Ok(())
+    }
+
+    /// Moves every entry to `device` (a copy of each; nothing changes if one copy fails).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        let moved: Vec<Tensor> = self
+            .entries
+            .iter()
+            .map(|e| e.value.to_device(device))
+            .collect::<Result<_>>()?;
+        for (entry, value) in self.entries.iter_mut().zip(moved) {
             entry.value = value;
         }
         Ok(())

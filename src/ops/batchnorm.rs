@@ -11,17 +11,20 @@
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::batchnorm::{self as k, ChannelLayout, Normalizer};
-use crate::tensor::Tensor;
+use crate::device::gpu::{self, Executor, batchnorm as g};
+use crate::ops::{buffer, common_device};
+use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
 
-/// Batch statistics of one training-mode forward, per channel: the mean and the unbiased variance
-/// (`Σ (x − μ)² / (M − 1)`, what PyTorch folds into the running variance).
+/// Batch statistics of one training-mode forward, per channel (`[C]` tensors on the input's
+/// device): the mean and the unbiased variance (`Σ (x − μ)² / (M − 1)`, what PyTorch folds into
+/// the running variance).
 #[derive(Debug, Clone)]
 pub struct BatchStats {
     /// Per-channel batch mean.
-    pub mean: Vec<f32>,
+    pub mean: Tensor,
     /// Per-channel unbiased batch variance.
-    pub var_unbiased: Vec<f32>,
+    pub var_unbiased: Tensor,
 }
 
 /// The layout of a `[N, C, H, W]` or `[N, C]` input.
@@ -66,6 +69,32 @@ fn inv_std(var: impl Iterator<Item = f64>, eps: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The normalisation of one forward, on the input's device: the per-channel mean and `1/σ`.
+enum Norm {
+    Cpu(Normalizer),
+    Gpu {
+        mean: gpu::DeviceBuffer<f32>,
+        inv_std: gpu::DeviceBuffer<f32>,
+    },
+}
+
+/// The affine parameters' values, if any, after their shapes are checked.
+fn affine_values(
+    tape: &Tape,
+    op: &'static str,
+    affine: Option<(Var, Var)>,
+    c: usize,
+) -> Result<Option<(Tensor, Tensor)>> {
+    match affine {
+        Some((g, b)) => {
+            check_channels(op, "gamma", tape.shape(g), c)?;
+            check_channels(op, "beta", tape.shape(b), c)?;
+            Ok(Some((tape.value(g).clone(), tape.value(b).clone())))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Applies `y = γ·(x − μ)·inv_std + β` with the given normalisation and records the backward;
 /// `train` says whether μ and σ were computed from `x` (so the input gradient has the two extra
 /// terms of the training-mode rule in the module comment).
@@ -75,15 +104,44 @@ fn normalize(
     x: Var,
     l: ChannelLayout,
     affine: Option<(Var, Var)>,
-    norm: Normalizer,
+    norm: Norm,
     train: bool,
 ) -> Result<Var> {
-    let (gamma, beta) = match affine {
-        Some((g, b)) => {
-            check_channels(op, "gamma", tape.shape(g), l.c)?;
-            check_channels(op, "beta", tape.shape(b), l.c)?;
-            (tape.value(g).to_vec(), tape.value(b).to_vec())
+    let params = affine_values(tape, op, affine, l.c)?;
+    let xv = tape.value(x).clone();
+    let inputs: Vec<Var> = match affine {
+        Some((g, b)) => vec![x, g, b],
+        None => vec![x],
+    };
+    match norm {
+        Norm::Cpu(norm) => {
+            let (y, backward) = normalize_cpu(xv, l, params, norm, train)?;
+            Ok(tape.record(op, y, &inputs, backward))
         }
+        Norm::Gpu { mean, inv_std } => {
+            let exec = xv
+                .device()
+                .executor()?
+                .ok_or_else(|| Error::invalid(op, "GPU statistics for an input on the CPU"))?;
+            let (y, backward) = normalize_gpu(exec, xv, l, params, mean, inv_std, train)?;
+            Ok(tape.record(op, y, &inputs, backward))
+        }
+    }
+}
+
+/// A backward closure of [`normalize`].
+type Backward = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
+
+/// [`normalize`] on the CPU reference.
+fn normalize_cpu(
+    xv: Tensor,
+    l: ChannelLayout,
+    params: Option<(Tensor, Tensor)>,
+    norm: Normalizer,
+    train: bool,
+) -> Result<(Tensor, Backward)> {
+    let (gamma, beta) = match &params {
+        Some((g, b)) => (g.to_vec(), b.to_vec()),
         None => (vec![1.0; l.c], vec![0.0; l.c]),
     };
     // y = x·scale + shift with scale = γ/σ (also the factor k of the input gradient) and
@@ -98,13 +156,8 @@ fn normalize(
         .zip(norm.mean.iter().zip(&scale))
         .map(|(b, (m, a))| b - m * a)
         .collect();
-    let xv = tape.value(x).clone();
     let y = Tensor::from_vec(k::scale_shift(xv.data(), &l, &scale, &shift), xv.shape())?;
-    let inputs: Vec<Var> = match affine {
-        Some((g, b)) => vec![x, g, b],
-        None => vec![x],
-    };
-    Ok(tape.record(op, y, &inputs, move |dy, needs| {
+    let backward = move |dy: &Tensor, needs: &[bool]| {
         let c = l.c;
         let sums_needed = (train && needs[0]) || (needs.len() == 3 && (needs[1] || needs[2]));
         let (sum_dy, sum_dy_xhat) = if sums_needed {
@@ -145,7 +198,74 @@ fn normalize(
             }
         }
         Ok(grads)
-    }))
+    };
+    Ok((y, Box::new(backward)))
+}
+
+/// [`normalize`] on a GPU executor: the same arithmetic as [`normalize_cpu`], kernel by kernel
+/// (`kernels/batchnorm.cu`), with the statistics and coefficients kept on the device.
+fn normalize_gpu(
+    exec: &'static dyn Executor,
+    xv: Tensor,
+    l: ChannelLayout,
+    params: Option<(Tensor, Tensor)>,
+    mean: gpu::DeviceBuffer<f32>,
+    inv_std: gpu::DeviceBuffer<f32>,
+    train: bool,
+) -> Result<(Tensor, Backward)> {
+    let device = xv.device();
+    let norm = g::Normalizer {
+        mean: &mean,
+        inv_std: &inv_std,
+    };
+    let affine = params.as_ref().map(|(g, b)| (buffer(g), buffer(b)));
+    let (scale, shift) = g::affine_coefficients(exec, norm, affine)?;
+    let y = g::scale_shift(exec, buffer(&xv), &l, &scale, &shift)?;
+    let y = Tensor::from_buffer(y, xv.shape(), device)?;
+    let backward = move |dy: &Tensor, needs: &[bool]| {
+        common_device("batch_norm backward", &[&xv, dy])?;
+        let norm = g::Normalizer {
+            mean: &mean,
+            inv_std: &inv_std,
+        };
+        let (x, d) = (buffer(&xv), buffer(dy));
+        let sums_needed = (train && needs[0]) || (needs.len() == 3 && (needs[1] || needs[2]));
+        let sums = if sums_needed {
+            Some(g::channel_grad_sums(exec, x, d, &l, norm)?)
+        } else {
+            None
+        };
+        let mut grads = Vec::with_capacity(needs.len());
+        grads.push(match (needs[0], &sums) {
+            (false, _) => None,
+            (true, Some(sums)) if train => Some(Tensor::from_buffer(
+                g::normalize_backward(exec, x, d, &l, norm, &scale, sums)?,
+                xv.shape(),
+                device,
+            )?),
+            (true, _) => {
+                let zero = gpu::shape::fill(exec, l.c, 0.0)?;
+                Some(Tensor::from_buffer(
+                    g::scale_shift(exec, d, &l, &scale, &zero)?,
+                    xv.shape(),
+                    device,
+                )?)
+            }
+        });
+        if let (3, Some(sums)) = (needs.len(), sums) {
+            for (need, sum) in [(needs[1], sums.sum_dy_xhat), (needs[2], sums.sum_dy)] {
+                grads.push(if need {
+                    Some(Tensor::from_buffer(sum, &[l.c], device)?)
+                } else {
+                    None
+                });
+            }
+        } else if needs.len() == 3 {
+            grads.extend([None, None]);
+        }
+        Ok(grads)
+    };
+    Ok((y, Box::new(backward)))
 }
 
 /// Training-mode batch norm over (N, H, W) per channel with the biased batch variance:
@@ -171,17 +291,38 @@ pub fn batch_norm_train(
             ),
         ));
     }
-    let (mean, m2) = k::channel_moments(tape.value(x).data(), &l);
-    let stats = BatchStats {
-        mean: mean.iter().map(|&m| m as f32).collect(),
-        var_unbiased: m2
-            .iter()
-            .map(|&s| (s / (count - 1) as f64) as f32)
-            .collect(),
-    };
-    let norm = Normalizer {
-        mean: stats.mean.clone(),
-        inv_std: inv_std(m2.iter().map(|&s| s / count as f64), eps),
+    let xv = tape.value(x);
+    let device = xv.device();
+    let (norm, stats) = match xv.storage() {
+        Data::Cpu(data) => {
+            let (mean, m2) = k::channel_moments(data, &l);
+            let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+            let var_unbiased = m2
+                .iter()
+                .map(|&s| (s / (count - 1) as f64) as f32)
+                .collect();
+            let stats = BatchStats {
+                mean: Tensor::from_vec(mean.clone(), &[l.c])?,
+                var_unbiased: Tensor::from_vec(var_unbiased, &[l.c])?,
+            };
+            let norm = Normalizer {
+                mean,
+                inv_std: inv_std(m2.iter().map(|&s| s / count as f64), eps),
+            };
+            (Norm::Cpu(norm), stats)
+        }
+        Data::Gpu(exec, data) => {
+            let g::BatchStats {
+                mean,
+                var_unbiased,
+                inv_std,
+            } = g::batch_stats(exec, data, &l, eps)?;
+            let stats = BatchStats {
+                mean: Tensor::from_buffer(exec.duplicate(&mean)?, &[l.c], device)?,
+                var_unbiased: Tensor::from_buffer(var_unbiased, &[l.c], device)?,
+            };
+            (Norm::Gpu { mean, inv_std }, stats)
+        }
     };
     let y = normalize(tape, OP, x, l, affine, norm, true)?;
     Ok((y, stats))
@@ -203,9 +344,16 @@ pub fn batch_norm_eval(
     check_eps(OP, eps)?;
     check_channels(OP, "running_mean", running_mean.shape(), l.c)?;
     check_channels(OP, "running_var", running_var.shape(), l.c)?;
-    let norm = Normalizer {
-        mean: running_mean.to_vec(),
-        inv_std: inv_std(running_var.data().iter().map(|&v| v as f64), eps),
+    common_device(OP, &[tape.value(x), running_mean, running_var])?;
+    let norm = match running_var.storage() {
+        Data::Cpu(var) => Norm::Cpu(Normalizer {
+            mean: running_mean.to_vec(),
+            inv_std: inv_std(var.iter().map(|&v| v as f64), eps),
+        }),
+        Data::Gpu(exec, var) => Norm::Gpu {
+            mean: exec.duplicate(buffer(running_mean))?,
+            inv_std: g::inv_std(exec, var, eps)?,
+        },
     };
     normalize(tape, OP, x, l, affine, norm, false)
 }
@@ -220,28 +368,53 @@ pub fn update_running_stats(
     momentum: f32,
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "update_running_stats";
-    let c = stats.mean.len();
+    let c = stats.mean.numel();
+    check_channels(OP, "the batch mean", stats.mean.shape(), c)?;
     check_channels(OP, "running_mean", running_mean.shape(), c)?;
     check_channels(OP, "running_var", running_var.shape(), c)?;
-    check_channels(OP, "the batch variance", &[stats.var_unbiased.len()], c)?;
+    check_channels(OP, "the batch variance", stats.var_unbiased.shape(), c)?;
     if !(0.0..=1.0).contains(&momentum) {
         return Err(Error::invalid(
             OP,
             format!("momentum must lie in [0, 1], got {momentum}"),
         ));
     }
-    let m = momentum as f64;
-    let blend = |running: &Tensor, batch: &[f32]| -> Result<Tensor> {
-        let data = running
-            .data()
-            .iter()
-            .zip(batch)
-            .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b as f64) as f32)
-            .collect();
-        Tensor::from_vec(data, &[c])
-    };
-    Ok((
-        blend(running_mean, &stats.mean)?,
-        blend(running_var, &stats.var_unbiased)?,
-    ))
+    let device = common_device(
+        OP,
+        &[running_mean, running_var, &stats.mean, &stats.var_unbiased],
+    )?;
+    match device.executor()? {
+        None => {
+            let m = momentum as f64;
+            let blend = |running: &Tensor, batch: &Tensor| -> Result<Tensor> {
+                let data = running
+                    .data()
+                    .iter()
+                    .zip(batch.data())
+                    .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b as f64) as f32)
+                    .collect();
+                Tensor::from_vec(data, &[c])
+            };
+            Ok((
+                blend(running_mean, &stats.mean)?,
+                blend(running_var, &stats.var_unbiased)?,
+            ))
+        }
+        Some(exec) => {
+            let mut mean = exec.duplicate(buffer(running_mean))?;
+            let mut var = exec.duplicate(buffer(running_var))?;
+            g::update_running_stats(
+                exec,
+                &mut mean,
+                &mut var,
+                buffer(&stats.mean),
+                buffer(&stats.var_unbiased),
+                momentum,
+            )?;
+            Ok((
+                Tensor::from_buffer(mean, &[c], device)?,
+                Tensor::from_buffer(var, &[c], device)?,
+            ))
+        }
+    }
 }

@@ -2,7 +2,11 @@
 //! rectangular kernels.
 
 use crate::autograd::{Tape, Var};
+use crate::device::Device;
 use crate::device::cpu::conv::{self as k, ConvGeometry};
+use crate::device::gpu::Executor;
+use crate::device::gpu::conv::ConvPlan;
+use crate::ops::{buffer, common_device};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -151,17 +155,91 @@ impl Conv2dParams {
     }
 }
 
-/// Checks the arguments and runs the forward kernel; returns the output and the geometry.
+/// A geometry's kernels on one device: the CPU reference's functions, or a GPU launch plan with
+/// the executor that runs it. Every tensor handed to it lives on that device.
+enum Runner {
+    Cpu(ConvGeometry),
+    Gpu(ConvPlan, &'static dyn Executor, Device),
+}
+
+impl Runner {
+    fn new(g: ConvGeometry, device: Device) -> Result<Runner> {
+        Ok(match device.executor()? {
+            None => Runner::Cpu(g),
+            Some(exec) => Runner::Gpu(ConvPlan::new(&g)?, exec, device),
+        })
+    }
+
+    fn geometry(&self) -> &ConvGeometry {
+        match self {
+            Runner::Cpu(g) => g,
+            Runner::Gpu(plan, ..) => plan.geometry(),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let g = self.geometry();
+        let shape = [g.batch, g.c_out, g.output[0], g.output[1]];
+        match self {
+            Runner::Cpu(g) => Tensor::from_vec(
+                k::forward(g, x.data(), w.data(), b.map(Tensor::data)),
+                &shape,
+            ),
+            Runner::Gpu(plan, exec, device) => Tensor::from_buffer(
+                plan.forward(*exec, buffer(x), buffer(w), b.map(buffer))?,
+                &shape,
+                *device,
+            ),
+        }
+    }
+
+    fn backward_input(&self, w: &Tensor, dy: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
+        match self {
+            Runner::Cpu(g) => Tensor::from_vec(k::backward_input(g, w.data(), dy.data()), x_shape),
+            Runner::Gpu(plan, exec, device) => Tensor::from_buffer(
+                plan.backward_input(*exec, buffer(w), buffer(dy))?,
+                x_shape,
+                *device,
+            ),
+        }
+    }
+
+    fn backward_weight(&self, x: &Tensor, dy: &Tensor, w_shape: &[usize]) -> Result<Tensor> {
+        match self {
+            Runner::Cpu(g) => Tensor::from_vec(k::backward_weight(g, x.data(), dy.data()), w_shape),
+            Runner::Gpu(plan, exec, device) => Tensor::from_buffer(
+                plan.backward_weight(*exec, buffer(x), buffer(dy))?,
+                w_shape,
+                *device,
+            ),
+        }
+    }
+
+    fn backward_bias(&self, dy: &Tensor) -> Result<Tensor> {
+        let c_out = self.geometry().c_out;
+        match self {
+            Runner::Cpu(g) => Tensor::from_vec(k::backward_bias(g, dy.data()), &[c_out]),
+            Runner::Gpu(plan, exec, device) => {
+                Tensor::from_buffer(plan.backward_bias(*exec, buffer(dy))?, &[c_out], *device)
+            }
+        }
+    }
+}
+
+/// Checks the arguments and runs the forward kernel; returns the output and the runner for the
+/// backward pass.
 fn forward(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     params: Conv2dParams,
-) -> Result<(Tensor, ConvGeometry)> {
+) -> Result<(Tensor, Runner)> {
     let g = params.geometry(x.shape(), weight.shape(), bias.map(Tensor::shape))?;
-    let y = k::forward(&g, x.data(), weight.data(), bias.map(Tensor::data));
-    let y = Tensor::from_vec(y, &[g.batch, g.c_out, g.output[0], g.output[1]])?;
-    Ok((y, g))
+    let mut all = vec![x, weight];
+    all.extend(bias);
+    let runner = Runner::new(g, common_device("conv2d", &all)?)?;
+    let y = runner.forward(x, weight, bias)?;
+    Ok((y, runner))
 }
 
 /// The convolution without a tape (see [`conv2d`]): `x: [N, Cin, H, W]`,
@@ -191,33 +269,24 @@ pub fn conv2d(
 ) -> Result<Var> {
     let xv = tape.value(x).clone();
     let wv = tape.value(weight).clone();
-    let (y, g) = forward(&xv, &wv, bias.map(|b| tape.value(b)), params)?;
+    let (y, runner) = forward(&xv, &wv, bias.map(|b| tape.value(b)), params)?;
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
     Ok(tape.record("conv2d", y, &inputs, move |dy, needs| {
         let dx = if needs[0] {
-            Some(Tensor::from_vec(
-                k::backward_input(&g, wv.data(), dy.data()),
-                xv.shape(),
-            )?)
+            Some(runner.backward_input(&wv, dy, xv.shape())?)
         } else {
             None
         };
         let dw = if needs[1] {
-            Some(Tensor::from_vec(
-                k::backward_weight(&g, xv.data(), dy.data()),
-                wv.shape(),
-            )?)
+            Some(runner.backward_weight(&xv, dy, wv.shape())?)
         } else {
             None
         };
         let mut grads = vec![dx, dw];
         if bias.is_some() {
             grads.push(if needs[2] {
-                Some(Tensor::from_vec(
-                    k::backward_bias(&g, dy.data()),
-                    &[g.c_out],
-                )?)
+                Some(runner.backward_bias(dy)?)
             } else {
                 None
             });

@@ -5,7 +5,10 @@
 //! kept iff `uniform_at(seed, i) ≥ p`, so with a fixed seed the ops are deterministic.
 
 use crate::autograd::{Tape, Var};
+use crate::device::Device;
 use crate::device::cpu::dropout as k;
+use crate::device::gpu::dropout as gpu;
+use crate::ops::binary;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -21,15 +24,38 @@ fn check_probability(op: &'static str, p: f32) -> Result<()> {
     }
 }
 
-/// `x ⊙ m` with `mask` broadcast as in [`k::apply_mask`]; the gradient is `dy ⊙ m`.
-fn apply(tape: &mut Tape, op: &'static str, x: Var, mask: Vec<f32>, inner: usize) -> Result<Var> {
+/// The multipliers of an inverted-dropout mask of `n` elements (see [`k::mask`]), drawn on
+/// `device`: every device draws the same bits.
+fn mask(n: usize, p: f32, seed: u64, device: Device) -> Result<Tensor> {
+    match device.executor()? {
+        None => Tensor::from_vec(k::mask(n, p, seed), &[n]),
+        Some(exec) => Tensor::from_buffer(gpu::mask(exec, n, p, seed)?, &[n], device),
+    }
+}
+
+/// `x ⊙ m` with a mask of `n` elements from `(p, seed)`, broadcast as in [`k::apply_mask`]; the
+/// gradient is `dy ⊙ m`.
+fn apply(
+    tape: &mut Tape,
+    op: &'static str,
+    x: Var,
+    (n, p, seed): (usize, f32, u64),
+    inner: usize,
+) -> Result<Var> {
     let xv = tape.value(x);
-    let y = Tensor::from_vec(k::apply_mask(xv.data(), &mask, inner), xv.shape())?;
+    let mask = mask(n, p, seed, xv.device())?;
+    let multiply = move |t: &Tensor, m: &Tensor| {
+        binary(
+            op,
+            t,
+            m,
+            move |t, m| k::apply_mask(t, m, inner),
+            move |e, t, m| gpu::apply_mask(e, t, m, inner),
+        )
+    };
+    let y = multiply(xv, &mask)?;
     Ok(tape.record(op, y, &[x], move |dy, _| {
-        Ok(vec![Some(Tensor::from_vec(
-            k::apply_mask(dy.data(), &mask, inner),
-            dy.shape(),
-        )?)])
+        Ok(vec![Some(multiply(dy, &mask)?)])
     }))
 }
 
@@ -40,8 +66,8 @@ pub fn dropout(tape: &mut Tape, x: Var, p: f32, seed: u64) -> Result<Var> {
     if p == 0.0 {
         return Ok(x);
     }
-    let mask = k::mask(tape.value(x).numel(), p, seed);
-    apply(tape, "dropout", x, mask, 1)
+    let n = tape.value(x).numel();
+    apply(tape, "dropout", x, (n, p, seed), 1)
 }
 
 /// Variational (locked) dropout for sequences `x: [T, B, F]`, as in AWD-LSTM and DARTS-RNN: one
@@ -58,7 +84,7 @@ pub fn variational_dropout(tape: &mut Tape, x: Var, p: f32, seed: u64) -> Result
     if p == 0.0 {
         return Ok(x);
     }
-    apply(tape, "variational_dropout", x, k::mask(b * f, p, seed), 1)
+    apply(tape, "variational_dropout", x, (b * f, p, seed), 1)
 }
 
 /// DARTS' drop path for `x: [N, ...]`: one keep/drop decision per sample `n` (kept iff
@@ -72,11 +98,5 @@ pub fn drop_path(tape: &mut Tape, x: Var, drop_prob: f32, seed: u64) -> Result<V
     let shape = tape.shape(x);
     let samples = shape[0];
     let per_sample = shape[1..].iter().product();
-    apply(
-        tape,
-        "drop_path",
-        x,
-        k::mask(samples, drop_prob, seed),
-        per_sample,
-    )
+    apply(tape, "drop_path", x, (samples, drop_prob, seed), per_sample)
 }

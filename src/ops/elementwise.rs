@@ -2,48 +2,52 @@
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::{self, elementwise as k};
-use crate::ops::same_shape;
-use crate::tensor::Tensor;
+use crate::device::gpu::{elementwise as g, mixed};
+use crate::ops::{binary, buffer, common_device, same_shape, unary};
+use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
-
-/// A tensor with `x`'s shape holding `data`.
-fn like(x: &Tensor, data: Vec<f32>) -> Result<Tensor> {
-    Tensor::from_vec(data, x.shape())
-}
 
 /// `max(x, 0)`; the gradient passes where `x > 0`.
 pub fn relu(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = tape.value(x).clone();
-    let y = like(&xv, k::relu(xv.data()))?;
+    let y = unary(&xv, k::relu, g::relu)?;
     Ok(tape.record("relu", y, &[x], move |dy, _| {
-        Ok(vec![Some(like(
+        Ok(vec![Some(binary(
+            "relu",
             &xv,
-            k::relu_backward(xv.data(), dy.data()),
+            dy,
+            k::relu_backward,
+            g::relu_backward,
         )?)])
     }))
 }
 
 /// `tanh(x)`; the gradient is `dy · (1 − y²)`.
 pub fn tanh(tape: &mut Tape, x: Var) -> Result<Var> {
-    let y = tape.value(x).map(f32::tanh);
+    let y = unary(tape.value(x), k::tanh, g::tanh)?;
     let saved = y.clone();
     Ok(tape.record("tanh", y, &[x], move |dy, _| {
-        Ok(vec![Some(like(
+        Ok(vec![Some(binary(
+            "tanh",
             &saved,
-            k::tanh_backward(saved.data(), dy.data()),
+            dy,
+            k::tanh_backward,
+            g::tanh_backward,
         )?)])
     }))
 }
 
 /// The logistic sigmoid; the gradient is `dy · y · (1 − y)`.
 pub fn sigmoid(tape: &mut Tape, x: Var) -> Result<Var> {
-    let xv = tape.value(x);
-    let y = like(xv, k::sigmoid(xv.data()))?;
+    let y = unary(tape.value(x), k::sigmoid, g::sigmoid)?;
     let saved = y.clone();
     Ok(tape.record("sigmoid", y, &[x], move |dy, _| {
-        Ok(vec![Some(like(
+        Ok(vec![Some(binary(
+            "sigmoid",
             &saved,
-            k::sigmoid_backward(saved.data(), dy.data()),
+            dy,
+            k::sigmoid_backward,
+            g::sigmoid_backward,
         )?)])
     }))
 }
@@ -56,10 +60,7 @@ pub fn identity(_tape: &mut Tape, x: Var) -> Result<Var> {
 /// `a + b` (equal shapes).
 pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     same_shape(tape, "add", a, b)?;
-    let y = like(
-        tape.value(a),
-        k::add(tape.value(a).data(), tape.value(b).data()),
-    )?;
+    let y = binary("add", tape.value(a), tape.value(b), k::add, g::add)?;
     Ok(tape.record("add", y, &[a, b], |dy, _| {
         Ok(vec![Some(dy.clone()), Some(dy.clone())])
     }))
@@ -68,12 +69,13 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
 /// `a − b` (equal shapes).
 pub fn sub(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     same_shape(tape, "sub", a, b)?;
-    let y = like(
-        tape.value(a),
-        k::sub(tape.value(a).data(), tape.value(b).data()),
-    )?;
+    let y = binary("sub", tape.value(a), tape.value(b), k::sub, g::sub)?;
     Ok(tape.record("sub", y, &[a, b], |dy, needs| {
-        let db = if needs[1] { Some(dy.map(|g| -g)) } else { None };
+        let db = if needs[1] {
+            Some(dy.scaled(-1.0)?)
+        } else {
+            None
+        };
         Ok(vec![Some(dy.clone()), db])
     }))
 }
@@ -82,15 +84,15 @@ pub fn sub(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
 pub fn mul(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     same_shape(tape, "mul", a, b)?;
     let (av, bv) = (tape.value(a).clone(), tape.value(b).clone());
-    let y = like(&av, k::mul(av.data(), bv.data()))?;
+    let y = binary("mul", &av, &bv, k::mul, g::mul)?;
     Ok(tape.record("mul", y, &[a, b], move |dy, needs| {
         let da = if needs[0] {
-            Some(like(&av, k::mul(dy.data(), bv.data()))?)
+            Some(binary("mul", dy, &bv, k::mul, g::mul)?)
         } else {
             None
         };
         let db = if needs[1] {
-            Some(like(&bv, k::mul(dy.data(), av.data()))?)
+            Some(binary("mul", dy, &av, k::mul, g::mul)?)
         } else {
             None
         };
@@ -106,10 +108,8 @@ pub fn scale(tape: &mut Tape, x: Var, s: f32) -> Result<Var> {
             format!("the factor {s} is not finite"),
         ));
     }
-    let y = tape.value(x).map(|v| v * s);
-    Ok(tape.record("scale", y, &[x], move |dy, _| {
-        Ok(vec![Some(dy.map(|g| g * s))])
-    }))
+    let y = tape.value(x).scaled(s)?;
+    Ok(tape.record("scale", y, &[x], move |dy, _| Ok(vec![Some(dy.scaled(s)?)])))
 }
 
 /// The DARTS mixed op: `Σₖ wₖ · xₖ` with `weights` a 1-D variable of length `k` (typically a row of
@@ -136,28 +136,59 @@ pub fn weighted_sum(tape: &mut Tape, xs: &[Var], weights: Var) -> Result<Var> {
     }
     let values: Vec<Tensor> = xs.iter().map(|&x| tape.value(x).clone()).collect();
     let w = tape.value(weights).clone();
-    let slices: Vec<&[f32]> = values.iter().map(|t| t.data()).collect();
-    let y = like(&values[0], k::weighted_sum(&slices, w.data()))?;
+    let mut all: Vec<&Tensor> = values.iter().collect();
+    all.push(&w);
+    common_device("weighted_sum", &all)?;
+    let y = mixed_forward(&values, &w)?;
     let mut inputs = xs.to_vec();
     inputs.push(weights);
     Ok(tape.record("weighted_sum", y, &inputs, move |dy, needs| {
+        let host_w = w.to_host()?;
         let mut grads = Vec::with_capacity(count + 1);
-        for (i, &wi) in w.data().iter().enumerate() {
-            grads.push(if needs[i] {
-                Some(dy.map(|g| g * wi))
-            } else {
-                None
-            });
+        for (i, &wi) in host_w.data().iter().enumerate() {
+            grads.push(if needs[i] { Some(dy.scaled(wi)?) } else { None });
         }
         grads.push(if needs[count] {
-            let dw = values
-                .iter()
-                .map(|x| cpu::dot_f64(dy.data(), x.data()) as f32)
-                .collect();
-            Some(Tensor::from_vec(dw, &[count])?)
+            Some(mixed_backward_weights(dy, &values)?)
         } else {
             None
         });
         Ok(grads)
     }))
+}
+
+/// `Σₖ wₖ · xₖ` on the inputs' device.
+fn mixed_forward(xs: &[Tensor], w: &Tensor) -> Result<Tensor> {
+    let shape = xs[0].shape();
+    match w.storage() {
+        Data::Cpu(wd) => {
+            let slices: Vec<&[f32]> = xs.iter().map(Tensor::data).collect();
+            Tensor::from_vec(k::weighted_sum(&slices, wd), shape)
+        }
+        Data::Gpu(exec, wb) => {
+            let buffers: Vec<_> = xs.iter().map(buffer).collect();
+            Tensor::from_buffer(mixed::mixed_forward(exec, &buffers, wb)?, shape, w.device())
+        }
+    }
+}
+
+/// `dwₖ = Σᵢ dyᵢ · xₖᵢ`, accumulated in f64, on the inputs' device.
+fn mixed_backward_weights(dy: &Tensor, xs: &[Tensor]) -> Result<Tensor> {
+    match dy.storage() {
+        Data::Cpu(d) => {
+            let dw = xs
+                .iter()
+                .map(|x| cpu::dot_f64(d, x.data()) as f32)
+                .collect();
+            Tensor::from_vec(dw, &[xs.len()])
+        }
+        Data::Gpu(exec, d) => {
+            let buffers: Vec<_> = xs.iter().map(buffer).collect();
+            Tensor::from_buffer(
+                mixed::mixed_backward_weights(exec, d, &buffers)?,
+                &[xs.len()],
+                dy.device(),
+            )
+        }
+    }
 }

@@ -4,9 +4,17 @@
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::pool::{self as k, PoolGeometry};
-use crate::ops::nchw;
-use crate::tensor::Tensor;
+use crate::device::gpu::{DeviceBuffer, pool as gpu};
+use crate::ops::{nchw, unary_to};
+use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
+
+/// Where max pooling's forward put each window's maximum (plane-relative indices), kept on the
+/// device of the input for the backward pass.
+enum Argmax {
+    Cpu(Vec<u32>),
+    Gpu(DeviceBuffer<u32>),
+}
 
 /// Checks a pooling's arguments against `x` and returns its geometry. The window must have a
 /// positive size and stride, padding at most half the window (so every window holds at least one
@@ -69,11 +77,38 @@ pub fn max_pool2d(
     }
     let in_shape = tape.shape(x).to_vec();
     let out_shape = [in_shape[0], in_shape[1], g.out_h(), g.out_w()];
-    let (y, argmax) = k::max_pool2d(tape.value(x).data(), &g);
-    let y = Tensor::from_vec(y, &out_shape)?;
+    let xv = tape.value(x);
+    let (y, argmax) = match xv.storage() {
+        Data::Cpu(v) => {
+            let (y, argmax) = k::max_pool2d(v, &g);
+            (Tensor::from_vec(y, &out_shape)?, Argmax::Cpu(argmax))
+        }
+        Data::Gpu(exec, b) => {
+            let (y, argmax) = gpu::max_pool2d(exec, b, &g)?;
+            (
+                Tensor::from_buffer(y, &out_shape, xv.device())?,
+                Argmax::Gpu(argmax),
+            )
+        }
+    };
     Ok(tape.record(OP, y, &[x], move |dy, _| {
-        let dx = k::max_pool2d_backward(dy.data(), &argmax, &g);
-        Ok(vec![Some(Tensor::from_vec(dx, &in_shape)?)])
+        let dx = match (&argmax, dy.storage()) {
+            (Argmax::Cpu(a), Data::Cpu(d)) => {
+                Tensor::from_vec(k::max_pool2d_backward(d, a, &g), &in_shape)?
+            }
+            (Argmax::Gpu(a), Data::Gpu(e, d)) => Tensor::from_buffer(
+                gpu::max_pool2d_backward(e, d, a, &g)?,
+                &in_shape,
+                dy.device(),
+            )?,
+            _ => {
+                return Err(Error::invalid(
+                    OP,
+                    "the gradient is not on the input's device",
+                ));
+            }
+        };
+        Ok(vec![Some(dx)])
     }))
 }
 
@@ -92,10 +127,20 @@ pub fn avg_pool2d(
     let g = geometry(tape, OP, x, kernel, stride, padding)?;
     let in_shape = tape.shape(x).to_vec();
     let out_shape = [in_shape[0], in_shape[1], g.out_h(), g.out_w()];
-    let y = Tensor::from_vec(k::avg_pool2d(tape.value(x).data(), &g), &out_shape)?;
+    let y = unary_to(
+        tape.value(x),
+        &out_shape,
+        |v| k::avg_pool2d(v, &g),
+        |e, b| gpu::avg_pool2d(e, b, &g),
+    )?;
     Ok(tape.record(OP, y, &[x], move |dy, _| {
-        let dx = k::avg_pool2d_backward(dy.data(), &g);
-        Ok(vec![Some(Tensor::from_vec(dx, &in_shape)?)])
+        let dx = unary_to(
+            dy,
+            &in_shape,
+            |d| k::avg_pool2d_backward(d, &g),
+            |e, d| gpu::avg_pool2d_backward(e, d, &g),
+        )?;
+        Ok(vec![Some(dx)])
     }))
 }
 
@@ -105,9 +150,19 @@ pub fn global_avg_pool(tape: &mut Tape, x: Var) -> Result<Var> {
     const OP: &str = "global_avg_pool";
     let [n, c, h, w] = nchw(tape, OP, x)?;
     let plane = h * w;
-    let y = Tensor::from_vec(k::global_avg_pool(tape.value(x).data(), plane), &[n, c])?;
+    let y = unary_to(
+        tape.value(x),
+        &[n, c],
+        |v| k::global_avg_pool(v, plane),
+        |e, b| gpu::global_avg_pool(e, b, plane),
+    )?;
     Ok(tape.record(OP, y, &[x], move |dy, _| {
-        let dx = k::global_avg_pool_backward(dy.data(), plane);
-        Ok(vec![Some(Tensor::from_vec(dx, &[n, c, h, w])?)])
+        let dx = unary_to(
+            dy,
+            &[n, c, h, w],
+            |d| k::global_avg_pool_backward(d, plane),
+            |e, d| gpu::global_avg_pool_backward(e, d, plane),
+        )?;
+        Ok(vec![Some(dx)])
     }))
 }

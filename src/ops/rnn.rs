@@ -4,6 +4,8 @@
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::rnn as kernel;
+use crate::device::gpu::rnn as gpu;
+use crate::ops::{binary, buffer, common_device};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -37,22 +39,32 @@ fn node_hidden(tape: &Tape, ch: Var, h_prev: Var) -> Result<usize> {
 pub fn recurrent_node(tape: &mut Tape, ch: Var, h_prev: Var, act: NodeActivation) -> Result<Var> {
     let hidden = node_hidden(tape, ch, h_prev)?;
     let (cv, hv) = (tape.value(ch).clone(), tape.value(h_prev).clone());
-    let y = Tensor::from_vec(
-        kernel::node_forward(cv.data(), hv.data(), hidden, act),
-        hv.shape(),
+    let y = binary(
+        OP,
+        &hv,
+        &cv,
+        |h, c| kernel::node_forward(c, h, hidden, act),
+        |e, h, c| gpu::node_forward(e, c, h, hidden, act),
     )?;
     Ok(tape.record(OP, y, &[ch, h_prev], move |dy, needs| {
-        let (dch, dh) = kernel::node_backward(cv.data(), hv.data(), dy.data(), hidden, act);
-        let dch = if needs[0] {
-            Some(Tensor::from_vec(dch, cv.shape())?)
-        } else {
-            None
+        let device = common_device(OP, &[&cv, &hv, dy])?;
+        let (dch, dh) = match device.executor()? {
+            None => {
+                let (dch, dh) = kernel::node_backward(cv.data(), hv.data(), dy.data(), hidden, act);
+                (
+                    Tensor::from_vec(dch, cv.shape())?,
+                    Tensor::from_vec(dh, hv.shape())?,
+                )
+            }
+            Some(exec) => {
+                let (dch, dh) =
+                    gpu::node_backward(exec, buffer(&cv), buffer(&hv), buffer(dy), hidden, act)?;
+                (
+                    Tensor::from_buffer(dch, cv.shape(), device)?,
+                    Tensor::from_buffer(dh, hv.shape(), device)?,
+                )
+            }
         };
-        let dh = if needs[1] {
-            Some(Tensor::from_vec(dh, hv.shape())?)
-        } else {
-            None
-        };
-        Ok(vec![dch, dh])
+        Ok(vec![needs[0].then_some(dch), needs[1].then_some(dh)])
     }))
 }

@@ -5,7 +5,8 @@ use std::ops::Range;
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::shape as k;
-use crate::ops::nchw;
+use crate::device::gpu::shape as gpu;
+use crate::ops::{buffer, common_device, nchw, unary_to};
 use crate::tensor::{Tensor, check_shape};
 use crate::{Error, Result};
 
@@ -65,11 +66,21 @@ pub fn concat(tape: &mut Tape, xs: &[Var], dim: usize) -> Result<Var> {
     }
     let outer: usize = first_shape[..dim].iter().product();
     let inner: usize = first_shape[dim + 1..].iter().product();
-    let values: Vec<&[f32]> = xs.iter().map(|&x| tape.value(x).data()).collect();
-    let data = k::concat(&values, &sizes, outer, inner);
+    let values: Vec<&Tensor> = xs.iter().map(|&x| tape.value(x)).collect();
+    let device = common_device("concat", &values)?;
     let mut out_shape = first_shape;
     out_shape[dim] = sizes.iter().sum();
-    let y = Tensor::from_vec(data, &out_shape)?;
+    let y = match device.executor()? {
+        None => {
+            let slices: Vec<&[f32]> = values.iter().map(|v| v.data()).collect();
+            Tensor::from_vec(k::concat(&slices, &sizes, outer, inner), &out_shape)?
+        }
+        Some(exec) => {
+            let buffers: Vec<_> = values.iter().map(|v| buffer(v)).collect();
+            let data = gpu::concat(exec, &buffers, &sizes, outer, inner)?;
+            Tensor::from_buffer(data, &out_shape, device)?
+        }
+    };
     Ok(tape.record("concat", y, xs, move |dy, needs| {
         let mut ranges: Vec<Range<usize>> = out_shape.iter().map(|&n| 0..n).collect();
         let mut start = 0;
@@ -80,9 +91,11 @@ pub fn concat(tape: &mut Tape, xs: &[Var], dim: usize) -> Result<Var> {
             grads.push(if need {
                 let mut shape = out_shape.clone();
                 shape[dim] = size;
-                Some(Tensor::from_vec(
-                    k::slice(dy.data(), &out_shape, &ranges),
+                Some(unary_to(
+                    dy,
                     &shape,
+                    |d| k::slice(d, &out_shape, &ranges),
+                    |e, d| gpu::slice(e, d, &out_shape, &ranges),
                 )?)
             } else {
                 None
@@ -117,15 +130,20 @@ pub fn slice(tape: &mut Tape, x: Var, ranges: &[Range<usize>]) -> Result<Var> {
     }
     let ranges = ranges.to_vec();
     let out_shape: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
-    let y = Tensor::from_vec(
-        k::slice(tape.value(x).data(), &in_shape, &ranges),
+    let y = unary_to(
+        tape.value(x),
         &out_shape,
+        |v| k::slice(v, &in_shape, &ranges),
+        |e, b| gpu::slice(e, b, &in_shape, &ranges),
     )?;
     Ok(tape.record("slice", y, &[x], move |dy, _| {
-        Ok(vec![Some(Tensor::from_vec(
-            k::slice_backward(dy.data(), &in_shape, &ranges),
+        let dx = unary_to(
+            dy,
             &in_shape,
-        )?)])
+            |d| k::slice_backward(d, &in_shape, &ranges),
+            |e, d| gpu::slice_backward(e, d, &in_shape, &ranges),
+        )?;
+        Ok(vec![Some(dx)])
     }))
 }
 
@@ -137,6 +155,7 @@ pub fn zero(tape: &mut Tape, x: Var, stride: usize) -> Result<Var> {
     if stride == 0 {
         return Err(Error::invalid("zero", "the stride must be at least 1"));
     }
-    let y = Tensor::zeros(&[n, c, h.div_ceil(stride), w.div_ceil(stride)])?;
+    let shape = [n, c, h.div_ceil(stride), w.div_ceil(stride)];
+    let y = Tensor::zeros_on(&shape, tape.value(x).device())?;
     Ok(tape.record("zero", y, &[x], |_, _| Ok(vec![None])))
 }

@@ -3,7 +3,10 @@
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::softmax::{self as kernel, Lanes};
-use crate::tensor::Tensor;
+use crate::device::gpu::matmul::upload_ids;
+use crate::device::gpu::softmax as gpu;
+use crate::ops::{binary, buffer, unary};
+use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
 
 /// The lanes of `x` along `dim`, or an error naming `op` when `x` has no such dimension.
@@ -23,12 +26,21 @@ fn lanes(tape: &Tape, op: &'static str, x: Var, dim: usize) -> Result<Lanes> {
 /// `dx = y ⊙ (dy − Σ_dim dy⊙y)`.
 pub fn softmax(tape: &mut Tape, x: Var, dim: usize) -> Result<Var> {
     let lanes = lanes(tape, "softmax", x, dim)?;
-    let xv = tape.value(x);
-    let y = Tensor::from_vec(kernel::softmax(xv.data(), lanes), xv.shape())?;
+    let y = unary(
+        tape.value(x),
+        |v| kernel::softmax(v, lanes),
+        |e, b| gpu::softmax(e, b, lanes),
+    )?;
     let saved = y.clone();
     Ok(tape.record("softmax", y, &[x], move |dy, _| {
-        let dx = kernel::softmax_backward(saved.data(), dy.data(), lanes);
-        Ok(vec![Some(Tensor::from_vec(dx, saved.shape())?)])
+        let dx = binary(
+            "softmax",
+            &saved,
+            dy,
+            |y, d| kernel::softmax_backward(y, d, lanes),
+            |e, y, d| gpu::softmax_backward(e, y, d, lanes),
+        )?;
+        Ok(vec![Some(dx)])
     }))
 }
 
@@ -36,12 +48,21 @@ pub fn softmax(tape: &mut Tape, x: Var, dim: usize) -> Result<Var> {
 /// from the saved output: `dx = dy − exp(y) · Σ_dim dy`.
 pub fn log_softmax(tape: &mut Tape, x: Var, dim: usize) -> Result<Var> {
     let lanes = lanes(tape, "log_softmax", x, dim)?;
-    let xv = tape.value(x);
-    let y = Tensor::from_vec(kernel::log_softmax(xv.data(), lanes), xv.shape())?;
+    let y = unary(
+        tape.value(x),
+        |v| kernel::log_softmax(v, lanes),
+        |e, b| gpu::log_softmax(e, b, lanes),
+    )?;
     let saved = y.clone();
     Ok(tape.record("log_softmax", y, &[x], move |dy, _| {
-        let dx = kernel::log_softmax_backward(saved.data(), dy.data(), lanes);
-        Ok(vec![Some(Tensor::from_vec(dx, saved.shape())?)])
+        let dx = binary(
+            "log_softmax",
+            &saved,
+            dy,
+            |y, d| kernel::log_softmax_backward(y, d, lanes),
+            |e, y, d| gpu::log_softmax_backward(e, y, d, lanes),
+        )?;
+        Ok(vec![Some(dx)])
     }))
 }
 
@@ -85,6 +106,23 @@ pub fn cross_entropy(
         ));
     }
     let x = tape.value(logits).clone();
+    if let Data::Gpu(exec, xb) = x.storage() {
+        let device = x.device();
+        let targets = upload_ids(exec, targets, k)?;
+        let loss = gpu::cross_entropy(exec, xb, &targets, k, label_smoothing)?;
+        let loss = Tensor::from_buffer(loss, &[1], device)?;
+        return Ok(tape.record(OP, loss, &[logits], move |dy, _| {
+            let dx = gpu::cross_entropy_backward(
+                exec,
+                buffer(&x),
+                &targets,
+                k,
+                label_smoothing,
+                buffer(dy),
+            )?;
+            Ok(vec![Some(Tensor::from_buffer(dx, &[n, k], device)?)])
+        }));
+    }
     let lse = kernel::row_log_sum_exp(x.data(), k);
     let loss = kernel::cross_entropy(x.data(), k, &lse, targets, label_smoothing);
     let targets = targets.to_vec();
@@ -99,8 +137,8 @@ pub fn cross_entropy(
 }
 
 /// The predicted class of each row of `logits: [N, K]` (the first maximum wins a tie), for
-/// counting correct predictions.
+/// counting correct predictions. Runs on the host (logits on a device are copied back).
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
     let [_, k] = logits_shape("argmax_rows", logits)?;
-    Ok(kernel::argmax_rows(logits.data(), k))
+    Ok(kernel::argmax_rows(logits.to_host()?.data(), k))
 }

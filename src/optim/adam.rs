@@ -2,8 +2,11 @@
 
 use super::optimizer::{
     NamedState, Optimizer, check_grads, check_non_negative, check_state, count_from_tensor,
-    count_to_tensor, update,
+    count_to_tensor,
 };
+use crate::device::cpu::optim as cpu;
+use crate::device::gpu::optim::{self as gpu, AdamParams};
+use crate::ops::{buffer, common_device};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -63,7 +66,7 @@ impl Optimizer for Adam {
         if self.step == 0 {
             self.exp_avg = params
                 .iter()
-                .map(|p| Tensor::zeros(p.shape()))
+                .map(Tensor::zeros_like)
                 .collect::<Result<_>>()?;
             self.exp_avg_sq = self.exp_avg.clone();
         } else {
@@ -71,40 +74,38 @@ impl Optimizer for Adam {
             check_state(OP, "second moment", &self.exp_avg_sq, params)?;
         }
         self.step += 1;
-        let (b1, b2) = self.betas;
-        let (wd, eps) = (self.weight_decay, self.eps);
-        // The scalar factors in f64, as PyTorch computes them in Python floats.
-        let t = self.step as f64;
-        let bias1 = 1.0 - (b1 as f64).powf(t);
-        let bias2 = 1.0 - (b2 as f64).powf(t);
-        let step_size = (self.lr as f64 / bias1) as f32;
-        let bias2_sqrt = bias2.sqrt() as f32;
+        let hyper = AdamParams {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        };
+        let step = self.step;
         for ((w, g), (m, v)) in params
             .iter_mut()
             .zip(grads)
             .zip(self.exp_avg.iter_mut().zip(self.exp_avg_sq.iter_mut()))
         {
-            let mut g = g.to_vec();
-            if wd != 0.0 {
-                for (g, &w) in g.iter_mut().zip(w.data()) {
-                    *g += wd * w;
-                }
+            common_device(OP, &[w, g, m, v])?;
+            match w.device().executor()? {
+                None => cpu::adam_step(
+                    &hyper,
+                    step,
+                    w.host_mut()?,
+                    g.data(),
+                    m.host_mut()?,
+                    v.host_mut()?,
+                ),
+                Some(exec) => gpu::adam_step(
+                    exec,
+                    &hyper,
+                    step,
+                    w.device_mut()?,
+                    buffer(g),
+                    m.device_mut()?,
+                    v.device_mut()?,
+                )?,
             }
-            update(m, |m| {
-                for (m, &g) in m.iter_mut().zip(&g) {
-                    *m = b1 * *m + (1.0 - b1) * g;
-                }
-            })?;
-            update(v, |v| {
-                for (v, &g) in v.iter_mut().zip(&g) {
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                }
-            })?;
-            update(w, |w| {
-                for ((w, &m), &v) in w.iter_mut().zip(m.data()).zip(v.data()) {
-                    *w += -step_size * (m / (v.sqrt() / bias2_sqrt + eps));
-                }
-            })?;
         }
         Ok(())
     }

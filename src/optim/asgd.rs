@@ -4,8 +4,11 @@
 
 use super::optimizer::{
     NamedState, Optimizer, check_grads, check_non_negative, check_state, count_from_tensor,
-    count_to_tensor, update,
+    count_to_tensor,
 };
+use crate::device::cpu::optim as cpu;
+use crate::device::gpu::optim::{self as gpu, AsgdParams};
+use crate::ops::{buffer, common_device};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -67,7 +70,7 @@ impl Optimizer for Asgd {
         if self.step == 0 {
             self.ax = params
                 .iter()
-                .map(|p| Tensor::zeros(p.shape()))
+                .map(Tensor::zeros_like)
                 .collect::<Result<_>>()?;
             self.eta = self.lr;
             self.mu = 1.0;
@@ -75,29 +78,19 @@ impl Optimizer for Asgd {
             check_state(OP, "average", &self.ax, params)?;
         }
         self.step += 1;
-        let (wd, eta, mu) = (self.weight_decay, self.eta, self.mu);
-        let decay = (1.0 - self.lambd as f64 * eta as f64) as f32;
+        let hyper = AsgdParams {
+            eta: self.eta,
+            mu: self.mu,
+            lambd: self.lambd,
+            weight_decay: self.weight_decay,
+        };
         for ((w, g), ax) in params.iter_mut().zip(grads).zip(self.ax.iter_mut()) {
-            let mut g = g.to_vec();
-            if wd != 0.0 {
-                for (g, &w) in g.iter_mut().zip(w.data()) {
-                    *g += wd * w;
+            common_device(OP, &[w, g, ax])?;
+            match w.device().executor()? {
+                None => cpu::asgd_step(&hyper, w.host_mut()?, g.data(), ax.host_mut()?),
+                Some(exec) => {
+                    gpu::asgd_step(exec, &hyper, w.device_mut()?, buffer(g), ax.device_mut()?)?
                 }
-            }
-            update(w, |w| {
-                for (w, &g) in w.iter_mut().zip(&g) {
-                    *w *= decay;
-                    *w += -eta * g;
-                }
-            })?;
-            if mu == 1.0 {
-                *ax = w.clone();
-            } else {
-                update(ax, |ax| {
-                    for (ax, &w) in ax.iter_mut().zip(w.data()) {
-                        *ax += (w - *ax) * mu;
-                    }
-                })?;
             }
         }
         let (t, lr) = (self.step as f64, self.lr as f64);

@@ -87,16 +87,6 @@ pub(crate) fn check_non_negative(op: &'static str, name: &str, value: f32) -> Re
     }
 }
 
-/// Applies `f` to the data of `t` in place: the buffer is reused when `t` holds the only
-/// reference to it, and copied first otherwise (so a tensor shared elsewhere never changes).
-pub(crate) fn update(t: &mut Tensor, f: impl FnOnce(&mut [f32])) -> Result<()> {
-    let shape = t.shape().to_vec();
-    let mut data = std::mem::replace(t, Tensor::scalar(0.0)).into_vec();
-    f(&mut data);
-    *t = Tensor::from_vec(data, &shape)?;
-    Ok(())
-}
-
 /// A step count as a tensor of shape `[2]`: its high and low 24-bit halves, each exact in f32, so
 /// counts below 2⁴⁸ round-trip exactly.
 pub(crate) fn count_to_tensor(count: u64) -> Tensor {
@@ -107,7 +97,7 @@ pub(crate) fn count_to_tensor(count: u64) -> Tensor {
 /// The inverse of [`count_to_tensor`]; `op` names the caller for the error.
 pub(crate) fn count_from_tensor(op: &'static str, t: &Tensor) -> Result<u64> {
     let valid = |v: f32| v.fract() == 0.0 && (0.0..16_777_216.0).contains(&v);
-    match *t.data() {
+    match *t.to_host()?.data() {
         [hi, lo] if t.shape() == [2] && valid(hi) && valid(lo) => {
             Ok(((hi as u64) << 24) | lo as u64)
         }

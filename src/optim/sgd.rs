@@ -1,10 +1,11 @@
 //! Stochastic gradient descent with momentum and L2 weight decay, as `torch.optim.SGD` (dampening
 //! 0, no Nesterov).
 
-use super::optimizer::{
-    NamedState, Optimizer, check_grads, check_non_negative, check_state, update,
-};
+use super::optimizer::{NamedState, Optimizer, check_grads, check_non_negative, check_state};
 use crate::Result;
+use crate::device::cpu::optim as cpu;
+use crate::device::gpu::optim::{self as gpu, SgdParams};
+use crate::ops::{buffer, common_device};
 use crate::tensor::Tensor;
 
 /// SGD: `d = g + wd·w`; with momentum `b = μ·b + d` (`b = d` on the first step, as PyTorch) and
@@ -54,35 +55,42 @@ impl Optimizer for Sgd {
         check_non_negative(OP, "the learning rate", self.lr)?;
         check_non_negative(OP, "the momentum", self.momentum)?;
         check_non_negative(OP, "the weight decay", self.weight_decay)?;
-        let (lr, mu, wd) = (self.lr, self.momentum, self.weight_decay);
+        let hyper = SgdParams {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+        };
         let first = self.buffers.is_empty();
-        if mu != 0.0 && !first {
-            check_state(OP, "momentum buffer", &self.buffers, params)?;
+        if hyper.momentum != 0.0 {
+            if first {
+                self.buffers = params
+                    .iter()
+                    .map(Tensor::zeros_like)
+                    .collect::<Result<_>>()?;
+            } else {
+                check_state(OP, "momentum buffer", &self.buffers, params)?;
+            }
         }
         for (i, (w, g)) in params.iter_mut().zip(grads).enumerate() {
-            let mut d = g.to_vec();
-            if wd != 0.0 {
-                for (d, &w) in d.iter_mut().zip(w.data()) {
-                    *d += wd * w;
-                }
+            common_device(OP, &[w, g])?;
+            let b = self.buffers.get_mut(i);
+            match w.device().executor()? {
+                None => cpu::sgd_step(
+                    &hyper,
+                    w.host_mut()?,
+                    g.data(),
+                    b.map(Tensor::host_mut).transpose()?,
+                    first,
+                ),
+                Some(exec) => gpu::sgd_step(
+                    exec,
+                    &hyper,
+                    w.device_mut()?,
+                    buffer(g),
+                    b.map(Tensor::device_mut).transpose()?,
+                    first,
+                )?,
             }
-            if mu != 0.0 {
-                if first {
-                    self.buffers.push(Tensor::from_vec(d.clone(), w.shape())?);
-                } else {
-                    update(&mut self.buffers[i], |b| {
-                        for (b, d) in b.iter_mut().zip(d.iter_mut()) {
-                            *b = mu * *b + *d;
-                            *d = *b;
-                        }
-                    })?;
-                }
-            }
-            update(w, |w| {
-                for (w, &d) in w.iter_mut().zip(&d) {
-                    *w += -lr * d;
-                }
-            })?;
         }
         Ok(())
     }

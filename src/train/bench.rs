@@ -10,6 +10,7 @@ use crate::Result;
 use crate::darts::architect::{Architect, ArchitectConfig, Batch};
 use crate::darts::cnn::search::{SearchConfig, SearchNetwork, init_alphas};
 use crate::darts::searcher::Searcher;
+use crate::device::Device;
 use crate::nn::ParamStore;
 use crate::optim::sgd::Sgd;
 use crate::rng::Rng;
@@ -30,6 +31,8 @@ pub struct SearchBench {
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,
+    /// Where the steps run.
+    pub device: Device,
 }
 
 impl Default for SearchBench {
@@ -44,6 +47,7 @@ impl Default for SearchBench {
             classes: 10,
             warmup: 1,
             steps: 5,
+            device: Device::Cpu,
         }
     }
 }
@@ -88,6 +92,11 @@ pub fn bench_search(
     let mut store = ParamStore::new();
     let net = SearchNetwork::new(&mut store, net_config, &mut rng)?;
     let alphas = init_alphas(&net_config, &mut rng)?;
+    store.to_device(config.device)?;
+    let alphas = alphas
+        .iter()
+        .map(|a| a.to_device(config.device))
+        .collect::<Result<Vec<_>>>()?;
     let mut searcher = Searcher {
         store,
         alphas,
@@ -104,7 +113,7 @@ pub fn bench_search(
         config.image_size,
     ];
     let mut batch = || -> Result<(Tensor, Vec<usize>)> {
-        let images = Tensor::normal(&shape, 0.0, 1.0, &mut rng)?;
+        let images = Tensor::normal(&shape, 0.0, 1.0, &mut rng)?.to_device(config.device)?;
         let labels = (0..config.batch_size)
             .map(|_| rng.below(config.classes))
             .collect();
@@ -127,6 +136,7 @@ pub fn bench_search(
         }
         let start = Instant::now();
         searcher.step(&net, train, val, 0.025, 5.0)?;
+        config.device.synchronize()?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         if i >= config.warmup {
             on_step(times.len(), ms);
@@ -153,7 +163,7 @@ pub fn bench_search(
         max_ms: times[times.len() - 1],
         images_per_s: config.batch_size as f64 / (median / 1e3),
         peak_host_bytes: peak_memory_bytes(),
-        device: "cpu".into(),
+        device: config.device.describe()?,
         commit: current_commit(),
     })
 }

@@ -3,6 +3,7 @@
 
 use crate::Result;
 use crate::autograd::Var;
+use crate::device::Device;
 use crate::nn::{BatchNorm2d, Conv2d, Ctx, Linear, ParamStore};
 use crate::ops::conv::Conv2dParams;
 use crate::ops::elementwise::relu;
@@ -130,6 +131,16 @@ pub struct DemoConfig {
     pub batch_size: usize,
     pub learning_rate: f32,
     pub seed: u64,
+    /// Where the network trains (data and weights start on the host and are moved there).
+    pub device: Device,
+}
+
+/// What a demonstration run produced.
+pub struct DemoOutcome {
+    /// Loss and accuracy of every step.
+    pub history: Vec<StepStats>,
+    /// The trained weights and BN statistics (on the run's device).
+    pub store: ParamStore,
 }
 
 /// Loss and accuracy of one training step.
@@ -141,22 +152,23 @@ pub struct StepStats {
 
 /// Trains a [`SmallConvNet`] on [`SyntheticImages`] (4 classes, 3×12×12) with SGD (momentum 0.9,
 /// weight decay 3e-4, gradient clip 5, as DARTS trains its weights), calling `on_step` after each
-/// step. Returns the per-step statistics.
+/// step. Returns the per-step statistics and the trained weights.
 pub fn train_demo(
     config: DemoConfig,
     mut on_step: impl FnMut(usize, StepStats),
-) -> Result<Vec<StepStats>> {
+) -> Result<DemoOutcome> {
     let data = SyntheticImages::generate(512, 4, 3, 12, 1.0, config.seed)?;
     let mut rng = Rng::new(config.seed.wrapping_add(1));
     let mut store = ParamStore::new();
     let net = SmallConvNet::new(&mut store, 3, 16, 4, &mut rng)?;
+    store.to_device(config.device)?;
     let ids = store.trainable_ids();
     let mut sgd = Sgd::new(config.learning_rate, 0.9, 3e-4);
     let mut history = Vec::with_capacity(config.steps);
     for step in 0..config.steps {
         let (images, labels) = data.batch(step * config.batch_size, config.batch_size)?;
         let mut ctx = Ctx::new(&mut store, true);
-        let x = ctx.input(images);
+        let x = ctx.input(images.to_device(config.device)?);
         let logits = net.forward(&mut ctx, x)?;
         let loss = cross_entropy(&mut ctx.tape, logits, &labels, 0.0)?;
         let predictions = argmax_rows(ctx.value(logits))?;
@@ -174,5 +186,5 @@ pub fn train_demo(
         on_step(step, stats);
         history.push(stats);
     }
-    Ok(history)
+    Ok(DemoOutcome { history, store })
 }

@@ -21,6 +21,7 @@ use crate::darts::searcher::Searcher;
 use crate::data::augment::Transform;
 use crate::data::dataset::{DatasetKind, ImageDataset, Split, open};
 use crate::data::loader::{BatchLoader, LoaderState, split_indices};
+use crate::device::Device;
 use crate::io::{TensorFile, load_tensors, save_tensors, write_atomically};
 use crate::nn::{Ctx, ParamStore};
 use crate::ops::softmax::{argmax_rows, cross_entropy};
@@ -75,6 +76,9 @@ pub struct RunOptions {
     pub report_freq: usize,
     /// Print per-epoch logs (genotype, α tables) and the summary.
     pub verbose: bool,
+    /// Where the model and the batches live and the ops run. Not part of the search's identity:
+    /// a run may be resumed on another device.
+    pub device: Device,
 }
 
 /// What a finished (or stopped) search produced.
@@ -186,9 +190,10 @@ fn evaluate(
     loader: &mut BatchLoader,
 ) -> Result<(f32, f32)> {
     let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+    let device = alphas[0].device();
     for batch in loader.epoch() {
         let mut ctx = Ctx::frozen(store, false);
-        let x = ctx.input(batch.images);
+        let x = ctx.input(batch.images.to_device(device)?);
         let a: Vec<_> = alphas.iter().map(|t| ctx.input(t.clone())).collect();
         let logits = net.forward(&mut ctx, x, a[0], a[1])?;
         let loss = cross_entropy(&mut ctx.tape, logits, &batch.labels, 0.0)?;
@@ -247,6 +252,7 @@ impl SearchState {
         save_tensors(path, &tensors, &metadata)
     }
 
+    /// Loads a checkpoint into this state, onto the device the state's model lives on.
     fn restore(&mut self, path: &Path, options: &SearchOptions) -> Result<()> {
         let mut file = load_tensors(path)?;
         let bad = |message: String| Error::Format {
@@ -264,14 +270,16 @@ impl SearchState {
             )));
         }
         let position: Position = from_json(path, file.meta(path, "position")?)?;
+        let device = self.model.alphas[0].device();
         let alphas = vec![
-            file.take(path, "alphas.normal")?,
-            file.take(path, "alphas.reduce")?,
+            file.take(path, "alphas.normal")?.to_device(device)?,
+            file.take(path, "alphas.reduce")?.to_device(device)?,
         ];
-        let sgd_state = take_prefixed(&mut file, "sgd.");
-        let adam_state = take_prefixed(&mut file, "adam.");
-        let model: BTreeMap<String, Tensor> =
-            take_prefixed(&mut file, "model.").into_iter().collect();
+        let sgd_state = take_prefixed(&mut file, "sgd.", device)?;
+        let adam_state = take_prefixed(&mut file, "adam.", device)?;
+        let model: BTreeMap<String, Tensor> = take_prefixed(&mut file, "model.", device)?
+            .into_iter()
+            .collect();
         if let Some(extra) = file.tensors.keys().next() {
             return Err(bad(format!("unexpected tensor `{extra}`")));
         }
@@ -294,7 +302,12 @@ impl SearchState {
     }
 }
 
-fn take_prefixed(file: &mut TensorFile, prefix: &str) -> Vec<(String, Tensor)> {
+/// Takes the tensors named `prefix…` out of `file`, without the prefix, moved to `device`.
+fn take_prefixed(
+    file: &mut TensorFile,
+    prefix: &str,
+    device: Device,
+) -> Result<Vec<(String, Tensor)>> {
     let names: Vec<String> = file
         .tensors
         .keys()
@@ -305,7 +318,7 @@ fn take_prefixed(file: &mut TensorFile, prefix: &str) -> Vec<(String, Tensor)> {
         .into_iter()
         .map(|n| {
             let t = file.tensors.remove(&n).expect("listed");
-            (n[prefix.len()..].to_string(), t)
+            Ok((n[prefix.len()..].to_string(), t.to_device(device)?))
         })
         .collect()
 }
@@ -324,8 +337,8 @@ fn from_json<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T>
 /// The genotype the current `[α_normal, α_reduce]` decode to.
 fn genotype_of(alphas: &[Tensor], config: &SearchConfig) -> Result<Genotype> {
     derive_genotype(
-        alphas[0].data(),
-        alphas[1].data(),
+        alphas[0].to_host()?.data(),
+        alphas[1].to_host()?.data(),
         config.steps,
         config.multiplier,
     )
@@ -371,6 +384,13 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
     let mut store = ParamStore::new();
     let net = SearchNetwork::new(&mut store, config, &mut rng)?;
     let alphas = init_alphas(&config, &mut rng)?;
+    // Initialised on the host from the seed (so every device starts from the same bits), then
+    // moved once.
+    store.to_device(run.device)?;
+    let alphas = alphas
+        .iter()
+        .map(|a| a.to_device(run.device))
+        .collect::<Result<Vec<_>>>()?;
     let architect = Architect::new(ArchitectConfig {
         arch_learning_rate: options.arch_learning_rate,
         arch_weight_decay: options.arch_weight_decay,
@@ -424,13 +444,14 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
     };
     if run.verbose {
         eprintln!(
-            "search network: {} weights ({:.6} M), {} cells, C = {}, {} classes, {} order",
+            "search network: {} weights ({:.6} M), {} cells, C = {}, {} classes, {} order, on {}",
             state.model.store.num_parameters(),
             state.model.store.num_parameters() as f64 / 1e6,
             config.layers,
             config.init_channels,
             config.num_classes,
-            if options.unrolled { "second" } else { "first" }
+            if options.unrolled { "second" } else { "first" },
+            run.device
         );
     }
     let started = Instant::now();
@@ -454,11 +475,17 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
             eprintln!("epoch {epoch}  lr {lr:.6e}\ngenotype = {genotype}");
             eprintln!(
                 "{}",
-                alpha_table(state.model.alphas[0].data(), "softmax(alpha_normal)")?
+                alpha_table(
+                    state.model.alphas[0].to_host()?.data(),
+                    "softmax(alpha_normal)"
+                )?
             );
             eprintln!(
                 "{}",
-                alpha_table(state.model.alphas[1].data(), "softmax(alpha_reduce)")?
+                alpha_table(
+                    state.model.alphas[1].to_host()?.data(),
+                    "softmax(alpha_reduce)"
+                )?
             );
         }
         let progress = Progress::new(steps_per_epoch, run.report_freq);
@@ -475,12 +502,16 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
             }
             let Some(train) = batches.next() else { break };
             let val = data.val.next_batch();
+            let (train_images, val_images) = (
+                train.images.to_device(run.device)?,
+                val.images.to_device(run.device)?,
+            );
             let train_batch = Batch {
-                images: &train.images,
+                images: &train_images,
                 labels: &train.labels,
             };
             let val_batch = Batch {
-                images: &val.images,
+                images: &val_images,
                 labels: &val.labels,
             };
             let step = state

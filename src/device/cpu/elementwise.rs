@@ -62,6 +62,11 @@ pub fn scale(x: &[f32], s: f32) -> Vec<f32> {
     map(x, |v| v * s)
 }
 
+/// `a·x + b·z`, each product rounded before the sum (the GPU kernel computes the same bits).
+pub fn lincomb(a: f32, x: &[f32], b: f32, z: &[f32]) -> Vec<f32> {
+    zip(x, z, |x, z| a * x + b * z)
+}
+
 /// `Σₖ wₖ · xₖ`, summed in `k` order (the DARTS mixed op).
 pub fn weighted_sum(xs: &[&[f32]], weights: &[f32]) -> Vec<f32> {
     let mut out = scale(xs[0], weights[0]);

@@ -207,6 +207,24 @@ pub fn scale(
     Ok(y)
 }
 
+/// `y = a·x + b·z` (equal lengths), each product rounded before the sum, as the CPU's
+/// `device::cpu::elementwise::lincomb`.
+pub fn lincomb(
+    exec: &dyn Executor,
+    a: f32,
+    x: &DeviceBuffer<f32>,
+    b: f32,
+    z: &DeviceBuffer<f32>,
+) -> Result<DeviceBuffer<f32>, GpuError> {
+    same_len("lincomb", x, z)?;
+    let n = count("lincomb", x.len())?;
+    let mut y = exec.alloc(x.len())?;
+    let config = LaunchConfig::grid_stride(x.len(), THREADS);
+    // SAFETY: the kernel touches x, z and y at [0..n), and all three hold n elements.
+    unsafe { kernels::elementwise_lincomb_fwd_f32(exec, config, x, z, &mut y, a, b, n) }?;
+    Ok(y)
+}
+
 /// The number of candidates `k` and their length `n` of a `[k, n]` buffer with `k` weights.
 fn candidates(op: &'static str, xs_len: usize, k: usize) -> Result<(i32, i32, usize), GpuError> {
     if k == 0 || !xs_len.is_multiple_of(k) || xs_len == 0 {

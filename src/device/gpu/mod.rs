@@ -355,6 +355,12 @@ pub trait Executor: Send + Sync {
     fn synchronize(&self) -> Result<(), GpuError>;
 }
 
+impl fmt::Debug for dyn Executor + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Executor({})", self.describe())
+    }
+}
+
 impl dyn Executor + '_ {
     /// A buffer of `len` (more than zero) elements, contents unspecified.
     pub fn alloc<T: Element>(&self, len: usize) -> Result<DeviceBuffer<T>, GpuError> {
@@ -390,6 +396,11 @@ impl dyn Executor + '_ {
             )));
         }
         self.write_bytes(bytemuck::cast_slice(data), &mut buffer.memory)
+    }
+
+    /// A new buffer holding a copy of `buffer` (the scale kernel with factor 1, which is exact).
+    pub fn duplicate(&self, buffer: &DeviceBuffer<f32>) -> Result<DeviceBuffer<f32>, GpuError> {
+        elementwise::scale(self, buffer, 1.0)
     }
 
     /// The buffer's contents, once the work queued before has finished.

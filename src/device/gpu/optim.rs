@@ -191,7 +191,7 @@ pub fn asgd_step(
 /// f64 and in an order fixed by the buffers' lengths, so every run gives the same bits.
 pub fn grad_norm(
     exec: &dyn Executor,
-    grads: &[DeviceBuffer<f32>],
+    grads: &[&DeviceBuffer<f32>],
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let op = "grad_norm";
     if grads.is_empty() {
@@ -279,7 +279,7 @@ pub fn clip_grad_norm(
     max_norm: f32,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     check_max_norm("clip_grad_norm", max_norm)?;
-    let norm = grad_norm(exec, grads)?;
+    let norm = grad_norm(exec, &grads.iter().collect::<Vec<_>>())?;
     clip_scale(exec, &norm, grads, max_norm)?;
     Ok(norm)
 }

@@ -1,0 +1,101 @@
+//! Tape-free arithmetic on whole tensors, on whatever device they live: what gradient
+//! accumulation, gradient clipping and the architect's virtual step need. (Differentiable ops are
+//! in `crate::ops`.)
+
+use super::{Data, Tensor};
+use crate::device::cpu::{self, elementwise as k};
+use crate::device::gpu::{elementwise as g, optim};
+use crate::{Error, Result};
+
+/// Checks that `a` and `b` have one shape and one device; `op` names the caller for the error.
+pub(crate) fn check_same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(op, format!("{:?}", a.shape()), b.shape()));
+    }
+    if a.device() != b.device() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "tensors on {} and {} cannot be combined",
+                a.device(),
+                b.device()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// `self + other` (equal shapes, one device).
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        check_same("Tensor::add", self, other)?;
+        match (self.storage(), other.storage()) {
+            (Data::Cpu(a), Data::Cpu(b)) => Tensor::from_vec(k::add(a, b), self.shape()),
+            (Data::Gpu(exec, a), Data::Gpu(_, b)) => {
+                Tensor::from_buffer(g::add(exec, a, b)?, self.shape(), self.device())
+            }
+            _ => unreachable!("check_same compared the devices"),
+        }
+    }
+
+    /// `s · self`.
+    pub fn scaled(&self, s: f32) -> Result<Tensor> {
+        match self.storage() {
+            Data::Cpu(x) => Tensor::from_vec(k::scale(x, s), self.shape()),
+            Data::Gpu(exec, x) => {
+                Tensor::from_buffer(g::scale(exec, x, s)?, self.shape(), self.device())
+            }
+        }
+    }
+
+    /// `a·self + b·other` (equal shapes, one device), each product rounded before the sum, with
+    /// the same bits on every device.
+    pub fn lincomb(&self, a: f32, other: &Tensor, b: f32) -> Result<Tensor> {
+        check_same("Tensor::lincomb", self, other)?;
+        match (self.storage(), other.storage()) {
+            (Data::Cpu(x), Data::Cpu(z)) => Tensor::from_vec(k::lincomb(a, x, b, z), self.shape()),
+            (Data::Gpu(exec, x), Data::Gpu(_, z)) => {
+                Tensor::from_buffer(g::lincomb(exec, a, x, b, z)?, self.shape(), self.device())
+            }
+            _ => unreachable!("check_same compared the devices"),
+        }
+    }
+
+    /// The global L2 norm `√(Σ t²)` over every element of every tensor (all on one device),
+    /// accumulated in f64 in a fixed order. An empty list has norm 0.
+    pub fn global_norm(tensors: &[Tensor]) -> Result<f32> {
+        let Some(first) = tensors.first() else {
+            return Ok(0.0);
+        };
+        let device = first.device();
+        if let Some(other) = tensors.iter().find(|t| t.device() != device) {
+            return Err(Error::invalid(
+                "Tensor::global_norm",
+                format!(
+                    "tensors on {device} and {} cannot be combined",
+                    other.device()
+                ),
+            ));
+        }
+        match device.executor()? {
+            None => {
+                let squares: f64 = tensors
+                    .iter()
+                    .map(|t| cpu::dot_f64(t.data(), t.data()))
+                    .sum();
+                Ok(squares.sqrt() as f32)
+            }
+            Some(exec) => {
+                let buffers: Vec<_> = tensors
+                    .iter()
+                    .map(|t| match t.storage() {
+                        Data::Gpu(_, b) => b,
+                        Data::Cpu(_) => unreachable!("every tensor is on {device}"),
+                    })
+                    .collect();
+                let norm = optim::grad_norm(exec, &buffers)?;
+                Ok(exec.to_host(&norm)?[0])
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Every op of the engine on the emulator (the CUDA kernels and launch code, run on the host)
+//! against the same op on the CPU reference: forward values and the gradients of every input,
+//! through the tape, on small awkward shapes. This checks the dispatch from `ops` to the GPU
+//! families (argument order, shapes, saved tensors); the kernels themselves are checked one by
+//! one in `tests/kernels_*.rs`.
+
+mod common;
+
+use common::{assert_close, randn, randn_away_from_zero, uniform};
+use darts::ops::batchnorm::{batch_norm_eval, batch_norm_train, update_running_stats};
+use darts::ops::conv::{Conv2dParams, conv2d};
+use darts::ops::dropout::{drop_path, dropout, variational_dropout};
+use darts::ops::elementwise::{add, mul, relu, scale, sigmoid, sub, tanh, weighted_sum};
+use darts::ops::matmul::{embedding, linear, matmul};
+use darts::ops::pool::{avg_pool2d, global_avg_pool, max_pool2d};
+use darts::ops::reduce::{mean, sum};
+use darts::ops::rnn::{NodeActivation, recurrent_node};
+use darts::ops::shape::{concat, reshape, slice, zero};
+use darts::ops::softmax::{cross_entropy, log_softmax, softmax};
+use darts::optim::adam::Adam;
+use darts::optim::asgd::Asgd;
+use darts::optim::clip::clip_grad_norm;
+use darts::optim::optimizer::Optimizer;
+use darts::optim::sgd::Sgd;
+use darts::{Device, Result, Tape, Tensor, Var};
+
+/// Absolute and relative tolerance for comparing the two devices: the GEMMs and reductions add in
+/// other orders, and `expf`/`tanhf` differ by an ulp or two.
+const ATOL: f32 = 1e-5;
+const RTOL: f32 = 1e-4;
+
+/// The output and the input gradients of `f` on `device`, copied to the host. The output
+/// gradient seed is fixed random data, so every element of every gradient matters.
+fn run(
+    device: Device,
+    inputs: &[Tensor],
+    f: &dyn Fn(&mut Tape, &[Var]) -> Result<Var>,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let mut tape = Tape::new();
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| tape.leaf(t.to_device(device).unwrap()))
+        .collect();
+    let y = f(&mut tape, &vars).unwrap();
+    let value = tape.value(y).clone();
+    assert_eq!(value.device(), device, "the output stays on {device}");
+    let seed = randn(value.shape(), 99).to_device(device).unwrap();
+    let grads = tape.backward_from(y, seed, &vars).unwrap();
+    let host = |t: &Tensor| t.to_host().unwrap().to_vec();
+    (host(&value), grads.iter().map(host).collect())
+}
+
+/// Runs `f` on the CPU and on the emulator and compares the outputs and every input gradient.
+fn check(what: &str, inputs: Vec<Tensor>, f: impl Fn(&mut Tape, &[Var]) -> Result<Var>) {
+    let (y_cpu, g_cpu) = run(Device::Cpu, &inputs, &f);
+    let (y_emu, g_emu) = run(Device::Emu, &inputs, &f);
+    assert_close(&format!("{what}: output"), &y_emu, &y_cpu, ATOL, RTOL);
+    for (i, (e, c)) in g_emu.iter().zip(&g_cpu).enumerate() {
+        assert_close(&format!("{what}: gradient {i}"), e, c, ATOL, RTOL);
+    }
+}
+
+#[test]
+fn elementwise_ops() {
+    let (a, b) = (
+        randn_away_from_zero(&[3, 5, 7], 1, 0.01),
+        randn(&[3, 5, 7], 2),
+    );
+    check("relu", vec![a.clone()], |t, v| relu(t, v[0]));
+    check("tanh", vec![a.clone()], |t, v| tanh(t, v[0]));
+    check("sigmoid", vec![a.clone()], |t, v| sigmoid(t, v[0]));
+    check("add", vec![a.clone(), b.clone()], |t, v| add(t, v[0], v[1]));
+    check("sub", vec![a.clone(), b.clone()], |t, v| sub(t, v[0], v[1]));
+    check("mul", vec![a.clone(), b.clone()], |t, v| mul(t, v[0], v[1]));
+    check("scale", vec![a.clone()], |t, v| scale(t, v[0], -1.5));
+    let w = uniform(&[3], 0.0, 1.0, 3);
+    let c = randn(&[3, 5, 7], 4);
+    check("weighted_sum", vec![a, b, c, w], |t, v| {
+        weighted_sum(t, &v[..3], v[3])
+    });
+}
+
+#[test]
+fn convolutions() {
+    let x = randn(&[2, 6, 9, 7], 5);
+    let cases = [
+        ("dense 3x3", [4, 6, 3, 3], Conv2dParams::new(1, 1)),
+        ("dense 5x5 stride 2", [3, 6, 5, 5], Conv2dParams::new(2, 2)),
+        ("pointwise", [5, 6, 1, 1], Conv2dParams::default()),
+        (
+            "depthwise dilated stride 2",
+            [6, 1, 3, 3],
+            Conv2dParams::new(2, 2).dilation(2).groups(6),
+        ),
+        ("grouped", [4, 3, 3, 3], Conv2dParams::new(1, 1).groups(2)),
+    ];
+    for (what, w_shape, params) in cases {
+        let w = randn(&w_shape, 6);
+        let b = randn(&[w_shape[0]], 7);
+        check(what, vec![x.clone(), w.clone()], |t, v| {
+            conv2d(t, v[0], v[1], None, params)
+        });
+        check(&format!("{what} + bias"), vec![x.clone(), w, b], |t, v| {
+            conv2d(t, v[0], v[1], Some(v[2]), params)
+        });
+    }
+}
+
+#[test]
+fn pooling() {
+    let x = randn(&[2, 3, 7, 6], 8);
+    check("max_pool 3x3", vec![x.clone()], |t, v| {
+        max_pool2d(t, v[0], 3, 1, 1)
+    });
+    check("max_pool stride 2", vec![x.clone()], |t, v| {
+        max_pool2d(t, v[0], 3, 2, 1)
+    });
+    check("avg_pool 3x3", vec![x.clone()], |t, v| {
+        avg_pool2d(t, v[0], 3, 1, 1)
+    });
+    check("avg_pool stride 2", vec![x.clone()], |t, v| {
+        avg_pool2d(t, v[0], 3, 2, 1)
+    });
+    check("global_avg_pool", vec![x], |t, v| global_avg_pool(t, v[0]));
+}
+
+#[test]
+fn batch_norm() {
+    let x = randn(&[3, 5, 4, 3], 9);
+    let (gamma, beta) = (randn(&[5], 10), randn(&[5], 11));
+    check(
+        "bn train affine",
+        vec![x.clone(), gamma.clone(), beta.clone()],
+        |t, v| Ok(batch_norm_train(t, v[0], Some((v[1], v[2])), 1e-5)?.0),
+    );
+    check("bn train plain", vec![x.clone()], |t, v| {
+        Ok(batch_norm_train(t, v[0], None, 1e-5)?.0)
+    });
+    check("bn train [N, C]", vec![randn(&[7, 5], 12)], |t, v| {
+        Ok(batch_norm_train(t, v[0], None, 1e-5)?.0)
+    });
+    let mean_ = randn(&[5], 13);
+    let var_ = uniform(&[5], 0.5, 2.0, 14);
+    check("bn eval", vec![x.clone(), gamma, beta], |t, v| {
+        let device = t.value(v[0]).device();
+        let (m, s) = (
+            mean_.to_device(device).unwrap(),
+            var_.to_device(device).unwrap(),
+        );
+        batch_norm_eval(t, v[0], Some((v[1], v[2])), &m, &s, 1e-5)
+    });
+    // The running statistics after one training forward.
+    let stats_on = |device: Device| -> Vec<Vec<f32>> {
+        let mut tape = Tape::new();
+        let xv = tape.constant(x.to_device(device).unwrap());
+        let (_, stats) = batch_norm_train(&mut tape, xv, None, 1e-5).unwrap();
+        let (m, s) = update_running_stats(
+            &mean_.to_device(device).unwrap(),
+            &var_.to_device(device).unwrap(),
+            &stats,
+            0.1,
+        )
+        .unwrap();
+        [m, s]
+            .iter()
+            .map(|t| t.to_host().unwrap().to_vec())
+            .collect()
+    };
+    for (e, c) in stats_on(Device::Emu).iter().zip(stats_on(Device::Cpu)) {
+        assert_close("running statistics", e, &c, ATOL, RTOL);
+    }
+}
+
+#[test]
+fn matrix_products() {
+    let (a, b) = (randn(&[5, 7], 15), randn(&[7, 3], 16));
+    check("matmul", vec![a.clone(), b], |t, v| matmul(t, v[0], v[1]));
+    let (w, bias) = (randn(&[4, 7], 17), randn(&[4], 18));
+    check("linear", vec![a.clone(), w.clone(), bias], |t, v| {
+        linear(t, v[0], v[1], Some(v[2]))
+    });
+    check("linear without bias", vec![a, w], |t, v| {
+        linear(t, v[0], v[1], None)
+    });
+    let table = randn(&[6, 5], 19);
+    check("embedding", vec![table], |t, v| {
+        embedding(t, v[0], &[3, 0, 3, 5, 1])
+    });
+}
+
+#[test]
+fn softmax_and_losses() {
+    let x = randn(&[4, 3, 5], 20);
+    check("softmax dim 2", vec![x.clone()], |t, v| softmax(t, v[0], 2));
+    check("softmax dim 1", vec![x.clone()], |t, v| softmax(t, v[0], 1));
+    check("log_softmax dim 0", vec![x.clone()], |t, v| {
+        log_softmax(t, v[0], 0)
+    });
+    let logits = randn(&[5, 7], 21);
+    check("cross_entropy", vec![logits.clone()], |t, v| {
+        cross_entropy(t, v[0], &[1, 6, 0, 3, 3], 0.0)
+    });
+    check("cross_entropy smoothed", vec![logits], |t, v| {
+        cross_entropy(t, v[0], &[1, 6, 0, 3, 3], 0.1)
+    });
+    check("sum", vec![x.clone()], |t, v| sum(t, v[0]));
+    check("mean", vec![x], |t, v| mean(t, v[0]));
+}
+
+#[test]
+fn shape_ops() {
+    let x = randn(&[2, 5, 6, 7], 22);
+    check("reshape", vec![x.clone()], |t, v| {
+        reshape(t, v[0], &[10, 42])
+    });
+    check("factorized-reduce slice", vec![x.clone()], |t, v| {
+        slice(t, v[0], &[0..2, 0..5, 1..6, 1..7])
+    });
+    check("channel slice", vec![x.clone()], |t, v| {
+        slice(t, v[0], &[0..2, 1..4, 0..6, 0..7])
+    });
+    let y = randn(&[2, 3, 6, 7], 23);
+    check("concat", vec![x.clone(), y, x.clone()], |t, v| {
+        concat(t, &[v[0], v[1], v[2]], 1)
+    });
+    // The zero op has no gradient path; add x so that its gradient is checked too.
+    check("zero stride 2", vec![x.clone()], |t, v| {
+        let z = zero(t, v[0], 2)?;
+        let s = slice(t, v[0], &[0..2, 0..5, 0..3, 0..4])?;
+        add(t, z, s)
+    });
+}
+
+#[test]
+fn dropout_and_the_recurrent_node() {
+    let x = randn(&[4, 3, 5], 24);
+    check("dropout", vec![x.clone()], |t, v| dropout(t, v[0], 0.3, 7));
+    check("variational dropout", vec![x.clone()], |t, v| {
+        variational_dropout(t, v[0], 0.4, 8)
+    });
+    check("drop path", vec![x], |t, v| drop_path(t, v[0], 0.5, 9));
+    let ch = randn_away_from_zero(&[3, 2, 10], 25, 0.05);
+    let h = randn(&[3, 2, 5], 26);
+    for act in NodeActivation::ALL {
+        check(
+            &format!("recurrent node {act:?}"),
+            vec![ch.clone(), h.clone()],
+            |t, v| recurrent_node(t, v[0], v[1], act),
+        );
+    }
+}
+
+/// Builds a fresh optimizer.
+type MakeOptimizer = fn() -> Box<dyn Optimizer>;
+
+/// Two steps of each optimizer (with gradient clipping) on both devices: the same weights and
+/// state.
+#[test]
+fn optimizers() {
+    let params = [randn(&[3, 5], 27), randn(&[7], 28)];
+    let grads = [randn(&[3, 5], 29), randn(&[7], 30)];
+    let optimizers: [(&str, MakeOptimizer); 3] = [
+        ("sgd", || Box::new(Sgd::new(0.1, 0.9, 3e-4))),
+        ("adam", || {
+            Box::new(Adam::new(0.01, (0.5, 0.999), 1e-8, 1e-3))
+        }),
+        ("asgd", || Box::new(Asgd::new(0.1, 1e-4, 0.75, 1.0, 3e-4))),
+    ];
+    for (name, make) in optimizers {
+        let on = |device: Device| -> Vec<Vec<f32>> {
+            let mut opt = make();
+            let mut p: Vec<Tensor> = params
+                .iter()
+                .map(|t| t.to_device(device).unwrap())
+                .collect();
+            let g: Vec<Tensor> = grads.iter().map(|t| t.to_device(device).unwrap()).collect();
+            for _ in 0..2 {
+                let (clipped, _) = clip_grad_norm(&g, 1.0).unwrap();
+                opt.step(&mut p, &clipped).unwrap();
+            }
+            let state = opt.state().into_iter().map(|(_, t)| t);
+            p.into_iter()
+                .chain(state)
+                .map(|t| t.to_host().unwrap().to_vec())
+                .collect()
+        };
+        for (e, c) in on(Device::Emu).iter().zip(on(Device::Cpu)) {
+            assert_close(name, e, &c, 1e-6, 1e-5);
+        }
+    }
+}
+
+/// Ops refuse inputs on two different devices, naming them.
+#[test]
+fn mixed_devices_are_refused() {
+    let mut tape = Tape::new();
+    let a = tape.leaf(randn(&[3], 31));
+    let b = tape.leaf(randn(&[3], 32).to_device(Device::Emu).unwrap());
+    let message = add(&mut tape, a, b).unwrap_err().to_string();
+    assert!(
+        message.contains("cpu") && message.contains("emu"),
+        "{message}"
+    );
+}
