@@ -1,5 +1,8 @@
-//! Criterion benches of the CPU ops at DARTS search sizes (batch 64, 16–64 channels, 32×32 down to
-//! 8×8): forward alone, and forward + backward through the tape.
+//! Criterion benches of the ops at DARTS search sizes (batch 64, 16–64 channels, 32×32 down to
+//! 8×8), per kernel family: forward alone, and forward + backward through the tape, on the CPU
+//! always and on CUDA GPU 0 when one is usable (otherwise one line says why it was skipped).
+//! On CUDA, each iteration waits for the GPU, so the times are the kernels' and not the launches'.
+//! A `cuda-variants` group times a family's kernel variants side by side on the same data.
 
 /// The allocator the `darts` binary uses, so the numbers match it.
 #[global_allocator]
@@ -7,11 +10,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
+use darts::device::cpu::softmax::Lanes;
+use darts::device::gpu::softmax::{Normalize, Strategy, lanes_forward};
+use darts::device::gpu::{elementwise, mixed};
 use darts::ops::batchnorm::batch_norm_train;
 use darts::ops::conv::{Conv2dParams, conv2d};
 use darts::ops::pool::{avg_pool2d, max_pool2d};
 use darts::ops::softmax::softmax;
-use darts::{Result, Rng, Tape, Tensor, Var};
+use darts::{Device, Result, Rng, Tape, Tensor, Var};
 
 /// An op applied to leaf variables on a tape.
 type OpFn = Box<dyn Fn(&mut Tape, &[Var]) -> Result<Var>>;
@@ -73,31 +79,96 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-fn run(case: &Case, backward: bool) {
+fn run(case: &Case, inputs: &[Tensor], backward: bool, device: Device) {
     let mut tape = Tape::new();
-    let vars: Vec<Var> = case.inputs.iter().map(|x| tape.leaf(x.clone())).collect();
+    let vars: Vec<Var> = inputs.iter().map(|x| tape.leaf(x.clone())).collect();
     let y = (case.op)(&mut tape, &vars).unwrap();
     if backward {
-        let seed = Tensor::full(tape.shape(y), 1.0).unwrap();
+        let seed = Tensor::full_on(tape.shape(y), 1.0, device).unwrap();
         tape.backward_from(y, seed, &vars).unwrap();
+    }
+    device.synchronize().unwrap();
+}
+
+/// The devices to bench: the CPU, and CUDA GPU 0 when it can run here.
+fn devices() -> Vec<Device> {
+    match Device::Cuda(0).check_available() {
+        Ok(()) => vec![Device::Cpu, Device::Cuda(0)],
+        Err(e) => {
+            println!("cuda benches skipped: {e}");
+            vec![Device::Cpu]
+        }
     }
 }
 
 fn ops(c: &mut Criterion) {
-    let mut group = c.benchmark_group("cpu");
-    group.sample_size(10);
-    group.warm_up_time(std::time::Duration::from_millis(300));
-    group.measurement_time(std::time::Duration::from_secs(1));
-    for case in cases() {
-        group.bench_with_input(BenchmarkId::new("forward", &case.name), &case, |b, case| {
-            b.iter(|| run(case, false))
-        });
-        group.bench_with_input(BenchmarkId::new("fwd+bwd", &case.name), &case, |b, case| {
-            b.iter(|| run(case, true))
-        });
+    for device in devices() {
+        let mut group = c.benchmark_group(device.to_string());
+        group.sample_size(10);
+        group.warm_up_time(std::time::Duration::from_millis(300));
+        group.measurement_time(std::time::Duration::from_secs(1));
+        for case in cases() {
+            let inputs: Vec<Tensor> = case
+                .inputs
+                .iter()
+                .map(|t| t.to_device(device).unwrap())
+                .collect();
+            for (label, backward) in [("forward", false), ("fwd+bwd", true)] {
+                group.bench_function(BenchmarkId::new(label, &case.name), |b| {
+                    b.iter(|| run(&case, &inputs, backward, device))
+                });
+            }
+        }
+        group.finish();
     }
+}
+
+/// Kernel variants of one family side by side on CUDA: softmax with a block per lane and with a
+/// thread per lane (the α rows, and channels of an NCHW tensor), and the mixed op over stacked
+/// candidates against the one reading each candidate in place.
+fn cuda_variants(c: &mut Criterion) {
+    let device = Device::Cuda(0);
+    let Ok(Some(exec)) = device.executor() else {
+        return;
+    };
+    let mut group = c.benchmark_group("cuda-variants");
+    group.sample_size(10);
+    let upload = |shape: &[usize], seed| exec.to_device(randn(shape, seed).data()).unwrap();
+    for (name, shape, dim) in [
+        ("alpha_14x8", vec![14, 8], 1),
+        ("channels_64x16x32x32", vec![64, 16, 32, 32], 1),
+    ] {
+        let x = upload(&shape, 6);
+        let lanes = Lanes::new(&shape, dim);
+        for strategy in [Strategy::BlockPerLane, Strategy::ThreadPerLane] {
+            let id = BenchmarkId::new(format!("softmax {strategy:?}"), name);
+            group.bench_function(id, |b| {
+                b.iter(|| {
+                    lanes_forward(exec, Normalize::Softmax, strategy, &x, lanes).unwrap();
+                    exec.synchronize().unwrap();
+                })
+            });
+        }
+    }
+    let n = 64 * 16 * 32 * 32;
+    let candidates: Vec<_> = (0..8).map(|k| upload(&[n], 10 + k)).collect();
+    let stacked = upload(&[8 * n], 20);
+    let weights = upload(&[8], 21);
+    group.bench_function("mixed op, stacked [8, n]", |b| {
+        b.iter(|| {
+            elementwise::weighted_sum(exec, &stacked, &weights).unwrap();
+            exec.synchronize().unwrap();
+        })
+    });
+    let refs: Vec<_> = candidates.iter().collect();
+    group.bench_function("mixed op, 8 buffers in place", |b| {
+        b.iter(|| {
+            mixed::mixed_forward(exec, &refs, &weights).unwrap();
+            exec.synchronize().unwrap();
+        })
+    });
     group.finish();
 }
 
-criterion_group!(benches, ops);
+criterion_group!(benches, ops, cuda_variants);
 criterion_main!(benches);

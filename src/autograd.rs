@@ -103,7 +103,7 @@ impl Tape {
     ) -> Var {
         if let Some(last) = self.last_record {
             let now = Instant::now();
-            profile::add(profile::Kind::Forward, op, now - last);
+            profile::forward(op, now - last);
             self.last_record = Some(now);
         }
         let needs_grad = inputs.iter().any(|v| self.requires_grad[v.0]);
@@ -175,11 +175,7 @@ impl Tape {
                 .iter()
                 .map(|v| self.requires_grad[v.0])
                 .collect();
-            let started = self.last_record.map(|_| Instant::now());
-            let input_grads = backward(&grad_out, &needs)?;
-            if let Some(started) = started {
-                profile::add(profile::Kind::Backward, node.op, started.elapsed());
-            }
+            let input_grads = profile::backward(node.op, || backward(&grad_out, &needs))?;
             if input_grads.len() != node.inputs.len() {
                 return Err(Error::WrongInputCount {
                     op: node.op,

@@ -121,6 +121,9 @@ struct BenchArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Print where the time goes: per phase of the step and per op (forward and backward).
+    /// Also annotates the timed steps with NVTX ranges and brackets them with the CUDA
+    /// profiler's start and stop: `nsys profile --capture-range=cudaProfilerApi darts bench
+    /// search-cnn --device cuda --profile` records just them.
     #[arg(long)]
     profile: bool,
 }
@@ -315,27 +318,29 @@ fn run(cli: Cli) -> darts::Result<()> {
                 args.profile,
             )?;
             println!(
-                "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device | commit |"
+                "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device MiB | device | commit |"
             );
-            println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+            println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+            let mib =
+                |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.0}", b as f64 / 1048576.0));
             println!(
-                "| search-cnn | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+                "| search-cnn | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
                 if report.unrolled { "second" } else { "first" },
                 report.batch_size,
                 report.median_ms,
                 report.min_ms,
                 report.max_ms,
                 report.images_per_s,
-                report
-                    .peak_host_bytes
-                    .map_or("n/a".into(), |b| format!("{:.0}", b as f64 / 1048576.0)),
+                mib(report.peak_host_bytes),
+                mib(report.peak_device_bytes),
                 report.device,
                 report.commit
             );
             if args.profile {
                 println!(
-                    "\nprofile of the {} timed steps:\n{}",
+                    "\nprofile of the {} timed steps ({}):\n{}",
                     args.steps,
+                    darts::profile::nvtx_status(),
                     darts::profile::report()
                 );
             }

@@ -1,9 +1,12 @@
-//! `--profile` on the CPU: where a step's time goes, per op (forward and backward) and per phase
-//! of the search step. Off by default; when off, the tape pays one relaxed atomic load per op.
+//! `--profile`: where a step's time goes, per op (forward and backward) and per phase of the
+//! search step. Off by default; when off, the tape pays one relaxed atomic load per op.
 //!
 //! An op's forward time is the wall time from the previous op recorded on the same tape to this
 //! one, so it includes the (small) model code in between; its backward time is the time its
-//! backward closure ran.
+//! backward closure ran. On a GPU these are the times to queue the work (launches return before
+//! the kernels finish), so there the timeline of Nsight Systems is the truth: while profiling,
+//! each phase and each op's backward is also an NVTX range, and each op's forward an NVTX mark,
+//! when the NVTX library (libnvToolsExt) can be loaded.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -48,15 +51,80 @@ pub fn add(kind: Kind, name: &'static str, duration: Duration) {
     }
 }
 
-/// Runs `f` and, when profiling, adds its wall time to the phase `name`.
+/// Runs `f` and, when profiling, adds its wall time to the phase `name` (an NVTX range too).
 pub fn phase<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    timed(Kind::Phase, name, f)
+}
+
+/// Runs `f`, an op's backward, and when profiling adds its wall time to the op (an NVTX range
+/// too).
+pub fn backward<T>(op: &'static str, f: impl FnOnce() -> T) -> T {
+    timed(Kind::Backward, op, f)
+}
+
+/// Records that the forward of `op` took `duration` (an NVTX mark where it ended).
+pub fn forward(op: &'static str, duration: Duration) {
+    if enabled() {
+        nvtx::mark(op);
+        add(Kind::Forward, op, duration);
+    }
+}
+
+fn timed<T>(kind: Kind, name: &'static str, f: impl FnOnce() -> T) -> T {
     if !enabled() {
         return f();
     }
+    nvtx::push(name);
     let start = Instant::now();
     let result = f();
-    add(Kind::Phase, name, start.elapsed());
+    add(kind, name, start.elapsed());
+    nvtx::pop();
     result
+}
+
+/// Whether NVTX annotations reach a profiler: "on" when libnvToolsExt loads, else why not.
+pub fn nvtx_status() -> &'static str {
+    if nvtx::available() {
+        "NVTX ranges on"
+    } else {
+        "NVTX ranges off (libnvToolsExt not found)"
+    }
+}
+
+/// NVTX, the annotation API that Nsight Systems shows on its timeline, loaded at run time.
+mod nvtx {
+    use std::ffi::CString;
+    use std::sync::OnceLock;
+
+    use cudarc::nvtx::sys;
+
+    pub fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        // SAFETY: only tries to dlopen the library; nothing in it is called.
+        *AVAILABLE.get_or_init(|| unsafe { sys::is_culib_present() })
+    }
+
+    pub fn push(name: &str) {
+        if let (true, Ok(name)) = (available(), CString::new(name)) {
+            // SAFETY: the library is loaded and `name` is a NUL-terminated string that lives
+            // through the call (NVTX copies it).
+            unsafe { sys::nvtxRangePushA(name.as_ptr()) };
+        }
+    }
+
+    pub fn pop() {
+        if available() {
+            // SAFETY: the library is loaded; it pairs this with the latest push of the thread.
+            unsafe { sys::nvtxRangePop() };
+        }
+    }
+
+    pub fn mark(name: &str) {
+        if let (true, Ok(name)) = (available(), CString::new(name)) {
+            // SAFETY: as in `push`.
+            unsafe { sys::nvtxMarkA(name.as_ptr()) };
+        }
+    }
 }
 
 /// The collected times as a Markdown table: phases first, then ops by total time.

@@ -1,5 +1,5 @@
-//! Every op of the engine on the emulator (the CUDA kernels and launch code, run on the host)
-//! against the same op on the CPU reference: forward values and the gradients of every input,
+//! Every op of the engine on the emulator (the CUDA kernels and launch code, run on the host), and
+//! on a CUDA GPU when one is present, against the same op on the CPU reference: forward values and the gradients of every input,
 //! through the tape, on small awkward shapes. This checks the dispatch from `ops` to the GPU
 //! families (argument order, shapes, saved tensors); the kernels themselves are checked one by
 //! one in `tests/kernels_*.rs`.
@@ -50,13 +50,39 @@ fn run(
     (host(&value), grads.iter().map(host).collect())
 }
 
-/// Runs `f` on the CPU and on the emulator and compares the outputs and every input gradient.
+/// The GPU devices to compare with the CPU: the emulator, and CUDA GPU 0 when it can run here
+/// (otherwise a printed line says the CUDA half was skipped).
+fn gpu_devices() -> Vec<Device> {
+    match Device::Cuda(0).check_available() {
+        Ok(()) => vec![Device::Emu, Device::Cuda(0)],
+        Err(e) => {
+            println!("skipped the cuda half: {e}");
+            vec![Device::Emu]
+        }
+    }
+}
+
+/// Runs `f` on the CPU and on each GPU device and compares the outputs and every input gradient.
 fn check(what: &str, inputs: Vec<Tensor>, f: impl Fn(&mut Tape, &[Var]) -> Result<Var>) {
     let (y_cpu, g_cpu) = run(Device::Cpu, &inputs, &f);
-    let (y_emu, g_emu) = run(Device::Emu, &inputs, &f);
-    assert_close(&format!("{what}: output"), &y_emu, &y_cpu, ATOL, RTOL);
-    for (i, (e, c)) in g_emu.iter().zip(&g_cpu).enumerate() {
-        assert_close(&format!("{what}: gradient {i}"), e, c, ATOL, RTOL);
+    for device in gpu_devices() {
+        let (y, g) = run(device, &inputs, &f);
+        assert_close(
+            &format!("{what} on {device}: output"),
+            &y,
+            &y_cpu,
+            ATOL,
+            RTOL,
+        );
+        for (i, (e, c)) in g.iter().zip(&g_cpu).enumerate() {
+            assert_close(
+                &format!("{what} on {device}: gradient {i}"),
+                e,
+                c,
+                ATOL,
+                RTOL,
+            );
+        }
     }
 }
 
@@ -166,8 +192,10 @@ fn batch_norm() {
             .map(|t| t.to_host().unwrap().to_vec())
             .collect()
     };
-    for (e, c) in stats_on(Device::Emu).iter().zip(stats_on(Device::Cpu)) {
-        assert_close("running statistics", e, &c, ATOL, RTOL);
+    for device in gpu_devices() {
+        for (e, c) in stats_on(device).iter().zip(stats_on(Device::Cpu)) {
+            assert_close("running statistics", e, &c, ATOL, RTOL);
+        }
     }
 }
 
@@ -284,8 +312,10 @@ fn optimizers() {
                 .map(|t| t.to_host().unwrap().to_vec())
                 .collect()
         };
-        for (e, c) in on(Device::Emu).iter().zip(on(Device::Cpu)) {
-            assert_close(name, e, &c, 1e-6, 1e-5);
+        for device in gpu_devices() {
+            for (e, c) in on(device).iter().zip(on(Device::Cpu)) {
+                assert_close(name, e, &c, 1e-6, 1e-5);
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with an NVIDIA GPU (an H200 with driver 580 is the target): builds
 # the kernels for sm_90, runs every kernel test (each compares the kernels with the CPU reference
-# on the emulator and on the device), prints ptxas's register/spill report, times the CPU search
-# step for reference, and ends with a short table. Meant to finish within 10 minutes.
+# on the emulator and on the device) and the op-level device test, prints ptxas's register/spill
+# report, times the search step on the GPU (first and second order, paper shapes) and the CUDA
+# criterion benches, and ends with a short table. Meant to finish within 10 minutes.
 #
 # Usage: tools/gpu-check.sh [OUT_DIR]   (logs and the table go to OUT_DIR, default gpu-check/)
 set -uo pipefail
@@ -18,7 +19,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 started=$(date +%s)
 cargo build --release --tests 2>&1 | tail -n 3
 rows=()
-for test in tests/kernels_*.rs; do
+for test in tests/kernels_*.rs tests/device_ops.rs; do
   name="$(basename "$test" .rs)"
   log="$out/$name.log"
   cargo test --release --test "$name" -- --nocapture --test-threads 1 >"$log" 2>&1
@@ -29,7 +30,16 @@ for test in tests/kernels_*.rs; do
 done
 tools/kernel-report.sh target >"$out/ptxas.txt" 2>&1
 spills=$?
-cargo run --release -q -- bench search-cnn --steps 3 --json "$out/bench-cpu.json" >"$out/bench-cpu.txt" 2>&1
+benches=()
+for order in "" "--unrolled"; do
+  name="bench-cuda${order:+-unrolled}"
+  timeout 120 cargo run --release -q -- bench search-cnn --device cuda $order --warmup 2 --steps 10 \
+    --json "$out/$name.json" >"$out/$name.txt" 2>&1
+  benches+=("$(tail -n 1 "$out/$name.txt")")
+done
+timeout 120 cargo run --release -q -- bench search-cnn --device cuda --steps 3 --profile \
+  >"$out/bench-cuda-profile.txt" 2>&1
+timeout 180 cargo bench --bench ops -- cuda >"$out/criterion-cuda.txt" 2>&1
 
 {
   echo "# GPU check, $(date -u +%F), commit $(git rev-parse --short HEAD), $(cat "$out/gpu.txt")"
@@ -40,7 +50,12 @@ cargo run --release -q -- bench search-cnn --steps 3 --json "$out/bench-cpu.json
   echo
   echo "ptxas spills: $([ $spills -eq 0 ] && echo none || echo "SOME, see $out/ptxas.txt")"
   echo
-  tail -n 1 "$out/bench-cpu.txt"
+  echo "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device MiB | device | commit |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  printf '%s\n' "${benches[@]}"
+  echo
+  echo "criterion (CUDA, median of each): see $out/criterion-cuda.txt"
+  grep -B1 'time:' "$out/criterion-cuda.txt" | grep -v '^--$' | head -n 120
   echo
   echo "total: $(( $(date +%s) - started )) s"
 } | tee "$out/summary.md"

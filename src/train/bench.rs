@@ -69,13 +69,18 @@ pub struct BenchReport {
     pub max_ms: f64,
     pub images_per_s: f64,
     pub peak_host_bytes: Option<u64>,
+    /// Device memory held at the end (live buffers plus the reuse pool, whose size is the
+    /// high-water mark); `None` off CUDA.
+    pub peak_device_bytes: Option<u64>,
     pub device: String,
     pub commit: String,
 }
 
 /// Runs `warmup + steps` full search steps (architect step, then weight step) on random images
 /// and reports the timed ones. `on_step` sees each timed step's milliseconds. With `profile`,
-/// the timed steps are also profiled per phase and op ([`crate::profile::report`]).
+/// the timed steps are also profiled per phase and op ([`crate::profile::report`]), annotated
+/// with NVTX, and bracketed by the CUDA profiler's start and stop (so that `nsys profile
+/// --capture-range=cudaProfilerApi` records just them).
 pub fn bench_search(
     config: SearchBench,
     mut on_step: impl FnMut(usize, f64),
@@ -129,10 +134,14 @@ pub fn bench_search(
         images: &val_x,
         labels: &val_y,
     };
+    let exec = config.device.executor()?;
     let mut times = Vec::with_capacity(config.steps);
     for i in 0..config.warmup + config.steps {
         if profile && i == config.warmup {
             crate::profile::enable();
+            if let Some(exec) = exec {
+                exec.profiler_capture(true)?;
+            }
         }
         let start = Instant::now();
         searcher.step(&net, train, val, 0.025, 5.0)?;
@@ -142,6 +151,9 @@ pub fn bench_search(
             on_step(times.len(), ms);
             times.push(ms);
         }
+    }
+    if let (true, Some(exec)) = (profile, exec) {
+        exec.profiler_capture(false)?;
     }
     times.sort_by(f64::total_cmp);
     let median = if times.len() % 2 == 1 {
@@ -163,6 +175,7 @@ pub fn bench_search(
         max_ms: times[times.len() - 1],
         images_per_s: config.batch_size as f64 / (median / 1e3),
         peak_host_bytes: peak_memory_bytes(),
+        peak_device_bytes: exec.and_then(|e| e.reserved_bytes()),
         device: config.device.describe()?,
         commit: current_commit(),
     })

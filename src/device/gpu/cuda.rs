@@ -7,6 +7,7 @@
 //! [`CudaExecutor::new`] probes for it before any other cudarc call.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -63,6 +64,9 @@ pub struct CudaExecutor {
     functions: Vec<CudaFunction>,
     pool: Pool,
     description: String,
+    /// Bytes taken from the driver so far (live buffers plus the pool); the pool never hands
+    /// memory back before [`CudaExecutor::trim`], so this is the high-water mark.
+    reserved: AtomicUsize,
 }
 
 impl CudaExecutor {
@@ -107,12 +111,16 @@ impl CudaExecutor {
             stream,
             functions,
             pool: Arc::new(Mutex::new(HashMap::new())),
+            reserved: AtomicUsize::new(0),
         })
     }
 
     /// Frees the allocations kept for reuse.
     pub fn trim(&self) {
-        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let freed: usize = pool.values().flatten().map(CudaSlice::len).sum();
+        pool.clear();
+        self.reserved.fetch_sub(freed, Ordering::Relaxed);
     }
 }
 
@@ -142,9 +150,12 @@ impl Executor for CudaExecutor {
             .and_then(Vec::pop);
         let slice = match reused {
             Some(slice) => slice,
-            // SAFETY: the memory is left uninitialised; the host only ever sees it as bytes
-            // copied out, and any bit pattern is a valid f32, i32 or u32.
-            None => unsafe { self.stream.alloc::<u8>(bytes) }?,
+            None => {
+                self.reserved.fetch_add(bytes, Ordering::Relaxed);
+                // SAFETY: the memory is left uninitialised; the host only ever sees it as bytes
+                // copied out, and any bit pattern is a valid f32, i32 or u32.
+                unsafe { self.stream.alloc::<u8>(bytes) }?
+            }
         };
         Ok(DeviceMemory {
             bytes,
@@ -227,6 +238,20 @@ impl Executor for CudaExecutor {
 
     fn synchronize(&self) -> Result<(), GpuError> {
         self.stream.synchronize()?;
+        Ok(())
+    }
+
+    fn reserved_bytes(&self) -> Option<u64> {
+        Some(self.reserved.load(Ordering::Relaxed) as u64)
+    }
+
+    fn profiler_capture(&self, on: bool) -> Result<(), GpuError> {
+        self.stream.context().bind_to_thread()?;
+        if on {
+            cudarc::driver::profiler_start()?;
+        } else {
+            cudarc::driver::profiler_stop()?;
+        }
         Ok(())
     }
 }

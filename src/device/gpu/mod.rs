@@ -353,6 +353,20 @@ pub trait Executor: Send + Sync {
 
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<(), GpuError>;
+
+    /// Device memory this executor holds (live buffers and its reuse pool), for reports; `None`
+    /// where device memory is host memory (the emulator).
+    fn reserved_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Starts (`on`) or stops the CUDA profiler's capture (`cuProfilerStart`/`Stop`), so that
+    /// `nsys profile --capture-range=cudaProfilerApi` records just the work in between. Nothing to
+    /// do off CUDA.
+    fn profiler_capture(&self, on: bool) -> Result<(), GpuError> {
+        let _ = on;
+        Ok(())
+    }
 }
 
 impl fmt::Debug for dyn Executor + '_ {
@@ -470,5 +484,13 @@ impl Executor for TestExecutor {
 
     fn synchronize(&self) -> Result<(), GpuError> {
         self.inner.synchronize()
+    }
+
+    fn reserved_bytes(&self) -> Option<u64> {
+        self.inner.reserved_bytes()
+    }
+
+    fn profiler_capture(&self, on: bool) -> Result<(), GpuError> {
+        self.inner.profiler_capture(on)
     }
 }
