@@ -17,6 +17,9 @@
 //! The tolerances are a few times the worst errors seen over fixtures of many seeds. They hold
 //! because the fixture generator keeps every ReLU input and max-pool window away from its kink
 //! (see `make_fixtures.py`): at a kink two correct implementations may take different sides.
+//!
+//! Every check runs on the CPU, on the emulator (our CUDA kernels on the host) and on a CUDA GPU
+//! when one is present (otherwise that test prints that it skipped).
 
 use std::path::{Path, PathBuf};
 
@@ -28,15 +31,17 @@ use darts::nn::batchnorm::BN_MOMENTUM;
 use darts::nn::{Ctx, ParamStore};
 use darts::optim::optimizer::Optimizer;
 use darts::optim::sgd::Sgd;
-use darts::{Rng, Tensor};
+use darts::{Device, Rng, Tensor};
 use serde_json::Value;
 
 /// The fixtures, one per tiny configuration.
 const FIXTURES: [&str; 2] = ["search_rgb", "search_gray"];
 
-/// One fixture file: a starting state, batches, and PyTorch's results.
+/// One fixture file: a starting state, batches, and PyTorch's results; the state and batches are
+/// handed out on `device`.
 struct Fixture {
     name: &'static str,
+    device: Device,
     path: PathBuf,
     file: TensorFile,
     config: SearchConfig,
@@ -44,7 +49,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn load(name: &'static str) -> Fixture {
+    fn load(name: &'static str, device: Device) -> Fixture {
         let dir = std::env::var_os("DARTS_REFERENCE_FIXTURES").map_or_else(
             || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
             PathBuf::from,
@@ -62,6 +67,7 @@ impl Fixture {
         assert_eq!(hyper["hvp_radius"], serde_json::json!(0.01), "{name}");
         Fixture {
             name,
+            device,
             path,
             file,
             config,
@@ -92,10 +98,15 @@ impl Fixture {
             .unwrap_or_else(|| panic!("{}: no hyperparameter `{key}`", self.name)) as f32
     }
 
+    /// A tensor of the fixture on its device.
+    fn on_device(&self, name: &str) -> Tensor {
+        self.tensor(name).to_device(self.device).unwrap()
+    }
+
     fn alphas(&self, prefix: &str) -> Vec<Tensor> {
         ["normal", "reduce"]
             .iter()
-            .map(|k| self.tensor(&format!("{prefix}.{k}")).clone())
+            .map(|k| self.on_device(&format!("{prefix}.{k}")))
             .collect()
     }
 
@@ -109,6 +120,7 @@ impl Fixture {
         let mut store = ParamStore::new();
         let net = SearchNetwork::new(&mut store, self.config, &mut Rng::new(0)).unwrap();
         store.load_named(&self.path, self.group("init")).unwrap();
+        store.to_device(self.device).unwrap();
         (net, store)
     }
 
@@ -125,8 +137,8 @@ impl Fixture {
             .iter()
             .enumerate()
             .map(|(i, &id)| {
-                let buffer = self.tensor(&format!("momentum.{}", store.name(id)));
-                (format!("momentum.{i}"), buffer.clone())
+                let buffer = self.on_device(&format!("momentum.{}", store.name(id)));
+                (format!("momentum.{i}"), buffer)
             })
             .collect();
         sgd.load_state(state).unwrap();
@@ -150,7 +162,7 @@ impl Fixture {
             "exp_avg_sq.1",
         ]
         .iter()
-        .map(|k| (k.to_string(), self.tensor(&format!("adam.{k}")).clone()))
+        .map(|k| (k.to_string(), self.on_device(&format!("adam.{k}"))))
         .collect();
         architect.optimizer_mut().load_state(state).unwrap();
         architect
@@ -166,8 +178,8 @@ struct Batches {
 impl Batches {
     fn of(f: &Fixture) -> Batches {
         Batches {
-            train: (f.tensor("train.images").clone(), f.labels("train")),
-            val: (f.tensor("val.images").clone(), f.labels("val")),
+            train: (f.on_device("train.images"), f.labels("train")),
+            val: (f.on_device("val.images"), f.labels("val")),
         }
     }
 
@@ -260,7 +272,7 @@ impl Worst {
 
     fn tensor(&mut self, name: &str, got: &Tensor, expected: &Tensor) {
         assert_eq!(got.shape(), expected.shape(), "{}: {name}", self.quantity);
-        self.add(name, got.data(), expected.data());
+        self.add(name, got.to_host().unwrap().data(), expected.data());
     }
 
     /// Compares `got − start` with `expected − start` on the scale `max |Δ| + scale_floor`,
@@ -273,6 +285,7 @@ impl Worst {
         scale_floor: f32,
     ) {
         assert_eq!(got.shape(), expected.shape(), "{}: {name}", self.quantity);
+        let (got, start) = (&got.to_host().unwrap(), &start.to_host().unwrap());
         let delta = |t: &Tensor| -> Vec<f32> {
             t.data()
                 .iter()
@@ -304,10 +317,52 @@ impl Worst {
     }
 }
 
-#[test]
-fn forward_matches_pytorch() {
+/// One `#[test]` per device for a check taking the device: on the CPU, on the emulator, and on
+/// CUDA GPU 0 (skipped, with a printed line, when none can run here).
+macro_rules! on_every_device {
+    ($name:ident, $check:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn cpu() {
+                $check(Device::Cpu);
+            }
+
+            #[test]
+            fn emulator() {
+                $check(Device::Emu);
+            }
+
+            #[test]
+            fn cuda() {
+                match Device::Cuda(0).check_available() {
+                    Ok(()) => $check(Device::Cuda(0)),
+                    Err(e) => println!("skipped: {e}"),
+                }
+            }
+        }
+    };
+}
+
+on_every_device!(forward_matches_pytorch, check_forward);
+on_every_device!(gradients_match_pytorch, check_gradients);
+on_every_device!(first_order_alpha_gradient_matches_pytorch, |d| {
+    check_alpha_gradient(d, false, "first_order", 5e-5)
+});
+on_every_device!(second_order_alpha_gradient_matches_pytorch, |d| {
+    check_alpha_gradient(d, true, "second_order", 1e-4)
+});
+on_every_device!(first_order_search_step_matches_pytorch, |d| {
+    check_search_step(d, false, "first_order", [2e-4, 1e-4, 3e-3, 2e-6])
+});
+on_every_device!(second_order_search_step_matches_pytorch, |d| {
+    check_search_step(d, true, "second_order", [2e-4, 1e-4, 1e-2, 2e-6])
+});
+
+fn check_forward(device: Device) {
     for name in FIXTURES {
-        let f = Fixture::load(name);
+        let f = Fixture::load(name, device);
         let (net, mut store) = f.network();
         let batches = Batches::of(&f);
         let mut ctx = Ctx::new(&mut store, true);
@@ -333,10 +388,9 @@ fn forward_matches_pytorch() {
     }
 }
 
-#[test]
-fn gradients_match_pytorch() {
+fn check_gradients(device: Device) {
     for name in FIXTURES {
-        let f = Fixture::load(name);
+        let f = Fixture::load(name, device);
         let (net, mut store) = f.network();
         let batches = Batches::of(&f);
         let pass = loss_pass(
@@ -367,9 +421,9 @@ fn gradients_match_pytorch() {
 }
 
 /// The architect's α gradient of the given order against the reference.
-fn check_alpha_gradient(unrolled: bool, order: &str, tolerance: f32) {
+fn check_alpha_gradient(device: Device, unrolled: bool, order: &str, tolerance: f32) {
     for name in FIXTURES {
-        let f = Fixture::load(name);
+        let f = Fixture::load(name, device);
         let (net, mut store) = f.network();
         let batches = Batches::of(&f);
         let sgd = f.sgd(&store);
@@ -393,25 +447,15 @@ fn check_alpha_gradient(unrolled: bool, order: &str, tolerance: f32) {
     }
 }
 
-#[test]
-fn first_order_alpha_gradient_matches_pytorch() {
-    check_alpha_gradient(false, "first_order", 5e-5);
-}
-
-#[test]
-fn second_order_alpha_gradient_matches_pytorch() {
-    check_alpha_gradient(true, "second_order", 1e-4);
-}
-
 /// One full search iteration of the given order against the reference: Δ weights, Δ BN running
 /// statistics, Δα and the two losses, with `tolerances` in that order. Δα gets the loosest one:
 /// Adam divides each element's step by its own √v̂, so an element with a small gradient history
 /// turns the α gradient's error on the tensor's scale (≈1e-6 first order, ≈2e-5 second order)
 /// into up to a hundred times that on the step. Dropping Adam's weight decay, by comparison,
 /// moves Δα by 2e-2 to 0.9.
-fn check_search_step(unrolled: bool, order: &str, tolerances: [f32; 4]) {
+fn check_search_step(device: Device, unrolled: bool, order: &str, tolerances: [f32; 4]) {
     for name in FIXTURES {
-        let f = Fixture::load(name);
+        let f = Fixture::load(name, device);
         let (net, store) = f.network();
         let batches = Batches::of(&f);
         let start = store.clone();
@@ -446,7 +490,7 @@ fn check_search_step(unrolled: bool, order: &str, tolerances: [f32; 4]) {
             let scale_floor = match name.strip_suffix("running_mean") {
                 Some(prefix) => {
                     let var = start.get(start.id(&format!("{prefix}running_var")).unwrap());
-                    BN_MOMENTUM * max_abs(var.data()).sqrt()
+                    BN_MOMENTUM * max_abs(var.to_host().unwrap().data()).sqrt()
                 }
                 None => 0.0,
             };
@@ -476,14 +520,4 @@ fn check_search_step(unrolled: bool, order: &str, tolerances: [f32; 4]) {
         );
         losses.check();
     }
-}
-
-#[test]
-fn first_order_search_step_matches_pytorch() {
-    check_search_step(false, "first_order", [2e-4, 1e-4, 3e-3, 2e-6]);
-}
-
-#[test]
-fn second_order_search_step_matches_pytorch() {
-    check_search_step(true, "second_order", [2e-4, 1e-4, 1e-2, 2e-6]);
 }
