@@ -96,6 +96,21 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Runs `f` on the values of `ids`, moved out of the store for the call and put back after
+    /// it, whatever it returns: an optimizer updates them in place without copying a weight
+    /// the store still shares. `f` must keep every shape.
+    pub fn update_values<T>(&mut self, ids: &[ParamId], f: impl FnOnce(&mut [Tensor]) -> T) -> T {
+        let mut values: Vec<Tensor> = ids
+            .iter()
+            .map(|id| std::mem::replace(&mut self.entries[id.0].value, Tensor::scalar(0.0)))
+            .collect();
+        let result = f(&mut values);
+        for (id, value) in ids.iter().zip(values) {
+            self.entries[id.0].value = value;
+        }
+        result
+    }
+
     /// The name of an entry.
     pub fn name(&self, id: ParamId) -> &str {
         &self.entries[id.0].name

@@ -27,10 +27,6 @@ pub fn optimizer_step(
     if let Some(max_norm) = max_norm {
         (grads, norm) = clip_grad_norm(&grads, max_norm)?;
     }
-    let mut params: Vec<_> = ids.iter().map(|&id| store.get(id).clone()).collect();
-    optimizer.step(&mut params, &grads)?;
-    for (&id, value) in ids.iter().zip(params) {
-        store.set(id, value)?;
-    }
+    store.update_values(ids, |params| optimizer.step(params, &grads))?;
     Ok(norm)
 }
