@@ -143,10 +143,18 @@ pub fn weighted_sum(tape: &mut Tape, xs: &[Var], weights: Var) -> Result<Var> {
     let mut inputs = xs.to_vec();
     inputs.push(weights);
     Ok(tape.record("weighted_sum", y, &inputs, move |dy, needs| {
-        let host_w = w.to_host()?;
+        // dxₖ = wₖ · dy, reading wₖ where it lives (no copy of the weights to the host).
         let mut grads = Vec::with_capacity(count + 1);
-        for (i, &wi) in host_w.data().iter().enumerate() {
-            grads.push(if needs[i] { Some(dy.scaled(wi)?) } else { None });
+        for (i, &need) in needs[..count].iter().enumerate() {
+            grads.push(if need {
+                Some(unary(
+                    dy,
+                    |d| k::scale(d, w.data()[i]),
+                    |e, d| g::scale_by(e, d, buffer(&w), i),
+                )?)
+            } else {
+                None
+            });
         }
         grads.push(if needs[count] {
             Some(mixed_backward_weights(dy, &values)?)
