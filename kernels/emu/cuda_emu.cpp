@@ -1,26 +1,39 @@
-// cuda_emu.cpp: the runtime behind cuda_emu.h. A pool of host threads, one per CUDA thread of a
-// block, runs a launch block by block:
+// cuda_emu.cpp: the runtime behind cuda_emu.h. A launch runs on the calling host thread, block by
+// block; every CUDA thread of a block is a fiber (its own stack, switched cooperatively):
 //
-//   controller (the caller)             pool threads 0..T-1 of the launch
-//   ---------------------------------   -----------------------------------------------------
-//   set up barriers, wake the threads   block barrier: the last to arrive sets up the next
-//   wait until all have left            block (blockIdx, fresh barriers, poisoned shared
-//                                       memory), or marks the launch done
-//                                       run the kernel body as thread (x, y, z)
-//                                       drop out of the barriers; back to the block barrier
+//   scheduler (the caller)                    fiber t (CUDA thread t of the block)
+//   ---------------------------------------   ------------------------------------------------
+//   poison shared memory, reset barriers      run the kernel body as thread (x, y, z) until it
+//   sweep: warp by warp, resume the warp's    returns or arrives at a barrier:
+//   runnable lanes again and again until        __syncthreads(): the block barrier
+//   none is left (all at __syncthreads() or     __syncwarp(), shuffles: its warp's barrier
+//   returned); then the next warp               then switch back to the scheduler
+//   sweep again until all have returned;      return: drop out of both barriers
+//   a sweep that resumes none: deadlock
 //
-// So between blocks there is one barrier round and no round trip through the controller.
+// A barrier completes (its generation moves on) when every live thread it covers has arrived; a
+// fiber waiting on it is runnable from then on (for the block barrier: from the next sweep). So
+// one sweep carries the block from one __syncthreads() to the next, each warp racing ahead of the
+// ones after it, in increasing warp and lane order in even blocks and decreasing in odd ones.
+// A block costs a couple of context switches per thread and barrier, instead of the futex round
+// trips of one OS thread per CUDA thread.
+//
+// The switch is a few lines of assembly on x86-64 (below) and <ucontext.h> elsewhere, or anywhere
+// when built with -DDARTS_EMU_UCONTEXT (slower: it saves the signal mask with a system call).
 #include <algorithm>
 #include <array>
-#include <barrier>
-#include <chrono>
-#include <condition_variable>
-#include <cstdlib>
-#include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) && defined(__ELF__) && !defined(DARTS_EMU_UCONTEXT)
+#define DARTS_EMU_ASM_SWITCH 1
+#else
+#include <ucontext.h>
+#endif
 
 // The linker defines these around the `darts_shared` section that holds every `__shared__`
 // variable; weak, so that a build whose kernels declare none still links.
@@ -34,18 +47,160 @@ constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr unsigned kMaxDynamicShared = 48 * 1024;
 constexpr unsigned kWarp = 32;
 constexpr unsigned char kPoison = 0xFF;
-constexpr std::chrono::seconds kHangTimeout{120};
+// Each fiber's stack, below which one inaccessible guard page turns an overflow into a SIGSEGV
+// instead of silent corruption. Kernels keep small locals; printf and exception unwinding fit too.
+constexpr std::size_t kStackBytes = 64 * 1024;
 
-struct Launch;
+struct Fiber;
 
-// Runs once per block transition, inside the block barrier, while every thread waits.
-struct NextBlock {
-    Launch* launch;
-    void operator()() noexcept;
+// ---- Context switch ---------------------------------------------------------------------------
+#ifdef DARTS_EMU_ASM_SWITCH
+
+// A suspended context is its stack pointer; the stack holds, from there up: MXCSR and the x87
+// control word (8 bytes), r15, r14, r13, r12, rbx, rbp and the address to return to. These are
+// what the System V ABI asks a callee to preserve; everything else the caller of
+// darts_emu_switch already treats as clobbered, as for any call.
+struct Context {
+    void* sp = nullptr;
+};
+
+extern "C" void darts_emu_switch(void** save_sp, void* load_sp);
+extern "C" void darts_emu_fiber_start();
+
+// darts_emu_switch(save_sp, load_sp): push the callee-saved state, store rsp in *save_sp, load
+// load_sp into rsp, pop the state saved there and return into that context.
+// darts_emu_fiber_start: where a new fiber's first switch returns to. r12 holds the fiber and r13
+// the entry function (placed by `prepare`); rsp is 16-byte aligned here, as the call needs. The
+// entry never returns. `.cfi_undefined rip` marks the bottom of the fiber's call stack for
+// unwinders and debuggers.
+asm(R"(
+    .pushsection .text
+    .globl darts_emu_switch
+    .hidden darts_emu_switch
+    .type darts_emu_switch, @function
+darts_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size darts_emu_switch, .-darts_emu_switch
+
+    .globl darts_emu_fiber_start
+    .hidden darts_emu_fiber_start
+    .type darts_emu_fiber_start, @function
+darts_emu_fiber_start:
+    .cfi_startproc
+    .cfi_undefined rip
+    movq %r12, %rdi
+    callq *%r13
+    ud2
+    .cfi_endproc
+    .size darts_emu_fiber_start, .-darts_emu_fiber_start
+    .popsection
+)");
+
+// Lays out a fresh context on the stack ending at `top` that, switched to, calls entry(fiber)
+// with the caller's floating-point control state.
+void prepare(Context& c, char* top, Fiber* fiber, void (*entry)(Fiber*)) {
+    auto* p = reinterpret_cast<std::uint64_t*>(top);  // 16-byte aligned
+    std::uint32_t fp_control[2] = {};
+    asm("stmxcsr %0\n\tfnstcw %1" : "=m"(fp_control[0]), "=m"(fp_control[1]));
+    p[-1] = reinterpret_cast<std::uint64_t>(&darts_emu_fiber_start);  // popped by `ret`
+    p[-2] = 0;                                                        // rbp
+    p[-3] = 0;                                                        // rbx
+    p[-4] = reinterpret_cast<std::uint64_t>(fiber);                   // r12
+    p[-5] = reinterpret_cast<std::uint64_t>(entry);                   // r13
+    p[-6] = 0;                                                        // r14
+    p[-7] = 0;                                                        // r15
+    std::memcpy(&p[-8], fp_control, sizeof(fp_control));
+    c.sp = &p[-8];
+}
+
+void switch_context(Context& from, Context& to) { darts_emu_switch(&from.sp, to.sp); }
+
+#else
+
+struct Context {
+    ucontext_t uc;
+};
+
+// makecontext passes only int arguments, so a new fiber finds itself here instead.
+Fiber* starting_fiber = nullptr;
+void (*starting_entry)(Fiber*) = nullptr;
+
+void start_fiber() { starting_entry(starting_fiber); }
+
+void prepare(Context& c, char* top, Fiber* fiber, void (*entry)(Fiber*)) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = top - kStackBytes;
+    c.uc.uc_stack.ss_size = kStackBytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, start_fiber, 0);
+    starting_fiber = fiber;  // fibers start one at a time, each right after `prepare` ran for it
+    starting_entry = entry;
+}
+
+void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+
+#endif
+
+// ---- Fibers and barriers ----------------------------------------------------------------------
+
+enum class Status : unsigned char { NotStarted, AtBlockBarrier, AtWarpBarrier, Returned };
+
+struct Fiber {
+    Context context;
+    char* stack_top = nullptr;
+    ThreadState state{};
+    Status status = Status::NotStarted;
+    unsigned long long waits_for = 0;  // the barrier generation it arrived in
+};
+
+// Counts arrivals of the live threads it covers; `generation` moves on when all have arrived.
+struct Barrier {
+    unsigned live = 0;
+    unsigned arrived = 0;
+    unsigned long long generation = 0;
+
+    void reset(unsigned threads) {
+        live = threads;
+        arrived = 0;
+    }
+    void arrive(Fiber& f, Status status) {
+        f.status = status;
+        f.waits_for = generation;
+        if (++arrived == live) complete();
+    }
+    // A thread that returns drops out, which completes the barrier if all the others are there.
+    void drop() {
+        --live;
+        if (arrived > 0 && arrived == live) complete();
+    }
+    void complete() {
+        arrived = 0;
+        ++generation;
+    }
 };
 
 struct Warp {
-    std::unique_ptr<std::barrier<>> barrier;
+    Barrier barrier;
     // Double-buffered: a shuffle writes one half and reads it after the barrier; the next
     // shuffle uses the other half, so a fast lane cannot overwrite a value a slow lane still reads.
     std::array<std::array<std::uint64_t, kWarp>, 2> slots;
@@ -55,156 +210,148 @@ struct Launch {
     void (*body)(void*);
     void* ctx;
     unsigned threads;
-    unsigned long long blocks;
-    std::atomic<unsigned long long> next_block{0};  // read by the controller to watch progress
-    bool done = false;
-    std::unique_ptr<std::barrier<NextBlock>> block_barrier;
-    std::unique_ptr<std::barrier<>> sync_barrier;
+    Barrier block_barrier;
     std::vector<Warp> warps;
     std::vector<std::max_align_t> dynamic;  // the dynamic shared memory arena
     std::size_t dynamic_bytes;
-    std::mutex error_mutex;
     std::string error;
 
-    void record_error(const char* what) {
-        std::lock_guard<std::mutex> lock(error_mutex);
+    void record_error(const std::string& what) {
         if (error.empty()) error = what;
     }
-
-    // Fresh barriers for a block: threads that returned early dropped out of the old ones.
-    void reset_barriers() {
-        sync_barrier = std::make_unique<std::barrier<>>(threads);
-        for (unsigned w = 0; w < warps.size(); ++w) {
-            unsigned lanes = std::min(kWarp, threads - w * kWarp);
-            warps[w].barrier = std::make_unique<std::barrier<>>(lanes);
+    // Whether `f` can go on in the sweep that began at block barrier generation `phase`: a thread
+    // released from __syncthreads() during the sweep waits for the next one.
+    bool runnable(const Fiber& f, unsigned long long phase) const {
+        switch (f.status) {
+            case Status::NotStarted:
+                return true;
+            case Status::AtBlockBarrier:
+                return f.waits_for < phase;
+            case Status::AtWarpBarrier:
+                return warps[f.state.warp].barrier.generation != f.waits_for;
+            case Status::Returned:
+                return false;
         }
+        return false;
     }
 };
 
+// All of these belong to the one launch running (launches are serialised by `launch_mutex`).
+std::mutex launch_mutex;
 Launch* current = nullptr;
+Fiber* running = nullptr;
+Context scheduler;
+// The fibers, created as launches need them and reused; reserved up front so they never move.
+std::vector<Fiber> fibers;
 
 void poison(void* begin, std::size_t bytes) {
     if (bytes > 0) std::memset(begin, kPoison, bytes);
 }
 
-void NextBlock::operator()() noexcept {
-    Launch& l = *launch;
-    if (l.next_block == l.blocks) {
-        l.done = true;
-        return;
+// Runs the kernel body as one CUDA thread. An exception (`__trap()`) stops this thread only and
+// never leaves the fiber: the first one becomes the launch's error.
+void fiber_main(Fiber* f) noexcept {
+    Launch& l = *current;
+    try {
+        l.body(l.ctx);
+    } catch (const std::exception& e) {
+        l.record_error(e.what());
+    } catch (...) {
+        l.record_error("a kernel thread threw an unknown exception");
     }
-    unsigned long long b = l.next_block.fetch_add(1);
-    block_idx.x = unsigned(b % grid_dim.x);
-    block_idx.y = unsigned(b / grid_dim.x % grid_dim.y);
-    block_idx.z = unsigned(b / (static_cast<unsigned long long>(grid_dim.x) * grid_dim.y));
-    l.reset_barriers();
-    if (__start_darts_shared != nullptr) {
-        poison(__start_darts_shared, std::size_t(__stop_darts_shared - __start_darts_shared));
-    }
-    poison(l.dynamic.data(), l.dynamic_bytes);
+    f->status = Status::Returned;
+    switch_context(f->context, scheduler);  // never resumed
+    __builtin_unreachable();
 }
 
-// Threads wait in groups of 32 (one futex word per group), so a launch wakes only the groups it
-// uses. The controller waits until every woken thread has left the launch, which is what makes
-// it safe to tear the launch down and to start the next one.
-class Pool {
-public:
-    void run(Launch& launch) {
-        unsigned groups = (launch.threads + kWarp - 1) / kWarp;
-        grow(groups);
-        current = &launch;
-        running.store(groups * kWarp);
-        for (unsigned g = 0; g < groups; ++g) {
-            wake[g].fetch_add(1);
-            wake[g].notify_all();
+// Switches from the running fiber back to the scheduler; returns when the scheduler resumes it.
+void yield() { switch_context(running->context, scheduler); }
+
+// Grows the fiber pool to `n` fibers; false if the stacks cannot be mapped.
+bool ensure_fibers(unsigned n) {
+    if (fibers.capacity() < kMaxThreadsPerBlock) fibers.reserve(kMaxThreadsPerBlock);
+    static const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+    while (fibers.size() < n) {
+        void* base = mmap(nullptr, page + kStackBytes, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (base == MAP_FAILED) return false;
+        if (mprotect(base, page, PROT_NONE) != 0) {
+            munmap(base, page + kStackBytes);
+            return false;
         }
-        // Wait for the threads, and give up on a launch that stops making progress: a
-        // __syncthreads() that some threads of a block never reach hangs the hardware too, but a
-        // test should fail rather than hang.
-        std::unique_lock<std::mutex> lock(finished_mutex);
-        unsigned long long last_block = launch.next_block.load();
-        auto last_progress = std::chrono::steady_clock::now();
-        while (running.load() != 0) {
-            finished.wait_for(lock, std::chrono::seconds(1));
-            if (launch.next_block.load() != last_block) {
-                last_block = launch.next_block.load();
-                last_progress = std::chrono::steady_clock::now();
-            } else if (std::chrono::steady_clock::now() - last_progress > kHangTimeout) {
-                std::fprintf(stderr,
-                             "CUDA emulator: block %llu of %llu made no progress for %lld s; is "
-                             "there a __syncthreads() or warp shuffle that not every thread "
-                             "reaches? Aborting.\n",
-                             last_block, launch.blocks,
-                             static_cast<long long>(kHangTimeout.count()));
-                std::abort();
-            }
-        }
-        current = nullptr;
+        fibers.emplace_back();
+        fibers.back().stack_top = static_cast<char*>(base) + page + kStackBytes;
     }
-
-private:
-    std::array<std::atomic<std::uint64_t>, kMaxThreadsPerBlock / kWarp> wake{};
-    std::atomic<unsigned> running{0};
-    std::mutex finished_mutex;
-    std::condition_variable finished;
-    std::vector<std::thread> threads;
-
-    void grow(unsigned groups) {
-        while (threads.size() < groups * kWarp) {
-            unsigned id = unsigned(threads.size());
-            // The thread starts waiting from the generation before the launch that needs it,
-            // read here, before `run` bumps it: read in the new thread it could miss that launch.
-            std::uint64_t seen = wake[id / kWarp].load();
-            threads.emplace_back([this, id, seen] { serve(id, seen); });
-            threads.back().detach();
-        }
-    }
-
-    void serve(unsigned id, std::uint64_t seen) {
-        std::atomic<std::uint64_t>& my_wake = wake[id / kWarp];
-        for (;;) {
-            my_wake.wait(seen);
-            seen = my_wake.load();
-            Launch& l = *current;
-            if (id < l.threads) run_thread(l, id);
-            if (running.fetch_sub(1) == 1) {
-                std::lock_guard<std::mutex> lock(finished_mutex);
-                finished.notify_all();
-            }
-        }
-    }
-
-    static void run_thread(Launch& l, unsigned id) {
-        ThreadState& t = this_thread;
-        t.thread_idx.x = id % block_dim.x;
-        t.thread_idx.y = id / block_dim.x % block_dim.y;
-        t.thread_idx.z = id / (block_dim.x * block_dim.y);
-        t.warp = id / kWarp;
-        t.lane = id % kWarp;
-        for (;;) {
-            l.block_barrier->arrive_and_wait();
-            if (l.done) return;
-            t.exchange_phase = 0;
-            try {
-                l.body(l.ctx);
-            } catch (const std::exception& e) {
-                l.record_error(e.what());
-            } catch (...) {
-                l.record_error("a kernel thread threw an unknown exception");
-            }
-            l.sync_barrier->arrive_and_drop();
-            l.warps[t.warp].barrier->arrive_and_drop();
-        }
-    }
-};
-
-// Lives as long as the process; its threads are detached and never joined.
-Pool& pool() {
-    static Pool* p = new Pool();
-    return *p;
+    return true;
 }
 
-std::mutex launch_mutex;
+// Resumes fiber `f` until it returns or reaches a barrier.
+void resume(Launch& l, Fiber& f) {
+    if (f.status == Status::NotStarted) prepare(f.context, f.stack_top, &f, fiber_main);
+    this_thread = f.state;
+    running = &f;
+    switch_context(scheduler, f.context);
+    f.state = this_thread;
+    if (f.status == Status::Returned) {
+        l.block_barrier.drop();
+        l.warps[f.state.warp].barrier.drop();
+    }
+}
+
+// Runs one block to the end: true, or false (with the launch's error set) on a deadlock. Each
+// sweep takes the block from one __syncthreads() to the next, warp by warp: a warp runs as far as
+// it can (through its shuffles and __syncwarp()s) before the next warp starts, the way a warp
+// may race ahead of the others on the hardware.
+bool run_block(Launch& l, bool increasing) {
+    const unsigned n = l.threads;
+    for (unsigned id = 0; id < n; ++id) {
+        Fiber& f = fibers[id];
+        f.state.thread_idx.x = id % block_dim.x;
+        f.state.thread_idx.y = id / block_dim.x % block_dim.y;
+        f.state.thread_idx.z = id / (block_dim.x * block_dim.y);
+        f.state.warp = id / kWarp;
+        f.state.lane = id % kWarp;
+        f.state.exchange_phase = 0;
+        f.status = Status::NotStarted;
+    }
+    l.block_barrier.reset(n);
+    const unsigned warps = unsigned(l.warps.size());
+    for (unsigned w = 0; w < warps; ++w) l.warps[w].barrier.reset(std::min(kWarp, n - w * kWarp));
+    unsigned returned = 0;
+    while (returned < n) {
+        const unsigned long long phase = l.block_barrier.generation;
+        bool resumed = false;
+        for (unsigned k = 0; k < warps; ++k) {
+            const unsigned first = (increasing ? k : warps - 1 - k) * kWarp;
+            const unsigned lanes = std::min(kWarp, n - first);
+            for (bool again = true; again;) {
+                again = false;
+                for (unsigned j = 0; j < lanes; ++j) {
+                    Fiber& f = fibers[first + (increasing ? j : lanes - 1 - j)];
+                    if (!l.runnable(f, phase)) continue;
+                    again = resumed = true;
+                    resume(l, f);
+                    returned += f.status == Status::Returned;
+                }
+            }
+        }
+        if (!resumed) {
+            unsigned at_block = 0;
+            for (unsigned id = 0; id < n; ++id) {
+                at_block += fibers[id].status == Status::AtBlockBarrier;
+            }
+            l.record_error("deadlock in block (" + std::to_string(block_idx.x) + ", " +
+                           std::to_string(block_idx.y) + ", " + std::to_string(block_idx.z) +
+                           "): " + std::to_string(at_block) + " threads wait in __syncthreads(), " +
+                           std::to_string(n - returned - at_block) +
+                           " in a warp barrier (__syncwarp() or a shuffle), " +
+                           std::to_string(returned) +
+                           " have returned; is there a barrier that not every thread reaches?");
+            return false;
+        }
+    }
+    return true;
+}
 
 int fail(char* error, std::size_t error_len, const std::string& message) {
     if (error_len > 0) {
@@ -217,19 +364,24 @@ int fail(char* error, std::size_t error_len, const std::string& message) {
 
 }  // namespace
 
-void sync_threads() { current->sync_barrier->arrive_and_wait(); }
+void sync_threads() {
+    current->block_barrier.arrive(*running, Status::AtBlockBarrier);
+    yield();
+}
 
-void sync_warp() { current->warps[this_thread.warp].barrier->arrive_and_wait(); }
+void sync_warp() {
+    current->warps[this_thread.warp].barrier.arrive(*running, Status::AtWarpBarrier);
+    yield();
+}
 
 void* dynamic_shared() { return current->dynamic.data(); }
 
 void warp_exchange(const void* value, void* out, unsigned size, unsigned src_lane) {
     ThreadState& t = this_thread;
-    Warp& w = current->warps[t.warp];
-    auto& slots = w.slots[t.exchange_phase];
+    auto& slots = current->warps[t.warp].slots[t.exchange_phase];
     t.exchange_phase ^= 1;
     std::memcpy(&slots[t.lane], value, size);
-    w.barrier->arrive_and_wait();
+    sync_warp();
     std::memcpy(out, &slots[src_lane % kWarp], size);
 }
 
@@ -245,21 +397,35 @@ int launch_erased(const unsigned grid[3], const unsigned block[3], unsigned shar
         return fail(error, error_len, "more than 48 KiB of dynamic shared memory");
     }
     std::lock_guard<std::mutex> lock(launch_mutex);
+    if (!ensure_fibers(unsigned(threads))) {
+        return fail(error, error_len, "cannot map the emulator's fiber stacks");
+    }
     Launch l;
     l.body = body;
     l.ctx = ctx;
     l.threads = unsigned(threads);
-    l.blocks = blocks;
     l.warps = std::vector<Warp>((l.threads + kWarp - 1) / kWarp);
     for (Warp& w : l.warps) {
         for (auto& half : w.slots) poison(half.data(), sizeof(half));
     }
     l.dynamic_bytes = shared_bytes;
     l.dynamic.resize((shared_bytes + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t));
-    l.block_barrier = std::make_unique<std::barrier<NextBlock>>(l.threads, NextBlock{&l});
     grid_dim = dim3(grid[0], grid[1], grid[2]);
     block_dim = dim3(block[0], block[1], block[2]);
-    pool().run(l);
+    current = &l;
+    // Stop at the end of the first block that fails: the launch has failed already.
+    for (unsigned long long b = 0; b < blocks && l.error.empty(); ++b) {
+        block_idx.x = unsigned(b % grid_dim.x);
+        block_idx.y = unsigned(b / grid_dim.x % grid_dim.y);
+        block_idx.z = unsigned(b / (static_cast<unsigned long long>(grid_dim.x) * grid_dim.y));
+        if (__start_darts_shared != nullptr) {
+            poison(__start_darts_shared, std::size_t(__stop_darts_shared - __start_darts_shared));
+        }
+        poison(l.dynamic.data(), l.dynamic_bytes);
+        if (!run_block(l, b % 2 == 0)) break;
+    }
+    current = nullptr;
+    running = nullptr;
     if (!l.error.empty()) return fail(error, error_len, l.error);
     return 0;
 }

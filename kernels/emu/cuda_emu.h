@@ -6,13 +6,26 @@
 // exactly, against the CPU reference.
 //
 // The model, and what it costs to keep it honest:
-// - A launch runs its blocks one after another. Every CUDA thread of a block is a host thread from
-//   a reusable pool, so the threads of a block really run at the same time: races and missing
-//   barriers show up (and ThreadSanitizer can see them).
-// - `__syncthreads()` is a std::barrier over the block's threads. A thread that returns from the
-//   kernel drops out of the barriers, as on the hardware, so early-exiting threads do not hang it.
-// - Warps are groups of 32 consecutive threads (by linear thread index). Shuffles go through a
-//   per-warp exchange buffer guarded by a 32-lane barrier; nothing assumes lock-step execution.
+// - A launch runs its blocks one after another on the calling host thread. Every CUDA thread of a
+//   block is a fiber (its own 64 KiB stack with a guard page below it) that runs until it returns
+//   or reaches a barrier, then yields to a scheduler that resumes the runnable ones. Nothing runs
+//   in parallel, so ThreadSanitizer sees no races; instead the order is adversarial and fixed.
+//   Between two __syncthreads() the warps run one after another, each as far as it can go
+//   (through its shuffles and __syncwarp()s) before the next starts, as a warp may race ahead on
+//   the hardware; in even blocks (by linear block index) warps and their lanes go in increasing
+//   order, in odd blocks in decreasing order. So a thread that reads shared memory another
+//   thread has not written yet (a missing barrier) reads the poison below in one of the two
+//   orders, and one that overwrites shared memory another still needs clobbers it in one of them.
+// - `__syncthreads()` counts the block's arrivals and completes when every live thread has
+//   arrived. A thread that returns from the kernel drops out of the barriers, as on the hardware,
+//   so early-exiting threads do not hang it. When no thread can go on and some have not returned
+//   (a barrier that not every thread reaches), the launch fails with a deadlock error naming the
+//   block, instead of hanging.
+// - Warps are groups of 32 consecutive threads (by linear thread index). `__syncwarp()` is the
+//   same barrier over the warp's live lanes; shuffles go through a per-warp exchange buffer
+//   guarded by it. Nothing assumes lock-step execution.
+// - A thread yields only at barriers: one that spins until another thread sets a flag or frees a
+//   lock never lets that thread run, and hangs (no kernel here does that; none should).
 // - Atomics are std::atomic_ref on the target word.
 // - Shared memory: `__shared__` variables are statics placed in one linker section,
 //   `darts_shared`, which the runtime fills with 0xFF bytes before every block; dynamic shared
@@ -76,7 +89,8 @@ inline constexpr int warpSize = 32;
 
 namespace darts_emu {
 
-// Where the current host thread stands in the launch: its CUDA thread index, warp and lane.
+// Where the running CUDA thread stands in the launch: its thread index, warp and lane. The
+// runtime sets it before resuming a thread's fiber and saves it back when the fiber yields.
 struct ThreadState {
     uint3 thread_idx;
     unsigned warp;
@@ -86,7 +100,7 @@ struct ThreadState {
 inline thread_local ThreadState this_thread{};
 
 // Set by the runtime: the block being run, and the launch's shape. Only the runtime writes them,
-// between blocks, while every thread of the block waits on a barrier.
+// between blocks, when no thread of a block is running.
 inline uint3 block_idx{};
 inline dim3 block_dim{};
 inline dim3 grid_dim{};
@@ -99,7 +113,7 @@ void* dynamic_shared();
 void warp_exchange(const void* value, void* out, unsigned size, unsigned src_lane);
 
 // Runs `body(ctx)` as every thread of a grid of blocks. Returns 0, or non-zero with a message in
-// `error` (a bad launch shape, or an exception thrown by a kernel thread).
+// `error` (a bad launch shape, an exception thrown by a kernel thread, or a deadlock).
 int launch_erased(const unsigned grid[3], const unsigned block[3], unsigned shared_bytes,
                   char* error, std::size_t error_len, void (*body)(void*), void* ctx);
 

@@ -1,6 +1,6 @@
 //! The emulated GPU: device memory is host memory, and a launch runs the kernel's host build
-//! (`kernels/*.cu` compiled as C++ against `kernels/emu/cuda_emu.h`) block by block, one host
-//! thread per CUDA thread. Slow and exact; CI runs every kernel here.
+//! (`kernels/*.cu` compiled as C++ against `kernels/emu/cuda_emu.h`) block by block on the calling
+//! thread, one fiber per CUDA thread. Slow and exact; CI runs every kernel here.
 
 use std::cell::UnsafeCell;
 
