@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# darts-rs against PyTorch on the CPU: full DARTS CNN search steps (first and second order) at the
-# paper's network shape, timed by `darts bench search-cnn` and by tools/reference/bench.py, then one
-# table: our ms/step, PyTorch's ms/step, their ratio, and the peak host memory of both.
+# darts-rs against PyTorch, on the CPU or (--device cuda) on a GPU against PyTorch with cuDNN: full
+# DARTS CNN search steps (first and second order) at the paper's network shape, timed by
+# `darts bench search-cnn` and by tools/reference/bench.py, then one table: our ms/step, PyTorch's
+# ms/step, their ratio, and the peak memory of both (device memory on a GPU, host memory else).
 #
 # The defaults (batches 16 and 64, 1 warm-up + 1 timed step per case) keep the whole comparison
 # within about ten minutes on 2 cores; `--steps 3` shows the spread in about twice the time.
 # PyTorch needs tools/reference/.venv (tools/reference/install.sh).
 #
 # Usage: tools/compare.sh [--batches "16 64"] [--orders "first second"] [--warmup 1] [--steps 1]
-#          [--threads N] [--init-channels 16] [--layers 8] [--image-size 32]
+#          [--threads N] [--init-channels 16] [--layers 8] [--image-size 32] [--device cpu|cuda]
 #          [--darts PATH] [--python PATH] [--out DIR]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,6 +22,7 @@ threads="$(nproc)"
 init_channels=16
 layers=8
 image_size=32
+device=cpu
 darts=""
 python="$root/tools/reference/.venv/bin/python"
 out=""
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
         --init-channels) init_channels="$2"; shift 2 ;;
         --layers) layers="$2"; shift 2 ;;
         --image-size) image_size="$2"; shift 2 ;;
+        --device) device="$2"; shift 2 ;;
         --darts) darts="$2"; shift 2 ;;
         --python) python="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
@@ -43,6 +46,10 @@ while [ $# -gt 0 ]; do
         *) echo "compare.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
+case "$device" in
+    cpu|cuda) ;;
+    *) echo "compare.sh: --device takes 'cpu' or 'cuda', not '$device'" >&2; exit 2 ;;
+esac
 for order in $orders; do
     case "$order" in
         first|second) ;;
@@ -85,22 +92,23 @@ for order in $orders; do
         name="$order-b$batch"
         echo "== $order order, batch $batch" >&2
         if [ "$have_darts" = 1 ]; then
-            RAYON_NUM_THREADS="$threads" "$darts" bench search-cnn "${flag[@]}" \
+            RAYON_NUM_THREADS="$threads" "$darts" bench search-cnn --device "$device" "${flag[@]}" \
                 --batch-size "$batch" "${shape[@]}" "${timing[@]}" \
                 --json "$out/darts-$name.json" >&2 \
                 || echo "compare.sh: darts bench failed for $name" >&2
         fi
         (cd "$root/tools/reference" && "$python" bench.py "${flag[@]}" --batch-size "$batch" \
-            "${shape[@]}" "${timing[@]}" --threads "$threads" \
+            "${shape[@]}" "${timing[@]}" --threads "$threads" --device "$device" \
             --json "$out/pytorch-$name.json" >&2) \
             || echo "compare.sh: PyTorch bench failed for $name" >&2
     done
 done
 
-"$python" - "$out" "$orders" "$batches" <<'PY'
+"$python" - "$out" "$orders" "$batches" "$device" <<'PY'
 import json, os, sys
 
-out, orders, batches = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+out, orders, batches, device = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4]
+memory = "peak_device_bytes" if device == "cuda" else "peak_host_bytes"
 
 def load(name):
     path = os.path.join(out, name)
@@ -113,10 +121,11 @@ def ms(r):
     return f"{r['median_ms']:.1f}" if r else "n/a"
 
 def mib(r):
-    b = r and r.get("peak_host_bytes")
+    b = r and r.get(memory)
     return f"{b / 2**20:.0f}" if b else "n/a"
 
 print()
+print(f"device: {device}; memory columns: {memory}")
 print("| order | batch | threads | darts-rs ms/step | PyTorch ms/step | darts-rs / PyTorch "
       "| darts-rs peak MiB | PyTorch peak MiB |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")

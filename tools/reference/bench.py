@@ -1,5 +1,6 @@
-"""Times full DARTS CNN search steps (architect step + weight step) in PyTorch on the CPU: the
-reference numbers for `darts bench search-cnn`, with the same defaults (the paper's shapes:
+"""Times full DARTS CNN search steps (architect step + weight step) in PyTorch, on the CPU or on a
+CUDA GPU (with cuDNN, in its autotuned `benchmark` mode): the reference numbers for
+`darts bench search-cnn`, with the same defaults (the paper's shapes:
 batch 64, C 16, 8 cells, 32x32x3 images, 10 classes), the same step and the same JSON keys.
 
 Each step is `darts_ref.search_step`: the first- or second-order (`--unrolled`) architect step on
@@ -9,7 +10,7 @@ step. As in `darts bench`, the two batches are random and fixed, the weight lear
 
 Usage: tools/reference/.venv/bin/python tools/reference/bench.py [--unrolled] [--batch-size 64]
        [--init-channels 16] [--layers 8] [--image-size 32] [--in-channels 3] [--classes 10]
-       [--warmup 1] [--steps 5] [--threads N] [--json FILE]
+       [--warmup 1] [--steps 5] [--threads N] [--device cpu|cuda] [--json FILE]
 """
 
 import argparse
@@ -39,10 +40,13 @@ def parse_args():
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="torch.set_num_threads (default: all cores)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", help="also write the result as JSON to this file")
     args = p.parse_args()
     if args.steps < 1 or args.batch_size < 1 or args.threads < 1 or args.warmup < 0:
         p.error("--steps, --batch-size and --threads must be at least 1, --warmup at least 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: PyTorch sees no CUDA GPU here")
     return args
 
 
@@ -50,16 +54,24 @@ def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(2)
+    device = torch.device(args.device)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
     config = ref.SearchConfig(in_channels=args.in_channels, init_channels=args.init_channels,
                               num_classes=args.classes, layers=args.layers)
     hyper = ref.Hyper()
-    model = ref.Network(config)
-    alphas = ref.init_alphas(config)
+    model = ref.Network(config).to(device)
+    alphas = [a.detach().to(device).requires_grad_() for a in ref.init_alphas(config)]
     sgd, adam = ref.make_optimizers(model, alphas, hyper)
     shape = (args.batch_size, args.in_channels, args.image_size, args.image_size)
 
     def batch():
-        return torch.randn(shape), torch.randint(0, args.classes, (args.batch_size,))
+        return (torch.randn(shape).to(device),
+                torch.randint(0, args.classes, (args.batch_size,)).to(device))
+
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
 
     train, val = batch(), batch()
     order = "second" if args.unrolled else "first"
@@ -71,6 +83,7 @@ def main():
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
         ref.search_step(model, alphas, train, val, sgd, adam, hyper, args.unrolled)
+        sync()
         ms = (time.perf_counter() - start) * 1e3
         if i >= args.warmup:
             print(f"  step {len(times)}: {ms:.1f} ms", file=sys.stderr)
@@ -92,7 +105,9 @@ def main():
         "max_ms": max(times),
         "images_per_s": args.batch_size / (median / 1e3),
         "peak_host_bytes": peak,
-        "device": "cpu",
+        "peak_device_bytes": (torch.cuda.max_memory_reserved()
+                              if args.device == "cuda" else None),
+        "device": (torch.cuda.get_device_name() if args.device == "cuda" else "cpu"),
         "torch": torch.__version__,
     }
     print("| bench | order | batch | threads | median ms | min ms | max ms | images/s "
