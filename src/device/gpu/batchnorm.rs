@@ -9,7 +9,7 @@
 //! the same bits on every run and every GPU.
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 use crate::device::cpu::batchnorm::ChannelLayout;
 
 /// Threads per block of the elementwise kernels, and the most of the first reduction pass: a
@@ -73,15 +73,6 @@ pub struct GradSums {
     pub mean_dy: DeviceBuffer<f32>,
     /// `Σ dy · x̂ / M`.
     pub mean_dy_xhat: DeviceBuffer<f32>,
-}
-
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn int(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} elements is more than a kernel indexes")))
 }
 
 /// A checked layout as the kernels take it.

@@ -5,17 +5,13 @@
 //! its output and launches.
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, invalid};
 
 /// Threads per block: enough to hide memory latency, small enough that several blocks share an SM.
 const THREADS: u32 = 256;
 
 /// Mask elements drawn by one Philox call, and so by one step of a mask thread.
 const WORDS_PER_DRAW: usize = 4;
-
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
 
 /// `n` as the kernels' `int`, refusing zero and what does not fit.
 fn int(op: &'static str, what: &str, n: usize) -> Result<i32, GpuError> {

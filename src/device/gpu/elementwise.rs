@@ -4,7 +4,7 @@
 //! and launches.
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 
 /// Threads per block: a multiple of 32 (the block reductions need it), small enough that several
 /// blocks share an SM.
@@ -35,15 +35,6 @@ type ZipKernel = unsafe fn(
     i32,
 ) -> Result<(), GpuError>;
 
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn count(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} elements is more than a kernel indexes")))
-}
-
 fn same_len(
     op: &'static str,
     a: &DeviceBuffer<f32>,
@@ -66,7 +57,7 @@ fn map(
     kernel: MapKernel,
     x: &DeviceBuffer<f32>,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
-    let n = count(op, x.len())?;
+    let n = int(op, x.len())?;
     let mut y = exec.alloc(x.len())?;
     // SAFETY: map kernels touch x[0..n) and y[0..n), and both hold n elements.
     unsafe {
@@ -90,7 +81,7 @@ fn zip(
     b: &DeviceBuffer<f32>,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     same_len(op, a, b)?;
-    let n = count(op, a.len())?;
+    let n = int(op, a.len())?;
     let mut y = exec.alloc(a.len())?;
     // SAFETY: zip kernels touch a, b and y at [0..n), and all three hold n elements.
     unsafe {
@@ -199,7 +190,7 @@ pub fn scale(
     x: &DeviceBuffer<f32>,
     s: f32,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
-    let n = count("scale", x.len())?;
+    let n = int("scale", x.len())?;
     let mut y = exec.alloc(x.len())?;
     let config = LaunchConfig::grid_stride(x.len(), THREADS);
     // SAFETY: the kernel touches x[0..n) and y[0..n), and both hold n elements.
@@ -220,13 +211,13 @@ pub fn scale_by(
             format!("factor {k} of a buffer of {}", w.len()),
         ));
     }
-    let n = count("scale_by", x.len())?;
+    let n = int("scale_by", x.len())?;
     let mut y = exec.alloc(x.len())?;
     let config = LaunchConfig::grid_stride(x.len(), THREADS);
     // SAFETY: the kernel reads w[k] (k < w.len(), checked) and touches x, y at [0..n); both hold
     // n elements.
     unsafe {
-        kernels::elementwise_scale_by_fwd_f32(exec, config, x, w, &mut y, count("scale_by", k)?, n)
+        kernels::elementwise_scale_by_fwd_f32(exec, config, x, w, &mut y, int("scale_by", k)?, n)
     }?;
     Ok(y)
 }
@@ -241,7 +232,7 @@ pub fn lincomb(
     z: &DeviceBuffer<f32>,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     same_len("lincomb", x, z)?;
-    let n = count("lincomb", x.len())?;
+    let n = int("lincomb", x.len())?;
     let mut y = exec.alloc(x.len())?;
     let config = LaunchConfig::grid_stride(x.len(), THREADS);
     // SAFETY: the kernel touches x, z and y at [0..n), and all three hold n elements.
@@ -258,8 +249,8 @@ fn candidates(op: &'static str, xs_len: usize, k: usize) -> Result<(i32, i32, us
         ));
     }
     let n = xs_len / k;
-    count(op, xs_len)?;
-    Ok((count(op, k)?, count(op, n)?, n))
+    int(op, xs_len)?;
+    Ok((int(op, k)?, int(op, n)?, n))
 }
 
 /// The DARTS mixed op `y = Σₖ weights[k] · xs[k, :]`, summed in `k` order, where `xs` holds the
@@ -325,7 +316,7 @@ pub fn weighted_sum_backward_weights(
     let partials = len
         .div_ceil(THREADS as usize * ELEMENTS_PER_THREAD)
         .min(MAX_PARTIALS);
-    let p = count(op, partials)?;
+    let p = int(op, partials)?;
     let mut workspace = exec.alloc(2 * partials * k as usize)?;
     let mut dw = exec.alloc(k as usize)?;
     let pass1 = LaunchConfig {
@@ -375,8 +366,8 @@ pub fn bn_apply_relu(
             ),
         ));
     }
-    let n = count(op, x.len())?;
-    let (channels, plane) = (count(op, scale.len())?, count(op, plane)?);
+    let n = int(op, x.len())?;
+    let (channels, plane) = (int(op, scale.len())?, int(op, plane)?);
     let mut y = exec.alloc(x.len())?;
     let config = LaunchConfig::grid_stride(x.len(), THREADS);
     // SAFETY: the kernel touches x and y at [0..n) and scale, shift at [0..channels); the

@@ -5,7 +5,7 @@
 //! the batched GEMM through `gemm_batched`.
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 
 /// Rows and columns of C one GEMM block computes (`GEMM_TILE` in `kernels/matmul.cu`).
 const GEMM_TILE: usize = 64;
@@ -19,15 +19,6 @@ const MAX_GRID_YZ: usize = 65535;
 /// Threads per block of the embedding kernels: a multiple of 32 (the gradient's scan needs whole
 /// warps), at most 1024 (its shared list of matches).
 const EMBEDDING_THREADS: u32 = 256;
-
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn int(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} is more than a kernel indexes")))
-}
 
 /// A read-only view of a logical `rows × cols` matrix in a device buffer: element `(i, j)` sits at
 /// `data[i·row_stride + j·col_stride]` (plus the offset of its problem in a batch). As with the

@@ -6,7 +6,7 @@
 //! The candidates' own gradients `wₖ · dy` are plain scalings (`elementwise::scale`).
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 
 /// The most candidates a mixed op takes: the kernels have one pointer parameter per candidate,
 /// and DARTS has eight primitives.
@@ -23,15 +23,6 @@ const ELEMENTS_PER_THREAD: usize = 8;
 
 /// The most partial sums per weight in the weight-gradient reduction.
 const MAX_PARTIALS: usize = 256;
-
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn count(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} elements is more than a kernel indexes")))
-}
 
 /// The kernels' `(k, n)` for 1 to [`MAX_CANDIDATES`] candidates of one length `n`, and `n`.
 fn candidates(op: &'static str, xs: &[&DeviceBuffer<f32>]) -> Result<(i32, i32, usize), GpuError> {
@@ -57,7 +48,7 @@ fn candidates(op: &'static str, xs: &[&DeviceBuffer<f32>]) -> Result<(i32, i32, 
             ),
         ));
     }
-    Ok((count(op, xs.len())?, count(op, first.len())?, first.len()))
+    Ok((int(op, xs.len())?, int(op, first.len())?, first.len()))
 }
 
 /// The kernels' eight candidate slots: `xs`, then `xs[0]` in the slots past `xs.len()` (never
@@ -116,7 +107,7 @@ pub fn mixed_backward_weights(
     let partials = len
         .div_ceil(THREADS as usize * ELEMENTS_PER_THREAD)
         .min(MAX_PARTIALS);
-    let p = count(op, partials)?;
+    let p = int(op, partials)?;
     let mut workspace = exec.alloc(2 * partials * xs.len())?;
     let mut dw = exec.alloc(xs.len())?;
     let pass1 = LaunchConfig {

@@ -80,6 +80,16 @@ impl fmt::Display for GpuError {
 
 impl std::error::Error for GpuError {}
 
+/// A GPU op's complaint about its arguments.
+pub(crate) fn invalid(op: &'static str, message: String) -> GpuError {
+    GpuError::Argument { op, message }
+}
+
+/// `n` as the kernels' `int`, refusing what does not fit.
+pub(crate) fn int(op: &'static str, n: usize) -> Result<i32, GpuError> {
+    i32::try_from(n).map_err(|_| invalid(op, format!("{n} is more than a kernel's int indexes")))
+}
+
 impl From<GpuError> for crate::Error {
     fn from(e: GpuError) -> crate::Error {
         crate::Error::invalid("gpu", e.to_string())

@@ -5,7 +5,7 @@
 //! as the CPU optimizers do.
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 
 /// Threads per block: a multiple of 32 (the norm reduction needs it).
 const THREADS: u32 = 256;
@@ -53,15 +53,6 @@ pub struct AsgdParams {
     pub weight_decay: f32,
 }
 
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn count(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} is more than a kernel indexes")))
-}
-
 /// The common length of a parameter and the buffers that go with it (gradient, state), as `int`.
 fn same_lengths(op: &'static str, w: usize, others: &[usize]) -> Result<i32, GpuError> {
     if let Some(bad) = others.iter().find(|&&len| len != w) {
@@ -70,7 +61,7 @@ fn same_lengths(op: &'static str, w: usize, others: &[usize]) -> Result<i32, Gpu
             format!("a buffer of {bad} elements goes with a parameter of {w}"),
         ));
     }
-    count(op, w)
+    int(op, w)
 }
 
 /// One SGD step on parameter `w` with gradient `g`: `d = g + wd·w`; with momentum
@@ -206,12 +197,12 @@ pub fn grad_norm(
         })
         .collect();
     let total: usize = blocks.iter().sum();
-    let p = count(op, total)?;
+    let p = int(op, total)?;
     let mut workspace = exec.alloc(2 * total)?;
     let mut norm = exec.alloc(1)?;
     let mut offset = 0;
     for (g, &b) in grads.iter().zip(&blocks) {
-        let n = count(op, g.len())?;
+        let n = int(op, g.len())?;
         let config = LaunchConfig::linear(b as u32, THREADS);
         // SAFETY: the kernel reads g[0..n) and writes workspace slots 2·(offset + j) and the next
         // for its b blocks j, all below 2·total, the workspace's length.
@@ -222,7 +213,7 @@ pub fn grad_norm(
                 g,
                 &mut workspace,
                 n,
-                count(op, offset)?,
+                int(op, offset)?,
             )
         }?;
         offset += b;
@@ -262,7 +253,7 @@ pub fn clip_scale(
     }
     check_max_norm(op, max_norm)?;
     for g in grads.iter_mut() {
-        let n = count(op, g.len())?;
+        let n = int(op, g.len())?;
         let config = LaunchConfig::grid_stride(g.len(), THREADS);
         // SAFETY: the kernel reads norm[0] and touches g[0..n); the buffers hold 1 and n elements.
         unsafe { kernels::optim_clip_scale_fwd_f32(exec, config, norm, g, max_norm, n) }?;

@@ -6,7 +6,7 @@
 //! result has the same bits on every run.
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 use crate::device::cpu::pool::PoolGeometry;
 
 /// Threads per block of the one-thread-per-element kernels.
@@ -18,15 +18,6 @@ const MAX_PLANE_THREADS: usize = 256;
 /// The most blocks of global average pooling: one per plane up to this many (far more than fill
 /// a GPU); the kernel loops over the planes beyond.
 const MAX_PLANE_BLOCKS: usize = 65535;
-
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn int(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} elements is more than a kernel indexes")))
-}
 
 /// A checked pooling geometry as the kernels take it.
 struct Dims {

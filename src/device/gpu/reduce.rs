@@ -4,7 +4,7 @@
 //! `device::cpu::reduce::column_sums`), checks lengths, allocates its output and launches.
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 
 /// Threads per block: a multiple of 32 (the block reductions need it).
 const THREADS: u32 = 256;
@@ -15,15 +15,6 @@ const ELEMENTS_PER_THREAD: usize = 8;
 /// The most partial sums pass 1 writes.
 const MAX_PARTIALS: usize = 256;
 
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn count(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} is more than a kernel indexes")))
-}
-
 /// `(Σ x) / divisor` as a 1-element buffer: pass 1 writes P partial sums (P depends on the length
 /// alone), pass 2 adds them in one block and scales by `1 / divisor`.
 fn scaled_sum(
@@ -32,12 +23,12 @@ fn scaled_sum(
     x: &DeviceBuffer<f32>,
     divisor: i32,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
-    let n = count(op, x.len())?;
+    let n = int(op, x.len())?;
     let partials = x
         .len()
         .div_ceil(THREADS as usize * ELEMENTS_PER_THREAD)
         .clamp(1, MAX_PARTIALS);
-    let p = count(op, partials)?;
+    let p = int(op, partials)?;
     let mut workspace = exec.alloc(2 * partials)?;
     let mut y = exec.alloc(1)?;
     let pass1 = LaunchConfig::linear(partials as u32, THREADS);
@@ -60,7 +51,7 @@ pub fn sum(exec: &dyn Executor, x: &DeviceBuffer<f32>) -> Result<DeviceBuffer<f3
 
 /// The mean of all elements, `(Σ x) · (1/n)`, as a 1-element buffer.
 pub fn mean(exec: &dyn Executor, x: &DeviceBuffer<f32>) -> Result<DeviceBuffer<f32>, GpuError> {
-    let n = count("mean", x.len())?;
+    let n = int("mean", x.len())?;
     scaled_sum(exec, "mean", x, n)
 }
 
@@ -75,7 +66,7 @@ fn fill_scaled(
     if dy.len() != 1 {
         return Err(invalid(op, format!("dy has {} elements, not 1", dy.len())));
     }
-    let n = count(op, len)?;
+    let n = int(op, len)?;
     let mut dx = exec.alloc(len)?;
     let config = LaunchConfig::grid_stride(len, THREADS);
     // SAFETY: the kernel reads dy[0] and writes dx[0..n); dy holds 1 element and dx n.
@@ -99,7 +90,7 @@ pub fn mean_backward(
     len: usize,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let op = "mean_backward";
-    fill_scaled(exec, op, dy, len, count(op, len)?)
+    fill_scaled(exec, op, dy, len, int(op, len)?)
 }
 
 /// `out[j] = Σᵢ x[i, j]` for the row-major `rows × cols` matrix `x` (the bias gradient of a linear
@@ -117,8 +108,8 @@ pub fn column_sums(
             format!("{} elements are not a {rows} × {cols} matrix", x.len()),
         ));
     }
-    count(op, x.len())?;
-    let (r, c) = (count(op, rows)?, count(op, cols)?);
+    int(op, x.len())?;
+    let (r, c) = (int(op, rows)?, int(op, cols)?);
     let mut out = exec.alloc(cols)?;
     let config = LaunchConfig::grid_stride(cols, THREADS);
     // SAFETY: the kernel reads x[0..rows·cols) and writes out[0..cols); x holds rows·cols

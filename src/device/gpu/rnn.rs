@@ -4,20 +4,11 @@
 //! its outputs and launches.
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 use crate::device::cpu::rnn::NodeActivation;
 
 /// Threads per block: a multiple of 32, small enough that several blocks share an SM.
 const THREADS: u32 = 256;
-
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn count(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} elements is more than a kernel indexes")))
-}
 
 /// The kernels' `int` code of an activation (the `switch` in `kernels/rnn.cu`).
 fn code(act: NodeActivation) -> i32 {
@@ -47,8 +38,8 @@ fn node_dims(
             ),
         ));
     }
-    count(op, ch.len())?;
-    Ok((count(op, h_prev.len())?, count(op, hidden)?))
+    int(op, ch.len())?;
+    Ok((int(op, h_prev.len())?, int(op, hidden)?))
 }
 
 /// The node's output `y = h_prev + c ⊙ (act(b) − h_prev)` with `c = σ(a)`, where each row of `ch`

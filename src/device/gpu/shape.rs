@@ -8,22 +8,13 @@
 use std::ops::Range;
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 
 /// Threads per block: enough to hide memory latency, small enough that several blocks share an SM.
 const THREADS: u32 = 256;
 
 /// The most dimensions a window may keep after merging: the number the slice kernels take.
 pub const WINDOW_DIMS: usize = 4;
-
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn int(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} elements is more than a kernel indexes")))
-}
 
 /// Checks that `buffer` holds `len` elements; `what` names it.
 fn check_len(

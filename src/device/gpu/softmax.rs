@@ -5,7 +5,7 @@
 //! pick one with [`Strategy::for_lanes`].
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 use crate::device::cpu::softmax::Lanes;
 
 /// Threads per block of the reductions and of the one-thread-per-lane kernels; the most threads a
@@ -74,15 +74,6 @@ type BackwardKernel = unsafe fn(
     i32,
 ) -> Result<(), GpuError>;
 
-fn invalid(op: &'static str, message: String) -> GpuError {
-    GpuError::Argument { op, message }
-}
-
-/// `n` as the kernels' `int`, refusing what does not fit.
-fn count(op: &'static str, n: usize) -> Result<i32, GpuError> {
-    i32::try_from(n).map_err(|_| invalid(op, format!("{n} is more than a kernel indexes")))
-}
-
 /// A multiple of 32 threads covering `n` work items, at least 32 and at most [`THREADS`].
 fn threads_for(n: usize) -> u32 {
     n.next_multiple_of(32).clamp(32, THREADS as usize) as u32
@@ -101,9 +92,9 @@ fn lane_dims(op: &'static str, len: usize, lanes: Lanes) -> Result<(i32, i32, i3
         ));
     }
     Ok((
-        count(op, lanes.outer)?,
-        count(op, lanes.size)?,
-        count(op, lanes.inner)?,
+        int(op, lanes.outer)?,
+        int(op, lanes.size)?,
+        int(op, lanes.inner)?,
     ))
 }
 
@@ -274,8 +265,8 @@ fn cross_entropy_dims(
             format!("label smoothing {smoothing} is outside [0, 1)"),
         ));
     }
-    count(op, logits.len())?;
-    Ok((count(op, targets.len())?, count(op, classes)?))
+    int(op, logits.len())?;
+    Ok((int(op, targets.len())?, int(op, classes)?))
 }
 
 /// The mean label-smoothed cross-entropy of `logits: [rows, classes]` against one class index per
