@@ -1,7 +1,8 @@
 //! Every kernel the build found in `kernels/*.cu` must be launched by a test.
 //!
-//! Each `tests/kernels_<family>.rs` declares `const COVERED: &[KernelId] = &[...]` and checks at
-//! run time, through `TestExecutor::launched()`, that it launched exactly those kernels. This test
+//! Each `tests/kernels_<family>.rs` declares `const COVERED: &[KernelId] = &[...]` and, through
+//! `cpu_reference_tests!(check_against_cpu, COVERED)` of `tests/common/gpu.rs`, checks at run time
+//! with `TestExecutor::launched()` that it launched exactly those kernels. This test
 //! reads those lists from the source files and compares them with `KernelId::ALL`, which
 //! `build.rs` generates from the kernels themselves: a new kernel without a test fails here, and a
 //! list that names kernels its test no longer launches fails there. With PTX in the build, it also
@@ -50,8 +51,9 @@ fn every_kernel_is_launched_by_a_test() {
             )
         });
         assert!(
-            source.contains(".launched()"),
-            "{}: must check its COVERED list against TestExecutor::launched()",
+            source.contains("cpu_reference_tests!(check_against_cpu, COVERED"),
+            "{}: must check its COVERED list against TestExecutor::launched() with \
+             `cpu_reference_tests!(check_against_cpu, COVERED)`",
             path.display()
         );
         for name in covered_list(&path, &source) {

@@ -7,15 +7,16 @@
 //! careless one-pass variance cancels) and a constant channel; every device allocation starts as
 //! NaN, so an output element a kernel fails to write shows up.
 
+mod common;
+
+use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, random};
 use darts::device::cpu::batchnorm::{
     self as reference, ChannelLayout, Normalizer as CpuNormalizer,
 };
 use darts::device::gpu::batchnorm::{self as ops, GradSums, Normalizer};
-use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, TestExecutor,
-};
+use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 use darts::ops::batchnorm::{self as bn, BatchStats};
-use darts::{Rng, Tape, Tensor};
+use darts::{Tape, Tensor};
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
@@ -37,19 +38,6 @@ const EPS: f32 = 1e-5;
 /// an `[N, C]` input, and the smallest channels training accepts (2 values).
 const LAYOUTS: [(usize, usize, usize); 4] = [(3, 5, 63), (2, 3, 33 * 37), (7, 33, 1), (2, 3, 1)];
 
-/// Allowed difference `atol + |expected| · eps`.
-#[derive(Clone, Copy)]
-struct Tolerance {
-    atol: f32,
-    eps: f32,
-}
-
-/// For kernels that do the CPU's float operations in the CPU's order: the values must agree.
-const EXACT: Tolerance = Tolerance {
-    atol: 0.0,
-    eps: 0.0,
-};
-
 /// For the per-channel sums: in f64 in another order (and, for the variance, another formula)
 /// than the CPU, then rounded once to f32.
 const REDUCTION: Tolerance = Tolerance {
@@ -62,11 +50,6 @@ const PIPELINE: Tolerance = Tolerance {
     atol: 1e-5,
     eps: 1e-5,
 };
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.normal()).collect()
-}
 
 /// A `[N, C, HW]` input whose channels differ: channel `c % 4` is 0.7 + 1.5·z, 1000 + 0.01·z
 /// (|mean| ≫ std), the constant 2.5 (zero variance), or −3 + 4·z, with z standard normal.
@@ -82,36 +65,6 @@ fn input(l: &ChannelLayout, seed: u64, well_conditioned: bool) -> Vec<f32> {
             _ => -3.0 + 4.0 * z,
         })
         .collect()
-}
-
-/// Copies `got` back and compares it with `expected`, naming the first mismatches.
-fn check(
-    exec: &dyn Executor,
-    what: &str,
-    got: &DeviceBuffer<f32>,
-    expected: &[f32],
-    tol: Tolerance,
-) {
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            let difference = (*g - *e).abs();
-            difference.is_nan() || difference > tol.atol + e.abs() * tol.eps
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
 }
 
 /// `v as f32` for every value.
@@ -395,8 +348,7 @@ fn check_eval_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
 }
 
 /// Everything above on every layout of [`LAYOUTS`], on `exec`.
-fn check_against_cpu(exec: &TestExecutor) {
-    let e: &dyn Executor = exec;
+fn check_against_cpu(e: &dyn Executor) {
     for (case, &(n, c, hw)) in LAYOUTS.iter().enumerate() {
         let l = ChannelLayout { n, c, hw };
         let seed = 100 * case as u64;
@@ -404,28 +356,9 @@ fn check_against_cpu(exec: &TestExecutor) {
         check_train_pipeline(e, &l, seed + 10, case % 2 == 0);
         check_eval_pipeline(e, &l, seed + 20);
     }
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 /// The statistics and the gradient sums twice on the same data, with four partial sums per
 /// channel: the same bits.

@@ -6,19 +6,18 @@
 //! 1×1 and strided 1×1 convs, the 3×3 stem, the 1×7 / 7×1 pair) plus channel groups, on odd image
 //! sizes; every device allocation starts as NaN, so an element a kernel fails to write shows up.
 
-use std::collections::BTreeSet;
+mod common;
 
-use darts::Rng;
+use common::gpu::{Tolerance, compare, cpu_reference_tests, random};
 use darts::device::cpu::conv::{self as reference, ConvGeometry};
 use darts::device::gpu::conv::ConvPlan;
 use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, Family, GpuError, KernelId, LaunchConfig,
-    TestExecutor, kernels,
+    DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, LaunchConfig, TestExecutor, kernels,
 };
 use darts::ops::conv::Conv2dParams;
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these of
-/// the conv family (and the GEMM), and `tests/kernel_coverage.rs` checks that every kernel of the
+/// the conv family and the GEMM, and `tests/kernel_coverage.rs` checks that every kernel of the
 /// build is in such a list.
 const COVERED: &[KernelId] = &[
     KernelId::ConvIm2colFwdF32,
@@ -30,13 +29,6 @@ const COVERED: &[KernelId] = &[
     KernelId::ConvBiasFwdF32,
     KernelId::ConvBiasBwdF32,
 ];
-
-/// Allowed difference `atol + |expected| · eps`.
-#[derive(Clone, Copy)]
-struct Tolerance {
-    atol: f32,
-    eps: f32,
-}
 
 /// The kernels sum in another order than the CPU reference (and with fma on CUDA): at most a few
 /// hundred standard-normal products per output here, so sums stay below ~50 in magnitude.
@@ -185,11 +177,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.normal()).collect()
-}
-
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -199,27 +186,10 @@ fn host(e: &dyn Executor, result: Result<DeviceBuffer<f32>, GpuError>) -> Vec<f3
     e.to_host(&result.unwrap()).unwrap()
 }
 
-/// Compares `got` with `expected`, naming the first mismatches.
+/// Compares `got` with `expected` within [`SUMS`], naming the first mismatches.
+#[track_caller]
 fn check(exec: &dyn Executor, what: &str, got: &[f32], expected: &[f32]) {
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            let difference = (*g - *e).abs();
-            difference.is_nan() || difference > SUMS.atol + e.abs() * SUMS.eps
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
+    compare(exec, what, got, expected, SUMS);
 }
 
 /// The inputs of one case: x, the weight, the bias and an output gradient.
@@ -278,47 +248,21 @@ fn check_case(e: &dyn Executor, case: &Case, plan: &ConvPlan, data: &Data) {
 }
 
 /// Every case against the CPU, with the whole batch in one workspace chunk and (on the GEMM paths)
-/// one image a chunk; then the kernels launched.
-fn check_against_cpu(exec: &TestExecutor) {
+/// one image a chunk.
+fn check_against_cpu(e: &dyn Executor) {
     for (i, case) in cases().iter().enumerate() {
         let g = case.geometry();
         let data = Data::new(&g, 10 * i as u64);
         let plan = ConvPlan::new(&g).unwrap();
         assert_eq!(plan.images_per_chunk(), g.batch);
-        check_case(exec, case, &plan, &data);
+        check_case(e, case, &plan, &data);
         if g.groups != g.c_in || g.groups != g.c_out {
-            check_case(exec, case, &plan.with_images_per_chunk(1), &data);
+            check_case(e, case, &plan.with_images_per_chunk(1), &data);
         }
     }
-    let launched: BTreeSet<KernelId> = exec.launched().into_iter().collect();
-    let conv: Vec<KernelId> = launched
-        .iter()
-        .copied()
-        .filter(|k| k.family() == Family::Conv)
-        .collect();
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        conv,
-        expected,
-        "conv kernels launched on {}",
-        exec.describe()
-    );
-    assert!(launched.contains(&KernelId::MatmulGemmFwdF32));
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED, KernelId::MatmulGemmFwdF32);
 
 /// The kernels each path launches: depthwise convs never reach the GEMM, 1×1 stride-1 convs
 /// never unfold their input, everything else goes through im2col and col2im.

@@ -7,12 +7,13 @@
 //! always 0 here. Every device allocation starts as NaN, so an output element a kernel fails to
 //! write shows up.
 
-use darts::Rng;
+mod common;
+
+use common::gpu::{Bits, check, cpu_reference_tests, random};
 use darts::device::cpu::dropout as reference;
 use darts::device::gpu::dropout as ops;
 use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, LaunchConfig,
-    TestExecutor, kernels,
+    DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, LaunchConfig, kernels,
 };
 use darts::rng::uniform_at;
 
@@ -40,35 +41,8 @@ const APPLY_CASES: [(usize, usize, usize); 5] = [
     (10, 3, 2),
 ];
 
-/// Normal values.
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.normal()).collect()
-}
-
-/// Copies `got` back and checks that it has the bits of `expected`, naming the first mismatches.
-fn check(exec: &dyn Executor, what: &str, got: &DeviceBuffer<f32>, expected: &[f32]) {
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| g.to_bits() != e.to_bits())
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {}: first mismatches: {}",
-        exec.describe(),
-        bad.join("; ")
-    );
-}
-
-/// Runs every dropout GPU op on every case on `exec` and compares with the CPU.
-fn check_against_cpu(exec: &TestExecutor) {
-    let e: &dyn Executor = exec;
+/// Runs every dropout GPU op on every case on `e` and compares with the CPU.
+fn check_against_cpu(e: &dyn Executor) {
     for &n in &SIZES {
         for &seed in &SEEDS {
             // p = the uniform drawn for the middle element, which is kept (u >= p).
@@ -81,6 +55,7 @@ fn check_against_cpu(exec: &TestExecutor) {
                     &format!("mask(n {n}, p {p}, seed {seed:#x})"),
                     &got,
                     &want,
+                    Bits,
                 );
             }
         }
@@ -102,31 +77,12 @@ fn check_against_cpu(exec: &TestExecutor) {
             &format!("apply_mask(n {n}, m {m}, inner {inner})"),
             &got,
             &want,
+            Bits,
         );
     }
-
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 /// The mask kernel on grids far smaller than the mask, so that each thread draws several blocks
 /// of four: the same bits as the CPU.
@@ -140,7 +96,7 @@ fn masks_do_not_depend_on_the_grid() {
         let mut got = e.alloc::<f32>(n).unwrap();
         // SAFETY: the kernel writes got[0..n), and got holds n elements.
         unsafe { kernels::dropout_mask_fwd_f32(e, config, &mut got, n as i32, p, seed) }.unwrap();
-        check(e, &format!("mask on grid {config:?}"), &got, &want);
+        check(e, &format!("mask on grid {config:?}"), &got, &want, Bits);
     }
 }
 

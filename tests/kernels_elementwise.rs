@@ -4,14 +4,13 @@
 //! skipped). Inputs are random, of sizes that are not multiples of the block size; every device
 //! allocation starts as NaN, so an output element a kernel fails to write shows up.
 
-use darts::Rng;
+mod common;
+
+use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, normal, plant_extremes};
 use darts::device::cpu::batchnorm::{self, ChannelLayout};
 use darts::device::cpu::{self, elementwise as reference};
 use darts::device::gpu::elementwise as ops;
-use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelArg, KernelId, LaunchConfig,
-    TestExecutor,
-};
+use darts::device::gpu::{EmuExecutor, Executor, GpuError, KernelArg, KernelId, LaunchConfig};
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
@@ -38,20 +37,6 @@ const COVERED: &[KernelId] = &[
 /// Element counts: 1, around a warp, around a block of 256, and a few thousand.
 const SIZES: [usize; 6] = [1, 31, 33, 257, 1000, 4099];
 
-/// Allowed difference `atol + |expected| · eps`.
-#[derive(Clone, Copy)]
-struct Tolerance {
-    atol: f32,
-    eps: f32,
-}
-
-/// For kernels made of correctly rounded IEEE operations, in the order the CPU uses them (the
-/// kernels forbid fma contraction where it would matter): the bits must agree.
-const EXACT: Tolerance = Tolerance {
-    atol: 0.0,
-    eps: 0.0,
-};
-
 /// For kernels calling `tanhf`/`expf`, which differ between CUDA and the host libm by an ulp or
 /// two.
 const TRANSCENDENTAL: Tolerance = Tolerance {
@@ -68,48 +53,11 @@ const REDUCTION: Tolerance = Tolerance {
 /// Normal data times 4 (both branches of sigmoid, saturated tanh), with ±90 planted in longer
 /// inputs, where e^90 overflows f32 and a careless sigmoid gives NaN.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    let mut x: Vec<f32> = (0..n).map(|_| 4.0 * rng.normal()).collect();
-    if n > 2 {
-        x[n / 2] = 90.0;
-        x[n / 3] = -90.0;
-    }
-    x
-}
-
-/// Copies `got` back and compares it with `expected`, naming the first mismatches.
-fn check(
-    exec: &dyn Executor,
-    what: &str,
-    got: &DeviceBuffer<f32>,
-    expected: &[f32],
-    tol: Tolerance,
-) {
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            let difference = (*g - *e).abs();
-            difference.is_nan() || difference > tol.atol + e.abs() * tol.eps
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
+    plant_extremes(normal(n, 4.0, seed), 90.0)
 }
 
 /// Runs every elementwise GPU op at every size on `exec` and compares with the CPU.
-fn check_against_cpu(exec: &TestExecutor) {
-    let e: &dyn Executor = exec;
+fn check_against_cpu(e: &dyn Executor) {
     for (case, &n) in SIZES.iter().enumerate() {
         let seed = 100 * case as u64;
         let (x, b, dy) = (random(n, seed), random(n, seed + 1), random(n, seed + 2));
@@ -241,28 +189,9 @@ fn check_against_cpu(exec: &TestExecutor) {
         .unwrap();
         check(e, "bn_apply_relu", &got, &want, EXACT);
     }
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 /// The weight gradient twice on the same data, with many partial sums per weight: the same bits.
 #[test]

@@ -5,12 +5,13 @@
 //! combination runs, and every device allocation starts as NaN, so an output element a kernel
 //! fails to write shows up. The batched GEMM layouts are exercised by tests/kernels_conv.rs.
 
-use darts::Rng;
+mod common;
+
+use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, random};
 use darts::device::cpu::matmul::{self as reference, Mat};
 use darts::device::gpu::matmul::{self as ops, DeviceMat};
 use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, LaunchConfig,
-    TestExecutor, kernels,
+    DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, LaunchConfig, kernels,
 };
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
@@ -25,53 +26,12 @@ const COVERED: &[KernelId] = &[
 /// slabs, and several tiles in each direction.
 const SHAPES: [(usize, usize, usize); 4] = [(1, 1, 1), (7, 5, 3), (33, 17, 31), (70, 40, 130)];
 
-/// Allowed difference `atol + |expected| · eps`.
-#[derive(Clone, Copy)]
-struct Tolerance {
-    atol: f32,
-    eps: f32,
-}
-
 /// For products: the kernel sums k terms in order (with fma on CUDA), the CPU reference in its own
 /// blocked order; inputs are standard normal, so sums stay below ~20 in magnitude.
 const PRODUCT: Tolerance = Tolerance {
     atol: 1e-5,
     eps: 1e-5,
 };
-
-/// For the embedding: copies and sums in the reference's order, so the bits agree.
-const EXACT: Tolerance = Tolerance {
-    atol: 0.0,
-    eps: 0.0,
-};
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.normal()).collect()
-}
-
-/// Compares `got` with `expected`, naming the first mismatches.
-fn check(exec: &dyn Executor, what: &str, got: &[f32], expected: &[f32], tol: Tolerance) {
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            let difference = (*g - *e).abs();
-            difference.is_nan() || difference > tol.atol + e.abs() * tol.eps
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
-}
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -130,7 +90,7 @@ fn check_gemm(e: &dyn Executor) {
                 let (va, vb) = (device_view(&da, a_shape, ta), device_view(&db, b_shape, tb));
                 ops::gemm(e, va, vb, beta, &mut dc).unwrap();
                 let what = format!("gemm {m}×{k}×{n} (Aᵀ: {ta}, Bᵀ: {tb}, beta {beta})");
-                check(e, &what, &e.to_host(&dc).unwrap(), &want, PRODUCT);
+                check(e, &what, &dc, &want, PRODUCT);
             }
         }
     }
@@ -152,40 +112,21 @@ fn check_embedding(e: &dyn Executor) {
         let got = ops::gather_rows(e, &dtable, dim, &device_ids).unwrap();
         let want = reference::gather_rows(&table, dim, &ids);
         let what = format!("gather_rows (vocab {vocab}, dim {dim})");
-        check(e, &what, &e.to_host(&got).unwrap(), &want, EXACT);
+        check(e, &what, &got, &want, EXACT);
         let ddy = e.to_device(&dy).unwrap();
         let got = ops::scatter_add_rows(e, &ddy, dim, &device_ids, vocab).unwrap();
         let want = reference::scatter_add_rows(&dy, dim, &ids, vocab);
         let what = format!("scatter_add_rows (vocab {vocab}, dim {dim})");
-        check(e, &what, &e.to_host(&got).unwrap(), &want, EXACT);
+        check(e, &what, &got, &want, EXACT);
     }
 }
 
-fn check_against_cpu(exec: &TestExecutor) {
-    check_gemm(exec);
-    check_embedding(exec);
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
+fn check_against_cpu(e: &dyn Executor) {
+    check_gemm(e);
+    check_embedding(e);
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 /// The GEMM on a one-block grid (the block walks every tile by its grid-stride loops) gives the
 /// same bits as on the grid the op picks: every element is one thread's sum in k order.

@@ -5,17 +5,16 @@
 //! the block size, with 1, 2, 5 and 8 candidates; every device allocation starts as NaN, so an
 //! output element a kernel fails to write shows up.
 
-use darts::Rng;
+mod common;
+
+use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, normal};
 use darts::device::cpu::{self, elementwise as reference};
 use darts::device::gpu::mixed::{self as ops, MAX_CANDIDATES};
-use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, Family, GpuError, KernelId, TestExecutor,
-    elementwise,
-};
+use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, elementwise};
 
 /// The kernels of this family this file launches. Each backend's test checks that it launched
-/// exactly these, and `tests/kernel_coverage.rs` checks that every kernel of the build is in such
-/// a list.
+/// exactly these and [`SHARED`], and `tests/kernel_coverage.rs` checks that every kernel of the
+/// build is in such a list.
 const COVERED: &[KernelId] = &[
     KernelId::MixedSumFwdF32,
     KernelId::MixedSumWeightPartialBwdF32,
@@ -30,19 +29,6 @@ const SIZES: [usize; 6] = [1, 31, 33, 257, 1000, 4099];
 /// Candidate counts: one, two, an odd count, and all eight primitives of a DARTS edge.
 const COUNTS: [usize; 4] = [1, 2, 5, 8];
 
-/// Allowed difference `atol + |expected| · eps`.
-#[derive(Clone, Copy)]
-struct Tolerance {
-    atol: f32,
-    eps: f32,
-}
-
-/// The forward sum: correctly rounded IEEE operations in the CPU's order, so the bits agree.
-const EXACT: Tolerance = Tolerance {
-    atol: 0.0,
-    eps: 0.0,
-};
-
 /// For the weight gradient: summed in f64 in another order than the CPU, then rounded to f32.
 const REDUCTION: Tolerance = Tolerance {
     atol: 1e-6,
@@ -51,38 +37,7 @@ const REDUCTION: Tolerance = Tolerance {
 
 /// Normal data times 4.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| 4.0 * rng.normal()).collect()
-}
-
-/// Copies `got` back and compares it with `expected`, naming the first mismatches.
-fn check(
-    exec: &dyn Executor,
-    what: &str,
-    got: &DeviceBuffer<f32>,
-    expected: &[f32],
-    tol: Tolerance,
-) {
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            let difference = (*g - *e).abs();
-            difference.is_nan() || difference > tol.atol + e.abs() * tol.eps
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
+    normal(n, 4.0, seed)
 }
 
 /// `count` random candidates of `n` elements, on the host and on `exec`.
@@ -97,10 +52,9 @@ fn candidates(
     (xs, on_device)
 }
 
-/// Runs the mixed op forward and its weight gradient at every size and candidate count on `exec`
+/// Runs the mixed op forward and its weight gradient at every size and candidate count on `e`
 /// and compares with the CPU.
-fn check_against_cpu(exec: &TestExecutor) {
-    let e: &dyn Executor = exec;
+fn check_against_cpu(e: &dyn Executor) {
     for (case, &n) in SIZES.iter().enumerate() {
         for &k in &COUNTS {
             let seed = 100 * case as u64 + 10 * k as u64;
@@ -120,30 +74,9 @@ fn check_against_cpu(exec: &TestExecutor) {
             check(e, &what, &got, &want, REDUCTION);
         }
     }
-    let launched = exec.launched();
-    let mixed: Vec<KernelId> = launched
-        .iter()
-        .copied()
-        .filter(|k| k.family() == Family::Mixed)
-        .collect();
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(mixed, expected, "kernels launched on {}", exec.describe());
-    assert!(launched.contains(&SHARED), "{launched:?}");
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED, SHARED);
 
 fn bits(exec: &dyn Executor, buffer: &DeviceBuffer<f32>) -> Vec<u32> {
     let values = exec.to_host(buffer).unwrap();

@@ -5,11 +5,12 @@
 //! a driver and the build has PTX (otherwise that test says it skipped). State buffers start as
 //! NaN where the CPU starts without state, so a kernel that reads state on a first step shows up.
 
+mod common;
+
+use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests};
 use darts::Rng;
 use darts::device::gpu::optim::{self as ops, AdamParams, AsgdParams, SgdParams};
-use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, TestExecutor,
-};
+use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 use darts::optim::adam::Adam;
 use darts::optim::asgd::Asgd;
 use darts::optim::clip::clip_grad_norm;
@@ -34,19 +35,6 @@ const SHAPES: [&[usize]; 4] = [&[1], &[33], &[5, 7], &[4099]];
 
 /// Optimizer steps compared.
 const STEPS: u64 = 3;
-
-/// Allowed difference `atol + |expected| · eps`.
-#[derive(Clone, Copy)]
-struct Tolerance {
-    atol: f32,
-    eps: f32,
-}
-
-/// For updates made of correctly rounded float operations in the CPU's order: the same bits.
-const EXACT: Tolerance = Tolerance {
-    atol: 0.0,
-    eps: 0.0,
-};
 
 /// For Adam's weights: its bias corrections come from `pow` in f64, which may differ from the
 /// host's in the last bit of a double, and so (rarely) move the step size by one f32 rounding.
@@ -85,36 +73,6 @@ fn upload(e: &dyn Executor, tensors: &[Tensor]) -> Vec<DeviceBuffer<f32>> {
         .iter()
         .map(|t| e.to_device(t.data()).unwrap())
         .collect()
-}
-
-/// Copies `got` back and compares it with `expected`, naming the first mismatches.
-fn check(
-    exec: &dyn Executor,
-    what: &str,
-    got: &DeviceBuffer<f32>,
-    expected: &[f32],
-    tol: Tolerance,
-) {
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            let difference = (*g - *e).abs();
-            difference.is_nan() || difference > tol.atol + e.abs() * tol.eps
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
 }
 
 /// Compares a list of device buffers with a list of tensors.
@@ -265,8 +223,7 @@ fn check_clip(e: &dyn Executor) {
     }
 }
 
-fn check_against_cpu(exec: &TestExecutor) {
-    let e: &dyn Executor = exec;
+fn check_against_cpu(e: &dyn Executor) {
     // DARTS's weight optimizer, plain SGD with weight decay, and momentum without weight decay.
     for (lr, momentum, weight_decay) in [(0.025, 0.9, 3e-4), (0.05, 0.0, 0.01), (0.1, 0.9, 0.0)] {
         let hyper = SgdParams {
@@ -289,28 +246,9 @@ fn check_against_cpu(exec: &TestExecutor) {
     check_asgd(e, 0.01, 1e-4, 1.2e-6);
     check_asgd(e, 20.0, 0.0, 0.0);
     check_clip(e);
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 /// The global norm twice on the same data, with many partial sums: the same bits.
 #[test]

@@ -5,12 +5,12 @@
 //! padding, and 1x1 images; max pooling sees ties, NaNs and −inf. Every device allocation starts
 //! as NaN, so an output element a kernel fails to write shows up.
 
-use darts::Rng;
+mod common;
+
+use common::gpu::{self, Criterion, Tolerance, check, cpu_reference_tests, random};
 use darts::device::cpu::pool::{self as reference, PoolGeometry};
 use darts::device::gpu::pool as ops;
-use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, TestExecutor,
-};
+use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
@@ -23,24 +23,29 @@ const COVERED: &[KernelId] = &[
     KernelId::PoolGlobalAvgBwdF32,
 ];
 
-/// Allowed difference `atol + |expected| · eps`; NaN matches only NaN, an infinity itself.
+/// A [`Tolerance`] under which NaN matches only NaN, and an infinity itself: max pooling passes
+/// both through.
 #[derive(Clone, Copy)]
-struct Tolerance {
-    atol: f32,
-    eps: f32,
+struct PoolTolerance(Tolerance);
+
+impl Criterion for PoolTolerance {
+    fn accepts(self, got: f32, expected: f32) -> bool {
+        if got.is_nan() || expected.is_nan() {
+            got.is_nan() && expected.is_nan()
+        } else {
+            got == expected || self.0.accepts(got, expected)
+        }
+    }
 }
 
 /// For kernels that do the CPU's float operations in the CPU's order: the values must agree.
-const EXACT: Tolerance = Tolerance {
-    atol: 0.0,
-    eps: 0.0,
-};
+const EXACT: PoolTolerance = PoolTolerance(gpu::EXACT);
 
 /// For global average pooling: summed in f64 in another order than the CPU, then rounded once.
-const REDUCTION: Tolerance = Tolerance {
+const REDUCTION: PoolTolerance = PoolTolerance(Tolerance {
     atol: 1e-7,
     eps: f32::EPSILON,
-};
+});
 
 /// (N, C, H, W, kernel, stride, padding).
 const CASES: [(usize, usize, usize, usize, usize, usize, usize); 7] = [
@@ -52,12 +57,6 @@ const CASES: [(usize, usize, usize, usize, usize, usize, usize); 7] = [
     (2, 3, 1, 1, 3, 1, 1),
     (2, 3, 1, 1, 1, 1, 0),
 ];
-
-/// Normal values.
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.normal()).collect()
-}
 
 /// Input for max pooling: values on a coarse grid (so windows hold ties), a few NaNs and −infs,
 /// and the last plane all −inf (windows whose maximum is −inf, and padding that ties with it).
@@ -80,42 +79,8 @@ fn max_pool_input(g: &PoolGeometry, seed: u64) -> Vec<f32> {
     x
 }
 
-/// Copies `got` back and compares it with `expected`, naming the first mismatches.
-fn check(
-    exec: &dyn Executor,
-    what: &str,
-    got: &DeviceBuffer<f32>,
-    expected: &[f32],
-    tol: Tolerance,
-) {
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            if g.is_nan() || e.is_nan() {
-                return !(g.is_nan() && e.is_nan());
-            }
-            let difference = (*g - *e).abs();
-            *g != *e && (difference.is_nan() || difference > tol.atol + e.abs() * tol.eps)
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
-}
-
-/// Runs every pooling GPU op on every geometry of [`CASES`] on `exec` and compares with the CPU.
-fn check_against_cpu(exec: &TestExecutor) {
-    let e: &dyn Executor = exec;
+/// Runs every pooling GPU op on every geometry of [`CASES`] on `e` and compares with the CPU.
+fn check_against_cpu(e: &dyn Executor) {
     for (case, &(n, c, h, w, kernel, stride, padding)) in CASES.iter().enumerate() {
         let g = PoolGeometry {
             planes: n * c,
@@ -180,29 +145,9 @@ fn check_against_cpu(exec: &TestExecutor) {
         &want,
         REDUCTION,
     );
-
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 /// The reduction and the gather twice on the same data: the same bits.
 #[test]

@@ -4,12 +4,12 @@
 //! and the build has PTX (otherwise that test says it skipped). Every device allocation starts as
 //! NaN, so an output element a kernel fails to write shows up.
 
-use darts::Rng;
+mod common;
+
+use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, normal};
 use darts::device::cpu::{self, reduce as reference};
 use darts::device::gpu::reduce as ops;
-use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, TestExecutor,
-};
+use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
@@ -28,19 +28,6 @@ const SIZES: [usize; 4] = [1, 33, 1000, 4099];
 /// classifier, more columns than a block has threads.
 const MATRICES: [(usize, usize); 5] = [(1, 1), (7, 33), (64, 10), (3, 300), (257, 5)];
 
-/// Allowed difference `atol + |expected| · eps`.
-#[derive(Clone, Copy)]
-struct Tolerance {
-    atol: f32,
-    eps: f32,
-}
-
-/// For kernels that add in the CPU's own order and precision: the bits must agree.
-const EXACT: Tolerance = Tolerance {
-    atol: 0.0,
-    eps: 0.0,
-};
-
 /// For the whole-tensor sums: f64 in another order than the CPU, then rounded once to f32, so at
 /// most one rounding step apart (the atol covers sums that cancel to almost nothing).
 const REDUCTION: Tolerance = Tolerance {
@@ -50,8 +37,7 @@ const REDUCTION: Tolerance = Tolerance {
 
 /// Normal data times 4 plus 0.25 (so that long sums do not cancel to nothing).
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| 4.0 * rng.normal() + 0.25).collect()
+    normal(n, 4.0, seed).iter().map(|v| v + 0.25).collect()
 }
 
 /// Data whose sum cancels to almost nothing: `n / 2` random values, their negations in another
@@ -67,39 +53,8 @@ fn cancelling(n: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-/// Copies `got` back and compares it with `expected`, naming the first mismatches.
-fn check(
-    exec: &dyn Executor,
-    what: &str,
-    got: &DeviceBuffer<f32>,
-    expected: &[f32],
-    tol: Tolerance,
-) {
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            let difference = (*g - *e).abs();
-            difference.is_nan() || difference > tol.atol + e.abs() * tol.eps
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
-}
-
-/// Runs every reduce GPU op on every shape on `exec` and compares with the CPU.
-fn check_against_cpu(exec: &TestExecutor) {
-    let e: &dyn Executor = exec;
+/// Runs every reduce GPU op on every shape on `e` and compares with the CPU.
+fn check_against_cpu(e: &dyn Executor) {
     for (case, &n) in SIZES.iter().enumerate() {
         let seed = 10 * case as u64;
         let scale = 1.0 / n as f64;
@@ -129,28 +84,9 @@ fn check_against_cpu(exec: &TestExecutor) {
         let want = reference::column_sums(&x, rows, cols);
         check(e, &format!("column_sums {rows}×{cols}"), &got, &want, EXACT);
     }
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 /// The sum and mean twice on the same data, with many partial sums: the same bits, and within a
 /// rounding step of the CPU.

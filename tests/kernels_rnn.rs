@@ -4,12 +4,12 @@
 //! says it skipped). Inputs are random, of shapes that are not multiples of the block size; every
 //! device allocation starts as NaN, so an output element a kernel fails to write shows up.
 
-use darts::Rng;
+mod common;
+
+use common::gpu::{Tolerance, check, cpu_reference_tests, normal, plant_extremes};
 use darts::device::cpu::rnn::{self as reference, NodeActivation};
 use darts::device::gpu::rnn as ops;
-use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, TestExecutor,
-};
+use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
@@ -23,54 +23,25 @@ const SHAPES: [(usize, usize); 5] = [(1, 1), (3, 5), (7, 33), (5, 257), (33, 31)
 /// from the host libm by an ulp or two; in the node that error is scaled by `|f(b) − h|` and
 /// `|dy|` (below about 60 together on this data), and `1 − c` or `1 − tanh²` lose it relative
 /// to themselves where they are close to 0, hence an absolute term well above an ulp.
-const TOLERANCE: (f32, f32) = (2e-5, 8.0 * f32::EPSILON);
+const TOLERANCE: Tolerance = Tolerance {
+    atol: 2e-5,
+    eps: 8.0 * f32::EPSILON,
+};
 
 /// Normal data times 2.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| 2.0 * rng.normal()).collect()
+    normal(n, 2.0, seed)
 }
 
 /// `random` with ±90 planted in longer inputs, where e^90 overflows f32 and a careless sigmoid
 /// gives NaN: for `ch`, the inputs of the gate and of the activation.
 fn with_extremes(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = random(n, seed);
-    if n > 2 {
-        x[n / 2] = 90.0;
-        x[n / 3] = -90.0;
-    }
-    x
+    plant_extremes(random(n, seed), 90.0)
 }
 
-/// Copies `got` back and compares it with `expected`, naming the first mismatches.
-fn check(exec: &dyn Executor, what: &str, got: &DeviceBuffer<f32>, expected: &[f32]) {
-    let (atol, eps) = TOLERANCE;
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            let difference = (*g - *e).abs();
-            difference.is_nan() || difference > atol + e.abs() * eps
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
-}
-
-/// Runs the node forward and backward for every activation at every shape on `exec` and
+/// Runs the node forward and backward for every activation at every shape on `e` and
 /// compares with the CPU.
-fn check_against_cpu(exec: &TestExecutor) {
-    let e: &dyn Executor = exec;
+fn check_against_cpu(e: &dyn Executor) {
     for (case, &(rows, hidden)) in SHAPES.iter().enumerate() {
         let seed = 100 * case as u64;
         let n = rows * hidden;
@@ -85,36 +56,17 @@ fn check_against_cpu(exec: &TestExecutor) {
             let what = format!("{act:?} node, {rows} × {hidden}");
             let want = reference::node_forward(&ch, &h_prev, hidden, act);
             let got = ops::node_forward(e, &dch, &dh, hidden, act).unwrap();
-            check(e, &format!("{what}: forward"), &got, &want);
+            check(e, &format!("{what}: forward"), &got, &want, TOLERANCE);
 
             let (want_dch, want_dh) = reference::node_backward(&ch, &h_prev, &dy, hidden, act);
             let (got_dch, got_dh) = ops::node_backward(e, &dch, &dh, &ddy, hidden, act).unwrap();
-            check(e, &format!("{what}: dch"), &got_dch, &want_dch);
-            check(e, &format!("{what}: dh_prev"), &got_dh, &want_dh);
+            check(e, &format!("{what}: dch"), &got_dch, &want_dch, TOLERANCE);
+            check(e, &format!("{what}: dh_prev"), &got_dh, &want_dh, TOLERANCE);
         }
     }
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 #[test]
 fn wrong_lengths_are_errors() {

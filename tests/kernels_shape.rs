@@ -9,12 +9,13 @@
 
 use std::ops::Range;
 
+mod common;
+
+use common::gpu::{Bits, check, cpu_reference_tests, random};
+use darts::Tensor;
 use darts::device::cpu::shape as reference;
 use darts::device::gpu::shape as ops;
-use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, TestExecutor,
-};
-use darts::{Rng, Tensor};
+use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
@@ -61,46 +62,19 @@ const CONCATS: &[ConcatCase] = &[
     (&[4], 3, 7),
 ];
 
-/// Normal values.
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.normal()).collect()
-}
-
-/// Copies `got` back and checks that it has the bits of `expected`, naming the first mismatches.
-fn check(exec: &dyn Executor, what: &str, got: &DeviceBuffer<f32>, expected: &[f32]) {
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| g.to_bits() != e.to_bits())
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {}: first mismatches: {}",
-        exec.describe(),
-        bad.join("; ")
-    );
-}
-
-/// Runs every shape GPU op on every case on `exec` and compares with the CPU.
-fn check_against_cpu(exec: &TestExecutor) {
-    let e: &dyn Executor = exec;
+/// Runs every shape GPU op on every case on `e` and compares with the CPU.
+fn check_against_cpu(e: &dyn Executor) {
     for (case, &(shape, ranges)) in SLICES.iter().enumerate() {
         let what = format!("{shape:?}{ranges:?}");
         let x = random(shape.iter().product(), case as u64);
         let got = ops::slice(e, &e.to_device(&x).unwrap(), shape, ranges).unwrap();
         let want = reference::slice(&x, shape, ranges);
-        check(e, &format!("slice of {what}"), &got, &want);
+        check(e, &format!("slice of {what}"), &got, &want, Bits);
 
         let dy = random(want.len(), 100 + case as u64);
         let got = ops::slice_backward(e, &e.to_device(&dy).unwrap(), shape, ranges).unwrap();
         let want = reference::slice_backward(&dy, shape, ranges);
-        check(e, &format!("slice_backward of {what}"), &got, &want);
+        check(e, &format!("slice_backward of {what}"), &got, &want, Bits);
     }
 
     for (case, &(sizes, outer, inner)) in CONCATS.iter().enumerate() {
@@ -119,13 +93,14 @@ fn check_against_cpu(exec: &TestExecutor) {
             &format!("concat of {sizes:?} × [{outer}, _, {inner}]"),
             &got,
             &want,
+            Bits,
         );
     }
 
     // The zero op of a [2, 3, 7, 9] input with stride 2, and fills of other values and lengths.
     let zeros = Tensor::zeros(&[2, 3, 4, 5]).unwrap();
     let got = ops::fill(e, zeros.numel(), 0.0).unwrap();
-    check(e, "fill with zeros", &got, zeros.data());
+    check(e, "fill with zeros", &got, zeros.data(), Bits);
     for (len, value) in [(1, -0.0), (257, 1.5), (4099, f32::NEG_INFINITY)] {
         let got = ops::fill(e, len, value).unwrap();
         check(
@@ -133,31 +108,12 @@ fn check_against_cpu(exec: &TestExecutor) {
             &format!("fill of {len} with {value}"),
             &got,
             &vec![value; len],
+            Bits,
         );
     }
-
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 #[test]
 fn bad_arguments_are_errors() {

@@ -5,12 +5,13 @@
 //! exponential overflows even f64 unless the max is subtracted first); every device allocation
 //! starts as NaN, so an output element a kernel fails to write shows up.
 
+mod common;
+
+use common::gpu::{Tolerance, check, cpu_reference_tests, normal, plant_extremes};
 use darts::Rng;
 use darts::device::cpu::softmax::{self as reference, Lanes};
 use darts::device::gpu::softmax::{self as ops, Normalize, Strategy};
-use darts::device::gpu::{
-    CudaExecutor, DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, TestExecutor,
-};
+use darts::device::gpu::{EmuExecutor, Executor, GpuError, KernelId};
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
@@ -45,13 +46,6 @@ const SHAPES: [(&[usize], usize); 8] = [
 /// `(rows, classes)` of the cross-entropy tests.
 const LOGITS: [(usize, usize); 6] = [(1, 1), (1, 3), (7, 10), (33, 5), (64, 10), (5, 300)];
 
-/// Allowed difference `atol + |expected| · eps`.
-#[derive(Clone, Copy)]
-struct Tolerance {
-    atol: f32,
-    eps: f32,
-}
-
 /// For lane results: f64 arithmetic in another order of additions (or another libm), rounded once
 /// to f32, so at most a rounding step or two apart.
 const LANE: Tolerance = Tolerance {
@@ -67,13 +61,7 @@ const REDUCTION: Tolerance = Tolerance {
 
 /// Normal data times 4, with ±800 planted in longer inputs.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    let mut x: Vec<f32> = (0..n).map(|_| 4.0 * rng.normal()).collect();
-    if n > 2 {
-        x[n / 2] = 800.0;
-        x[n / 3] = -800.0;
-    }
-    x
+    plant_extremes(normal(n, 4.0, seed), 800.0)
 }
 
 /// A class index per row, the first and last class among them.
@@ -83,36 +71,6 @@ fn targets(rows: usize, classes: usize, seed: u64) -> Vec<usize> {
     t[0] = 0;
     t[rows - 1] = classes - 1;
     t
-}
-
-/// Copies `got` back and compares it with `expected`, naming the first mismatches.
-fn check(
-    exec: &dyn Executor,
-    what: &str,
-    got: &DeviceBuffer<f32>,
-    expected: &[f32],
-    tol: Tolerance,
-) {
-    let got = exec.to_host(got).unwrap();
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (g, e))| {
-            let difference = (*g - *e).abs();
-            difference.is_nan() || difference > tol.atol + e.abs() * tol.eps
-        })
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e}, expected {e:e}"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} on {} (n = {}): first mismatches: {}",
-        exec.describe(),
-        expected.len(),
-        bad.join("; ")
-    );
 }
 
 /// Softmax and log-softmax, forward and backward, with both variants, on every shape.
@@ -198,31 +156,12 @@ fn check_cross_entropy(e: &dyn Executor) {
     }
 }
 
-fn check_against_cpu(exec: &TestExecutor) {
-    check_lanes(exec);
-    check_cross_entropy(exec);
-    let mut expected = COVERED.to_vec();
-    expected.sort();
-    assert_eq!(
-        exec.launched(),
-        expected,
-        "kernels launched on {}",
-        exec.describe()
-    );
+fn check_against_cpu(e: &dyn Executor) {
+    check_lanes(e);
+    check_cross_entropy(e);
 }
 
-#[test]
-fn emulator_matches_the_cpu_reference() {
-    check_against_cpu(&TestExecutor::new(Box::new(EmuExecutor::new())));
-}
-
-#[test]
-fn cuda_matches_the_cpu_reference() {
-    match CudaExecutor::new(0) {
-        Ok(cuda) => check_against_cpu(&TestExecutor::new(Box::new(cuda))),
-        Err(e) => println!("skipped cuda_matches_the_cpu_reference: {e}"),
-    }
-}
+cpu_reference_tests!(check_against_cpu, COVERED);
 
 /// The default variant: a thread per lane only for short strided lanes.
 #[test]

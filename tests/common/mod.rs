@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod gpu;
+
 use darts::gradcheck::{GradCheck, check_gradients};
 use darts::{Result, Rng, Tape, Tensor, Var};
 
