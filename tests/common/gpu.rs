@@ -26,8 +26,12 @@ pub trait Criterion: Copy {
 }
 
 impl Criterion for Tolerance {
-    /// Within the tolerance; a NaN difference never is.
+    /// Within the tolerance; a NaN difference never is, and an infinite reference takes exactly
+    /// that infinity (its allowance would otherwise be infinite too).
     fn accepts(self, got: f32, expected: f32) -> bool {
+        if expected.is_infinite() {
+            return got == expected;
+        }
         let difference = (got - expected).abs();
         !(difference.is_nan() || difference > self.atol + expected.abs() * self.eps)
     }
