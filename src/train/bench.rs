@@ -181,10 +181,13 @@ pub fn bench_search(
     })
 }
 
-/// The checkout's commit (`git rev-parse --short HEAD`), or "unknown" outside a checkout.
+/// The commit of the checkout this binary was built from (`git describe --always --dirty` in
+/// its source folder, not in the working directory), or "unknown" when that folder is not a git
+/// checkout any more.
 fn current_commit() -> String {
     std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["-C", env!("CARGO_MANIFEST_DIR")])
+        .args(["describe", "--always", "--dirty", "--abbrev=7"])
         .output()
         .ok()
         .filter(|o| o.status.success())
