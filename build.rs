@@ -44,13 +44,13 @@ fn run() -> Result<(), String> {
     }
 
     let families = read_families(&root)?;
-    let has_ptx = match find_nvcc(&root) {
+    let ptx_arch = match find_nvcc(&root) {
         Some(nvcc) => {
             println!("cargo::rerun-if-changed={}", nvcc.display());
             let arch = env::var("DARTS_CUDA_ARCH").unwrap_or_else(|_| DEFAULT_ARCH.to_string());
             build_ptx(&nvcc, &arch, &root, &out, &families)?;
             println!("cargo::rustc-cfg=has_ptx");
-            true
+            Some(arch_number(&arch)?)
         }
         None => {
             println!(
@@ -60,11 +60,11 @@ fn run() -> Result<(), String> {
             for family in &families {
                 write(&out.join(format!("{}.ptx", family.name)), "")?;
             }
-            false
+            None
         }
     };
     build_emulator(&root, &out, &families)?;
-    write(&out.join("kernels.rs"), &rust_bindings(&families, has_ptx))
+    write(&out.join("kernels.rs"), &rust_bindings(&families, ptx_arch))
 }
 
 // ---- Kernel signatures --------------------------------------------------------------------------
@@ -435,20 +435,30 @@ fn build_ptx(
 
 /// `ptxas` assembles for sm_90 (the GPU we check on), or for the target itself when it is newer.
 fn ptxas_arch(arch: &str) -> Result<String, String> {
-    let number = arch
-        .strip_prefix("compute_")
-        .or_else(|| arch.strip_prefix("sm_"))
-        .filter(|n| n.starts_with(|c: char| c.is_ascii_digit()))
-        .ok_or_else(|| format!("DARTS_CUDA_ARCH={arch}: expected compute_XX or sm_XX"))?;
-    let digits: String = number.chars().take_while(char::is_ascii_digit).collect();
-    let value: u32 = digits
-        .parse()
-        .map_err(|_| format!("DARTS_CUDA_ARCH={arch}: expected compute_XX or sm_XX"))?;
-    Ok(if value < 90 {
+    Ok(if arch_number(arch)? < 90 {
         "sm_90".to_string()
     } else {
-        format!("sm_{number}")
+        format!("sm_{}", arch_suffix(arch)?)
     })
+}
+
+/// What follows `compute_` or `sm_` in a `DARTS_CUDA_ARCH` (`90a` of `sm_90a`).
+fn arch_suffix(arch: &str) -> Result<&str, String> {
+    arch.strip_prefix("compute_")
+        .or_else(|| arch.strip_prefix("sm_"))
+        .filter(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        .ok_or_else(|| format!("DARTS_CUDA_ARCH={arch}: expected compute_XX or sm_XX"))
+}
+
+/// The compute capability, times ten, of a `DARTS_CUDA_ARCH` (80 for `compute_80`).
+fn arch_number(arch: &str) -> Result<u32, String> {
+    let digits: String = arch_suffix(arch)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .map_err(|_| format!("DARTS_CUDA_ARCH={arch}: expected compute_XX or sm_XX"))
 }
 
 fn compile_family(
@@ -540,6 +550,8 @@ fn build_emulator(root: &Path, out: &Path, families: &[Family]) -> Result<(), St
         .flag("-include")
         .flag(header.to_str().ok_or("non-UTF-8 path")?)
         .include(root.join("kernels"))
+        // The emulated CUDA headers (mma.h), found before any of the host's own.
+        .include(root.join("kernels/emu/include"))
         .file(root.join("kernels/emu/cuda_emu.cpp"))
         .file(&launch)
         // Read `.cu` files as C++ (the option applies to every source file of the build).
@@ -583,7 +595,9 @@ fn emu_entries(families: &[Family]) -> String {
 
 // ---- Generated Rust -----------------------------------------------------------------------------
 
-fn rust_bindings(families: &[Family], has_ptx: bool) -> String {
+fn rust_bindings(families: &[Family], ptx_arch: Option<u32>) -> String {
+    let has_ptx = ptx_arch.is_some();
+    let ptx_arch = ptx_arch.unwrap_or(0);
     let kernels: Vec<(&Family, &Kernel)> = families
         .iter()
         .flat_map(|f| f.kernels.iter().map(move |k| (f, k)))
@@ -596,7 +610,9 @@ fn rust_bindings(families: &[Family], has_ptx: bool) -> String {
          use crate::device::gpu::{{\n    Dtype, DeviceBuffer, EmuArg, Executor, GpuError, KernelArg, LaunchConfig, \
          ParamKind,\n}};\n\n\
          /// Whether this build holds PTX (nvcc was found at build time).\n\
-         pub const HAS_PTX: bool = {has_ptx};\n"
+         pub const HAS_PTX: bool = {has_ptx};\n\n\
+         /// The compute capability the PTX targets, times ten (80 for `compute_80`; 0 without PTX).\n\
+         pub const PTX_ARCH: u32 = {ptx_arch};\n"
     );
 
     // Families.

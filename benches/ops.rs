@@ -11,8 +11,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 use darts::device::cpu::softmax::Lanes;
+use darts::device::gpu::matmul::{self, DeviceMat};
 use darts::device::gpu::softmax::{Normalize, Strategy, lanes_forward};
-use darts::device::gpu::{elementwise, mixed};
+use darts::device::gpu::{GemmPrecision, elementwise, mixed};
 use darts::ops::batchnorm::batch_norm_train;
 use darts::ops::conv::{Conv2dParams, conv2d};
 use darts::ops::pool::{avg_pool2d, max_pool2d};
@@ -124,8 +125,9 @@ fn ops(c: &mut Criterion) {
 }
 
 /// Kernel variants of one family side by side on CUDA: softmax with a block per lane and with a
-/// thread per lane (the α rows, and channels of an NCHW tensor), and the mixed op over stacked
-/// candidates against the one reading each candidate in place.
+/// thread per lane (the α rows, and channels of an NCHW tensor), the mixed op over stacked
+/// candidates against the one reading each candidate in place, and the GEMM in float (SIMT)
+/// against TF32 tensor cores.
 fn cuda_variants(c: &mut Criterion) {
     let device = Device::Cuda(0);
     let Ok(Some(exec)) = device.executor() else {
@@ -167,6 +169,24 @@ fn cuda_variants(c: &mut Criterion) {
             exec.synchronize().unwrap();
         })
     });
+    // A 1×1 conv of a search cell's 64 channels over a batch of 64 images of 8×8 (one GEMM of
+    // the whole batch), and a large square product.
+    for (m, k, n) in [(64, 64, 64 * 8 * 8), (1024, 1024, 1024)] {
+        let (a, b) = (upload(&[m, k], 30), upload(&[k, n], 31));
+        let mut out = exec.alloc::<f32>(m * n).unwrap();
+        for precision in [GemmPrecision::F32, GemmPrecision::Tf32] {
+            exec.set_gemm_precision(precision).unwrap();
+            let id = BenchmarkId::new(format!("gemm {precision:?}"), format!("{m}x{k}x{n}"));
+            group.bench_function(id, |bench| {
+                bench.iter(|| {
+                    let (a, b) = (DeviceMat::new(&a, m, k), DeviceMat::new(&b, k, n));
+                    matmul::gemm(exec, a, b, 0.0, &mut out).unwrap();
+                    exec.synchronize().unwrap();
+                })
+            });
+        }
+        exec.set_gemm_precision(GemmPrecision::F32).unwrap();
+    }
     group.finish();
 }
 

@@ -41,8 +41,22 @@
 // o·a_so + g·a_si, B and C likewise. The grid is (n tiles, m tiles, problems), each axis a
 // grid-stride loop, so any grid gives the same result and the Rust side only picks it for speed.
 //
-// This is the SIMT kernel the emulator can run. Tensor-core variants (mma/wgmma) are an order of
-// magnitude faster on an H100/H200 and would sit beside it, checked against it on the device.
+// The TF32 tensor-core GEMM
+// --------------------------
+// matmul_gemm_tf32_fwd_f32 takes the same arguments and computes the same product on the tensor
+// cores (sm_80 and newer), through CUDA's warp matrix API: a warp multiplies a 16×8 tile of A by
+// an 8×16 tile of B into a 16×16 float accumulator in one instruction sequence. The block is 2×2
+// warps over the same 64×64 tile of C; each warp owns a 32×32 quarter, that is 2×2 accumulators.
+// The slabs of A and B are staged in shared memory as above (row-major here, which is what the
+// wmma loads read), each value rounded to TF32 on the way: 10 mantissa bits instead of 23,
+// rounded to nearest. The products of TF32 values are exact and the sums are float, so the result
+// differs from the SIMT kernel's by about 2^-11 of the size of the terms: fine for training, not
+// the CPU's bits. That is why the SIMT kernel stays the default and this one is chosen per
+// executor (`GemmPrecision::Tf32`). Each element is still a fixed sequence of instructions over
+// k, so two runs on one GPU give the same bits. At the end the accumulators go through shared
+// memory, so that C is written row by row (coalesced) and beta and the edges of the matrix are
+// handled as in the SIMT kernel. The emulator runs it too (kernels/emu/include/mma.h), which is
+// how CI checks its indexing, its barriers and its rounding against the CPU.
 //
 // The embedding
 // -------------
@@ -54,6 +68,8 @@
 // in r order. Every table element is written by one thread, sums run in the order of the CPU
 // reference (which loops over r), and so the results are bit-identical to it and to each other.
 #include "common.cuh"
+
+#include <mma.h>
 
 #define GEMM_TILE 64                      // rows and columns of C per block
 #define GEMM_SLAB 16                      // k per shared-memory slab
@@ -142,6 +158,109 @@ extern "C" __global__ void matmul_gemm_fwd_f32(const float* __restrict__ a, cons
             }
         }
     }
+}
+
+#define TF32_WARPS_SIDE 2                 // the block is 2×2 warps
+#define TF32_THREADS (TF32_WARPS_SIDE * TF32_WARPS_SIDE * WARP_SIZE)
+#define TF32_WARP_TILE (GEMM_TILE / TF32_WARPS_SIDE)  // rows and columns of C per warp
+#define TF32_FRAG 16                      // rows and columns of one wmma accumulator
+#define TF32_FRAG_K 8                     // k of one wmma product
+#define TF32_FRAGS (TF32_WARP_TILE / TF32_FRAG)       // accumulators per warp along each side
+#define TF32_PAD 4                        // wmma wants rows a multiple of 16 bytes apart
+#define TF32_LOADS (GEMM_TILE * GEMM_SLAB / TF32_THREADS)
+
+// The TF32 tensor-core twin of matmul_gemm_fwd_f32 (same arguments, same result up to TF32
+// rounding). Block (128, 1, 1): four whole warps; any grid.
+extern "C" __global__ void matmul_gemm_tf32_fwd_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c, int m, int n, int k, int a_rs, int a_cs, int b_rs, int b_cs, float beta, int outer, int inner, int a_off, int a_so, int a_si, int b_off, int b_so, int b_si, int c_off, int c_so, int c_si) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // no TF32 tensor cores before sm_80; the Rust side never picks this kernel there
+#else
+    using namespace nvcuda;
+    using FragA = wmma::fragment<wmma::matrix_a, TF32_FRAG, TF32_FRAG, TF32_FRAG_K, wmma::precision::tf32, wmma::row_major>;
+    using FragB = wmma::fragment<wmma::matrix_b, TF32_FRAG, TF32_FRAG, TF32_FRAG_K, wmma::precision::tf32, wmma::row_major>;
+    using FragC = wmma::fragment<wmma::accumulator, TF32_FRAG, TF32_FRAG, TF32_FRAG_K, float>;
+    // wmma loads and stores need 256-bit aligned tile corners: the arrays are, and every corner
+    // used below sits a multiple of 32 bytes into them.
+    __shared__ __align__(32) float as[GEMM_TILE][GEMM_SLAB + TF32_PAD];  // A slab, (i, l)
+    __shared__ __align__(32) float bs[GEMM_SLAB][GEMM_TILE + TF32_PAD];  // B slab, (l, j)
+    __shared__ __align__(32) float cs[GEMM_TILE][GEMM_TILE + TF32_PAD];  // the finished C tile
+    const int tid = threadIdx.x;
+    const int warp = tid / WARP_SIZE;
+    const int warp_row = (warp / TF32_WARPS_SIDE) * TF32_WARP_TILE;
+    const int warp_col = (warp % TF32_WARPS_SIDE) * TF32_WARP_TILE;
+    const int tiles_m = (m + GEMM_TILE - 1) / GEMM_TILE;
+    const int tiles_n = (n + GEMM_TILE - 1) / GEMM_TILE;
+    const int problems = outer * inner;
+
+    for (int p = blockIdx.z; p < problems; p += gridDim.z) {
+        const int po = p / inner;
+        const int pi = p % inner;
+        const float* ap = a + size_t(a_off) + size_t(po) * a_so + size_t(pi) * a_si;
+        const float* bp = b + size_t(b_off) + size_t(po) * b_so + size_t(pi) * b_si;
+        float* cp = c + size_t(c_off) + size_t(po) * c_so + size_t(pi) * c_si;
+        for (int tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
+            for (int tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
+                const int row0 = tm * GEMM_TILE;
+                const int col0 = tn * GEMM_TILE;
+                FragC acc[TF32_FRAGS][TF32_FRAGS];
+                for (int r = 0; r < TF32_FRAGS; ++r) {
+                    for (int s = 0; s < TF32_FRAGS; ++s) wmma::fill_fragment(acc[r][s], 0.0f);
+                }
+                for (int l0 = 0; l0 < k; l0 += GEMM_SLAB) {
+                    // The slabs, zero past the matrix, rounded to TF32; loads along the unit stride.
+                    UNROLL for (int q = 0; q < TF32_LOADS; ++q) {
+                        const int e = tid + q * TF32_THREADS;
+                        const bool along_k = a_cs == 1;
+                        const int i = along_k ? e / GEMM_SLAB : e % GEMM_TILE;
+                        const int l = along_k ? e % GEMM_SLAB : e / GEMM_TILE;
+                        const int gi = row0 + i;
+                        const int gl = l0 + l;
+                        as[i][l] = (gi < m && gl < k) ? wmma::__float_to_tf32(ap[gi * a_rs + gl * a_cs]) : 0.0f;
+                    }
+                    UNROLL for (int q = 0; q < TF32_LOADS; ++q) {
+                        const int e = tid + q * TF32_THREADS;
+                        const bool along_n = b_cs == 1;
+                        const int j = along_n ? e % GEMM_TILE : e / GEMM_SLAB;
+                        const int l = along_n ? e / GEMM_TILE : e % GEMM_SLAB;
+                        const int gj = col0 + j;
+                        const int gl = l0 + l;
+                        bs[l][j] = (gj < n && gl < k) ? wmma::__float_to_tf32(bp[gl * b_rs + gj * b_cs]) : 0.0f;
+                    }
+                    __syncthreads();
+                    UNROLL for (int kk = 0; kk < GEMM_SLAB; kk += TF32_FRAG_K) {
+                        FragA fa[TF32_FRAGS];
+                        FragB fb[TF32_FRAGS];
+                        for (int r = 0; r < TF32_FRAGS; ++r) {
+                            wmma::load_matrix_sync(fa[r], &as[warp_row + TF32_FRAG * r][kk], GEMM_SLAB + TF32_PAD);
+                        }
+                        for (int s = 0; s < TF32_FRAGS; ++s) {
+                            wmma::load_matrix_sync(fb[s], &bs[kk][warp_col + TF32_FRAG * s], GEMM_TILE + TF32_PAD);
+                        }
+                        for (int r = 0; r < TF32_FRAGS; ++r) {
+                            for (int s = 0; s < TF32_FRAGS; ++s) wmma::mma_sync(acc[r][s], fa[r], fb[s], acc[r][s]);
+                        }
+                    }
+                    __syncthreads();  // the slabs are rewritten next
+                }
+                for (int r = 0; r < TF32_FRAGS; ++r) {
+                    for (int s = 0; s < TF32_FRAGS; ++s) {
+                        wmma::store_matrix_sync(&cs[warp_row + TF32_FRAG * r][warp_col + TF32_FRAG * s], acc[r][s], GEMM_TILE + TF32_PAD, wmma::mem_row_major);
+                    }
+                }
+                __syncthreads();
+                for (int e = tid; e < GEMM_TILE * GEMM_TILE; e += TF32_THREADS) {
+                    const int gi = row0 + e / GEMM_TILE;
+                    const int gj = col0 + e % GEMM_TILE;
+                    if (gi >= m || gj >= n) continue;
+                    float* out = cp + size_t(gi) * n + gj;
+                    const float v = cs[e / GEMM_TILE][e % GEMM_TILE];
+                    *out = beta == 0.0f ? v : v + beta * *out;
+                }
+                __syncthreads();  // cs is rewritten by the next tile
+            }
+        }
+    }
+#endif
 }
 
 // out[r, :] = weight[ids[r], :] for r < rows; a row whose id is not in [0, vocab) becomes NaN

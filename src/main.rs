@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use darts::Device;
 use darts::darts::genotype::load_genotype;
 use darts::data::dataset::DatasetKind;
+use darts::device::gpu::GemmPrecision;
 use darts::train::bench::{SearchBench, bench_search};
 use darts::train::demo::{DemoConfig, train_demo};
 use darts::train::search::{RunOptions, SearchOptions, search};
@@ -117,6 +118,10 @@ struct BenchArgs {
     /// PTX are present, else cpu].
     #[arg(long)]
     device: Option<String>,
+    /// Run the GEMMs (dense layers, convolutions) on TF32 tensor cores: faster on sm_80 and
+    /// newer GPUs, with relative errors around 1e-3 instead of float rounding (cuda or emu only).
+    #[arg(long)]
+    tf32: bool,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -193,6 +198,10 @@ struct CnnSearchArgs {
     /// PTX are present, else cpu].
     #[arg(long)]
     device: Option<String>,
+    /// Run the GEMMs (dense layers, convolutions) on TF32 tensor cores: faster on sm_80 and
+    /// newer GPUs, with relative errors around 1e-3 instead of float rounding (cuda or emu only).
+    #[arg(long)]
+    tf32: bool,
     /// Output folder: checkpoint, metrics.jsonl, genotype.json, pictures, summary.json.
     #[arg(long, default_value = "runs/search-cnn")]
     out: PathBuf,
@@ -217,16 +226,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// The `--device` asked for (checked to be usable here), or the default device.
-fn pick_device(arg: Option<&str>) -> darts::Result<Device> {
-    match arg {
-        None => Ok(Device::default_device()),
+/// The `--device` asked for (checked to be usable here), or the default device, with its GEMMs on
+/// TF32 tensor cores if `tf32` (which fails on the CPU and on GPUs without them).
+fn pick_device(arg: Option<&str>, tf32: bool) -> darts::Result<Device> {
+    let device = match arg {
+        None => Device::default_device(),
         Some(name) => {
             let device = Device::parse(name)?;
             device.check_available()?;
-            Ok(device)
+            device
         }
+    };
+    if tf32 {
+        device.set_gemm_precision(GemmPrecision::Tf32)?;
     }
+    Ok(device)
 }
 
 fn run(cli: Cli) -> darts::Result<()> {
@@ -242,7 +256,7 @@ fn run(cli: Cli) -> darts::Result<()> {
             Ok(())
         }
         Command::Search(SearchCommand::Cnn(args)) => {
-            let device = pick_device(args.device.as_deref())?;
+            let device = pick_device(args.device.as_deref(), args.tf32)?;
             let kind: DatasetKind = args.dataset.parse()?;
             let data = args
                 .data
@@ -281,7 +295,7 @@ fn run(cli: Cli) -> darts::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::SearchCnn(args)) => {
-            let device = pick_device(args.device.as_deref())?;
+            let device = pick_device(args.device.as_deref(), args.tf32)?;
             if args.steps == 0 || args.batch_size == 0 {
                 return Err(darts::Error::invalid(
                     "bench",
@@ -369,7 +383,7 @@ fn run(cli: Cli) -> darts::Result<()> {
             seed,
             device,
         } => {
-            let device = pick_device(device.as_deref())?;
+            let device = pick_device(device.as_deref(), false)?;
             if steps == 0 || batch_size == 0 {
                 return Err(darts::Error::invalid(
                     "demo",

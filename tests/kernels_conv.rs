@@ -5,14 +5,17 @@
 //! that test says it skipped). The geometries are DARTS' (separable and dilated depthwise convs,
 //! 1×1 and strided 1×1 convs, the 3×3 stem, the 1×7 / 7×1 pair) plus channel groups, on odd image
 //! sizes; every device allocation starts as NaN, so an element a kernel fails to write shows up.
+//! The same cases run again with the executor's GEMMs on TF32 tensor cores, on data that TF32
+//! represents exactly, so that their results too differ from the CPU's only in the order of sums.
 
 mod common;
 
-use common::gpu::{Tolerance, compare, cpu_reference_tests, random};
+use common::gpu::{Tolerance, compare, cpu_reference_tests, random, round_to_tf32};
 use darts::device::cpu::conv::{self as reference, ConvGeometry};
 use darts::device::gpu::conv::ConvPlan;
 use darts::device::gpu::{
-    DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, LaunchConfig, TestExecutor, kernels,
+    DeviceBuffer, EmuExecutor, Executor, GemmPrecision, GpuError, KernelId, LaunchConfig,
+    TestExecutor, kernels,
 };
 use darts::ops::conv::Conv2dParams;
 
@@ -201,15 +204,23 @@ struct Data {
 }
 
 impl Data {
-    fn new(g: &ConvGeometry, seed: u64) -> Data {
+    /// Random data for `g`, made of values `precision` represents exactly.
+    fn new(g: &ConvGeometry, seed: u64, precision: GemmPrecision) -> Data {
         let x_len = g.batch * g.c_in * g.input[0] * g.input[1];
         let w_len = g.c_out * g.c_in / g.groups * g.kernel[0] * g.kernel[1];
         let y_len = g.batch * g.c_out * g.output[0] * g.output[1];
+        let values = |len, seed| {
+            let x = random(len, seed);
+            match precision {
+                GemmPrecision::F32 => x,
+                GemmPrecision::Tf32 => x.into_iter().map(round_to_tf32).collect(),
+            }
+        };
         Data {
-            x: random(x_len, seed),
-            w: random(w_len, seed + 1),
-            b: random(g.c_out, seed + 2),
-            dy: random(y_len, seed + 3),
+            x: values(x_len, seed),
+            w: values(w_len, seed + 1),
+            b: values(g.c_out, seed + 2),
+            dy: values(y_len, seed + 3),
         }
     }
 }
@@ -250,9 +261,15 @@ fn check_case(e: &dyn Executor, case: &Case, plan: &ConvPlan, data: &Data) {
 /// Every case against the CPU, with the whole batch in one workspace chunk and (on the GEMM paths)
 /// one image a chunk.
 fn check_against_cpu(e: &dyn Executor) {
+    check_every_case(e, GemmPrecision::F32);
+}
+
+/// [`check_against_cpu`] with the executor's GEMMs set to `precision` (and left so).
+fn check_every_case(e: &dyn Executor, precision: GemmPrecision) {
+    e.set_gemm_precision(precision).unwrap();
     for (i, case) in cases().iter().enumerate() {
         let g = case.geometry();
-        let data = Data::new(&g, 10 * i as u64);
+        let data = Data::new(&g, 10 * i as u64, precision);
         let plan = ConvPlan::new(&g).unwrap();
         assert_eq!(plan.images_per_chunk(), g.batch);
         check_case(e, case, &plan, &data);
@@ -264,6 +281,21 @@ fn check_against_cpu(e: &dyn Executor) {
 
 cpu_reference_tests!(check_against_cpu, COVERED, KernelId::MatmulGemmFwdF32);
 
+/// The convolutions with TF32 GEMMs: every batched layout they use, through the tensor-core kernel.
+mod tf32 {
+    use super::*;
+
+    fn check_against_cpu_tf32(e: &dyn Executor) {
+        check_every_case(e, GemmPrecision::Tf32);
+    }
+
+    cpu_reference_tests!(
+        check_against_cpu_tf32,
+        COVERED,
+        KernelId::MatmulGemmTf32FwdF32
+    );
+}
+
 /// The kernels each path launches: depthwise convs never reach the GEMM, 1×1 stride-1 convs
 /// never unfold their input, everything else goes through im2col and col2im.
 #[test]
@@ -272,7 +304,7 @@ fn each_path_launches_its_kernels() {
         let exec = TestExecutor::new(Box::new(EmuExecutor::new()));
         let e: &dyn Executor = &exec;
         let g = case.geometry();
-        let data = Data::new(&g, 7);
+        let data = Data::new(&g, 7, GemmPrecision::F32);
         let plan = ConvPlan::new(&g).unwrap();
         let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
         let dy = e.to_device(&data.dy).unwrap();
@@ -316,7 +348,7 @@ fn depthwise_kernels_are_the_same_on_any_grid() {
     let e: &dyn Executor = &exec;
     let case = &cases()[2];
     let g = case.geometry();
-    let data = Data::new(&g, 3);
+    let data = Data::new(&g, 3, GemmPrecision::F32);
     let plan = ConvPlan::new(&g).unwrap();
     let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
     let dy = e.to_device(&data.dy).unwrap();
@@ -416,7 +448,7 @@ fn wrong_sizes_are_errors() {
         ..g
     })));
     let plan = ConvPlan::new(&g).unwrap();
-    let data = Data::new(&g, 1);
+    let data = Data::new(&g, 1, GemmPrecision::F32);
     let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
     let dy = e.to_device(&data.dy).unwrap();
     let short = e.to_device(&data.x[1..]).unwrap();

@@ -4,20 +4,23 @@
 //! Shapes are not multiples of the 64×64 GEMM tile (nor of its 16-deep slab), every transpose
 //! combination runs, and every device allocation starts as NaN, so an output element a kernel
 //! fails to write shows up. The batched GEMM layouts are exercised by tests/kernels_conv.rs.
+//! The TF32 tensor-core GEMM is checked against the CPU's product of the inputs rounded to TF32,
+//! which differs from it only in the order of the sums.
 
 mod common;
 
-use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, random};
+use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, random, round_to_tf32};
 use darts::device::cpu::matmul::{self as reference, Mat};
 use darts::device::gpu::matmul::{self as ops, DeviceMat};
 use darts::device::gpu::{
-    DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, LaunchConfig, kernels,
+    DeviceBuffer, EmuExecutor, Executor, GemmPrecision, GpuError, KernelId, LaunchConfig, kernels,
 };
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
 const COVERED: &[KernelId] = &[
     KernelId::MatmulGemmFwdF32,
+    KernelId::MatmulGemmTf32FwdF32,
     KernelId::MatmulGatherRowsFwdF32,
     KernelId::MatmulScatterAddRowsBwdF32,
 ];
@@ -64,8 +67,16 @@ fn device_view(
     if transposed { mat.t() } else { mat }
 }
 
-/// `A·B + beta·C` for every shape, transpose combination and beta in {0, 0.5} against the CPU.
-fn check_gemm(e: &dyn Executor) {
+/// `A·B + beta·C` for every shape, transpose combination and beta in {0, 0.5} against the CPU,
+/// with the executor's GEMM set to `precision` (and left so).
+fn check_gemm(e: &dyn Executor, precision: GemmPrecision) {
+    e.set_gemm_precision(precision).unwrap();
+    // The CPU's inputs: TF32 values for the TF32 kernel, whose only other difference is the
+    // order of its float sums.
+    let rounded = |x: Vec<f32>| match precision {
+        GemmPrecision::F32 => x,
+        GemmPrecision::Tf32 => x.into_iter().map(round_to_tf32).collect(),
+    };
     for (case, &(m, k, n)) in SHAPES.iter().enumerate() {
         for combo in 0..4 {
             let (ta, tb) = (combo & 1 == 1, combo & 2 == 2);
@@ -76,9 +87,10 @@ fn check_gemm(e: &dyn Executor) {
             let (da, db) = (e.to_device(&a).unwrap(), e.to_device(&b).unwrap());
             for beta in [0.0, 0.5] {
                 let mut want = c0.clone();
+                let (ra, rb) = (rounded(a.clone()), rounded(b.clone()));
                 reference::gemm(
-                    view(&a, a_shape, ta),
-                    view(&b, b_shape, tb),
+                    view(&ra, a_shape, ta),
+                    view(&rb, b_shape, tb),
                     beta,
                     &mut want,
                 );
@@ -89,7 +101,8 @@ fn check_gemm(e: &dyn Executor) {
                 }
                 let (va, vb) = (device_view(&da, a_shape, ta), device_view(&db, b_shape, tb));
                 ops::gemm(e, va, vb, beta, &mut dc).unwrap();
-                let what = format!("gemm {m}×{k}×{n} (Aᵀ: {ta}, Bᵀ: {tb}, beta {beta})");
+                let what =
+                    format!("{precision:?} gemm {m}×{k}×{n} (Aᵀ: {ta}, Bᵀ: {tb}, beta {beta})");
                 check(e, &what, &dc, &want, PRODUCT);
             }
         }
@@ -122,8 +135,72 @@ fn check_embedding(e: &dyn Executor) {
 }
 
 fn check_against_cpu(e: &dyn Executor) {
-    check_gemm(e);
+    check_gemm(e, GemmPrecision::Tf32);
+    check_gemm(e, GemmPrecision::F32);
     check_embedding(e);
+}
+
+/// TF32 rounding as the CPU twin does it: to nearest, ties away from zero, on the 13 dropped
+/// mantissa bits; the test compares against it, so it must itself be right.
+#[test]
+fn tf32_rounding_keeps_ten_mantissa_bits() {
+    let ulp = 2f32.powi(-10); // of TF32, at 1.0
+    assert_eq!(round_to_tf32(1.0 + ulp * 0.49), 1.0);
+    assert_eq!(round_to_tf32(1.0 + ulp * 0.5), 1.0 + ulp); // a tie goes away from zero
+    assert_eq!(round_to_tf32(-(1.0 + ulp * 0.5)), -(1.0 + ulp));
+    assert_eq!(round_to_tf32(1.0 + ulp * 1.51), 1.0 + 2.0 * ulp);
+    assert_eq!(round_to_tf32(f32::INFINITY), f32::INFINITY);
+    assert!(round_to_tf32(f32::NAN).is_nan());
+    for x in random(1000, 9) {
+        let r = round_to_tf32(x);
+        assert_eq!(
+            r.to_bits() & 0x1fff,
+            0,
+            "{x} rounds to {r}, with more than 10 mantissa bits"
+        );
+        assert!(
+            (r - x).abs() <= x.abs() * 2f32.powi(-11),
+            "{x} rounds to {r}"
+        );
+    }
+}
+
+/// The TF32 GEMM on inputs that are not TF32 values rounds them (the result is the rounded
+/// inputs' product, not the float one), and gives the same bits on a second run.
+#[test]
+fn tf32_gemm_rounds_its_inputs_and_repeats_its_bits() {
+    let exec = EmuExecutor::new();
+    let e: &dyn Executor = &exec;
+    e.set_gemm_precision(GemmPrecision::Tf32).unwrap();
+    assert_eq!(e.gemm_precision(), GemmPrecision::Tf32);
+    let (m, k, n) = (33, 70, 9);
+    let (a, b) = (random(m * k, 3), random(k * n, 4));
+    let (da, db) = (e.to_device(&a).unwrap(), e.to_device(&b).unwrap());
+    let run = || {
+        let mut c = e.alloc::<f32>(m * n).unwrap();
+        ops::gemm(
+            e,
+            DeviceMat::new(&da, m, k),
+            DeviceMat::new(&db, k, n),
+            0.0,
+            &mut c,
+        )
+        .unwrap();
+        e.to_host(&c).unwrap()
+    };
+    let got = run();
+    assert_eq!(bits(&got), bits(&run()));
+    let mut float = vec![0.0; m * n];
+    reference::gemm(Mat::new(&a, m, k), Mat::new(&b, k, n), 0.0, &mut float);
+    // Rounding 2k inputs by up to 2^-11 moves a sum of k ~ 70 products far past the tolerance
+    // that only the order of the sums needs.
+    let off = |(g, f): (&f32, &f32)| (g - f).abs() > PRODUCT.atol + f.abs() * PRODUCT.eps;
+    let differs = got.iter().zip(&float).filter(|&p| off(p)).count();
+    assert!(
+        differs > m * n / 2,
+        "only {differs} of {} elements are off the float product: inputs not rounded?",
+        m * n
+    );
 }
 
 cpu_reference_tests!(check_against_cpu, COVERED);

@@ -3,39 +3,8 @@
 
 mod common;
 
+use common::demo::{bits, config, run, weights};
 use darts::Device;
-use darts::train::demo::{DemoConfig, DemoOutcome, train_demo};
-
-fn config(steps: usize, batch_size: usize, seed: u64, device: Device) -> DemoConfig {
-    DemoConfig {
-        steps,
-        batch_size,
-        learning_rate: 0.05,
-        seed,
-        device,
-    }
-}
-
-fn run(config: DemoConfig) -> DemoOutcome {
-    train_demo(config, |_, _| {}).unwrap()
-}
-
-/// Every weight and BN statistic of a run, copied to the host, by name.
-fn weights(outcome: &DemoOutcome) -> Vec<(String, Vec<f32>)> {
-    outcome
-        .store
-        .named_tensors()
-        .into_iter()
-        .map(|(name, t)| (name, t.to_host().unwrap().to_vec()))
-        .collect()
-}
-
-fn bits(weights: &[(String, Vec<f32>)]) -> Vec<(String, Vec<u32>)> {
-    weights
-        .iter()
-        .map(|(n, v)| (n.clone(), v.iter().map(|x| x.to_bits()).collect()))
-        .collect()
-}
 
 #[test]
 fn small_conv_net_loss_halves_within_40_steps() {

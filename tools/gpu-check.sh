@@ -2,8 +2,9 @@
 # The GPU check, for a machine with an NVIDIA GPU (an H200 with driver 580 is the target): builds
 # the kernels for sm_90, runs every kernel test (each compares the kernels with the CPU reference
 # on the emulator and on the device) and the op-level device test, prints ptxas's register/spill
-# report, times the search step on the GPU (first and second order, paper shapes) and the CUDA
-# criterion benches, and ends with a short table. Meant to finish within 10 minutes.
+# report, times the search step on the GPU (first and second order, paper shapes, with float and
+# with TF32 GEMMs) and the CUDA criterion benches, and ends with a short table. Meant to finish
+# within 10 minutes.
 #
 # Usage: tools/gpu-check.sh [OUT_DIR]   (logs and the table go to OUT_DIR, default gpu-check/)
 set -uo pipefail
@@ -31,9 +32,9 @@ done
 tools/kernel-report.sh target >"$out/ptxas.txt" 2>&1
 spills=$?
 benches=()
-for order in "" "--unrolled"; do
-  name="bench-cuda${order:+-unrolled}"
-  timeout 120 cargo run --release -q -- bench search-cnn --device cuda $order --warmup 2 --steps 10 \
+for flags in "" "--unrolled" "--tf32" "--unrolled --tf32"; do
+  name="bench-cuda$(echo "$flags" | tr -d ' ')"
+  timeout 120 cargo run --release -q -- bench search-cnn --device cuda $flags --warmup 2 --steps 10 \
     --json "$out/$name.json" >"$out/$name.txt" 2>&1
   benches+=("$(tail -n 1 "$out/$name.txt")")
 done

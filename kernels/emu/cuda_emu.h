@@ -36,7 +36,8 @@
 //   (the compiler refuses to mix those with plain statics in one section: "section type
 //   conflict"). Helpers take a pointer to the kernel's scratch array instead.
 // - Launches are serialised: one kernel runs at a time in the whole process.
-// - Tensor-core instructions and inline PTX cannot be emulated; such kernels need a SIMT sibling.
+// - Tensor cores: the warp matrix API (`nvcuda::wmma`, TF32 16×16×8) is emulated by
+//   kernels/emu/include/mma.h. Other tensor-core instructions and inline PTX cannot be emulated.
 #pragma once
 
 #ifndef DARTS_EMU
@@ -61,7 +62,8 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __align__(n) alignas(n)
+// A GNU attribute, unlike alignas, may follow `static` and the section attribute of __shared__.
+#define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static __attribute__((section("darts_shared"), aligned(16)))
 // __restrict__ means the same to g++ and clang++ as to nvcc.
 

@@ -9,7 +9,7 @@ pub mod gpu;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
 
-use gpu::{CudaExecutor, EmuExecutor, Executor};
+use gpu::{CudaExecutor, EmuExecutor, Executor, GemmPrecision};
 
 /// A place that holds tensor storage and runs kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -68,7 +68,7 @@ impl Device {
     /// The executor that runs this device's kernels (`None` for the CPU), created on first use
     /// and kept for the life of the process: one CUDA context and stream per GPU.
     pub fn executor(self) -> crate::Result<Option<&'static dyn Executor>> {
-        static EMU: EmuExecutor = EmuExecutor;
+        static EMU: EmuExecutor = EmuExecutor::new();
         static CUDA: OnceLock<Mutex<Vec<(usize, &'static CudaExecutor)>>> = OnceLock::new();
         match self {
             Device::Cpu => Ok(None),
@@ -100,12 +100,32 @@ impl Device {
         Ok(())
     }
 
-    /// A description for reports: `cpu`, `emulator`, or the GPU's name and architecture.
+    /// A description for reports: `cpu`, `emulator`, or the GPU's name and architecture, with
+    /// `, TF32 GEMMs` where the GEMMs run on TF32 tensor cores.
     pub fn describe(self) -> crate::Result<String> {
         Ok(match self.executor()? {
             None => "cpu".into(),
-            Some(exec) => exec.describe(),
+            Some(exec) => match exec.gemm_precision() {
+                GemmPrecision::F32 => exec.describe(),
+                GemmPrecision::Tf32 => format!("{}, TF32 GEMMs", exec.describe()),
+            },
         })
+    }
+
+    /// Makes this device's GEMMs (dense layers, convolutions) run at `precision` from now on.
+    /// TF32 is a GPU choice: the CPU, and a GPU older than sm_80, refuse it.
+    pub fn set_gemm_precision(self, precision: GemmPrecision) -> crate::Result<()> {
+        match self.executor()? {
+            Some(exec) => exec.set_gemm_precision(precision).map_err(|e| {
+                crate::Error::invalid("device", format!("{self} cannot use {precision:?}: {e}"))
+            }),
+            None if precision == GemmPrecision::F32 => Ok(()),
+            None => Err(crate::Error::invalid(
+                "device",
+                "TF32 GEMMs run on a GPU (--device cuda, or emu to emulate them); the CPU computes \
+                 in float",
+            )),
+        }
     }
 }
 

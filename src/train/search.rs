@@ -451,7 +451,7 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
             config.init_channels,
             config.num_classes,
             if options.unrolled { "second" } else { "first" },
-            run.device
+            run.device.describe()?
         );
     }
     let started = Instant::now();

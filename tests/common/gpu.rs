@@ -107,6 +107,15 @@ pub fn random(n: usize, seed: u64) -> Vec<f32> {
     normal(n, 1.0, seed)
 }
 
+/// `x` rounded to TF32 (10 mantissa bits) to nearest, ties away from zero: the CPU's twin of the
+/// `cvt.rna.tf32.f32` that the TF32 GEMM applies to its inputs. Infinity and NaN pass unchanged.
+pub fn round_to_tf32(x: f32) -> f32 {
+    if !x.is_finite() {
+        return x;
+    }
+    f32::from_bits((x.to_bits() + 0x1000) & 0xffff_e000)
+}
+
 /// `x` with `big` at `x[n / 2]` and `-big` at `x[n / 3]` when it is longer than 2: values whose
 /// exponential overflows, where a careless sigmoid or softmax gives NaN.
 pub fn plant_extremes(mut x: Vec<f32>, big: f32) -> Vec<f32> {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod demo;
 pub mod gpu;
 
 use darts::gradcheck::{GradCheck, check_gradients};

@@ -15,8 +15,14 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use super::kernels::{Family, HAS_PTX, KernelId};
-use super::{DeviceMemory, Executor, GpuError, KernelArg, LaunchConfig, Storage, check_args};
+use super::kernels::{Family, HAS_PTX, KernelId, PTX_ARCH};
+use super::{
+    DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg, LaunchConfig, Storage,
+    check_args,
+};
+
+/// The first compute capability (times ten) with TF32 tensor cores: Ampere, sm_80.
+const TF32_MIN_ARCH: u32 = 80;
 
 impl From<DriverError> for GpuError {
     fn from(e: DriverError) -> GpuError {
@@ -64,6 +70,10 @@ pub struct CudaExecutor {
     functions: Vec<CudaFunction>,
     pool: Pool,
     description: String,
+    /// Compute capability, times ten (90 for an H100 or H200).
+    compute_capability: u32,
+    /// Which GEMM kernel runs.
+    gemm: GemmSetting,
     /// Bytes taken from the driver so far (live buffers plus the pool); the pool never hands
     /// memory back before [`CudaExecutor::trim`], so this is the high-water mark.
     reserved: AtomicUsize,
@@ -111,6 +121,8 @@ impl CudaExecutor {
             stream,
             functions,
             pool: Arc::new(Mutex::new(HashMap::new())),
+            compute_capability: (major * 10 + minor) as u32,
+            gemm: GemmSetting::new(),
             reserved: AtomicUsize::new(0),
         })
     }
@@ -238,6 +250,30 @@ impl Executor for CudaExecutor {
 
     fn synchronize(&self) -> Result<(), GpuError> {
         self.stream.synchronize()?;
+        Ok(())
+    }
+
+    fn gemm_precision(&self) -> GemmPrecision {
+        self.gemm.get()
+    }
+
+    fn set_gemm_precision(&self, precision: GemmPrecision) -> Result<(), GpuError> {
+        if precision == GemmPrecision::Tf32 {
+            let device = self.compute_capability;
+            if device < TF32_MIN_ARCH {
+                return Err(GpuError::Unavailable(format!(
+                    "TF32 tensor cores need sm_80 or newer; {} is sm_{device}",
+                    self.description
+                )));
+            }
+            if PTX_ARCH < TF32_MIN_ARCH {
+                return Err(GpuError::Unavailable(format!(
+                    "this build's PTX targets compute_{PTX_ARCH}, which has no TF32 tensor cores; \
+                     build again with DARTS_CUDA_ARCH=compute_80 (the default) or newer"
+                )));
+            }
+        }
+        self.gemm.set(precision);
         Ok(())
     }
 

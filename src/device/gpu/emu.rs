@@ -5,17 +5,24 @@
 use std::cell::UnsafeCell;
 
 use super::kernels::{self, KernelId};
-use super::{DeviceMemory, Executor, GpuError, KernelArg, LaunchConfig, Storage, check_args};
+use super::{
+    DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg, LaunchConfig, Storage,
+    check_args,
+};
 
 /// Runs kernels on the host through the CUDA emulator. Launches are synchronous and serialised
 /// across the process; fresh memory is filled with `0xFF` bytes (NaN as a float).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EmuExecutor;
+#[derive(Debug, Default)]
+pub struct EmuExecutor {
+    gemm: GemmSetting,
+}
 
 impl EmuExecutor {
-    /// The emulator (it needs no set-up; its thread pool starts with the first launch).
-    pub fn new() -> EmuExecutor {
-        EmuExecutor
+    /// The emulator (it needs no set-up), with float GEMMs.
+    pub const fn new() -> EmuExecutor {
+        EmuExecutor {
+            gemm: GemmSetting::new(),
+        }
     }
 }
 
@@ -224,6 +231,16 @@ impl Executor for EmuExecutor {
     }
 
     fn synchronize(&self) -> Result<(), GpuError> {
+        Ok(())
+    }
+
+    fn gemm_precision(&self) -> GemmPrecision {
+        self.gemm.get()
+    }
+
+    /// The emulator runs either kernel (TF32 through its emulated tensor cores).
+    fn set_gemm_precision(&self, precision: GemmPrecision) -> Result<(), GpuError> {
+        self.gemm.set(precision);
         Ok(())
     }
 }

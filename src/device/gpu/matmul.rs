@@ -4,6 +4,8 @@
 //! kernel will touch, allocates its output and launches. The convolutions (`super::conv`) reach
 //! the batched GEMM through `gemm_batched`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::kernels;
 use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 
@@ -13,12 +15,55 @@ const GEMM_TILE: usize = 64;
 /// Threads per side of a GEMM block (`GEMM_THREADS_SIDE`).
 const GEMM_THREADS_SIDE: u32 = 16;
 
+/// Threads of a TF32 GEMM block: 2×2 warps (`TF32_THREADS`).
+const TF32_THREADS: u32 = 128;
+
 /// The most blocks along the y and z axes of a grid (a CUDA limit); the GEMM grid-strides beyond.
 const MAX_GRID_YZ: usize = 65535;
 
 /// Threads per block of the embedding kernels: a multiple of 32 (the gradient's scan needs whole
 /// warps), at most 1024 (its shared list of matches).
 const EMBEDDING_THREADS: u32 = 256;
+
+/// Which kernel an executor's GEMMs (the dense layers and the convolutions) run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GemmPrecision {
+    /// The SIMT kernel in float: each element is summed over `k` in order, so results agree with
+    /// the CPU reference to rounding. The default.
+    #[default]
+    F32,
+    /// The tensor-core kernel, on inputs rounded to TF32 (10 mantissa bits) with float sums:
+    /// several times faster on sm_80 and newer, with relative errors around 1e-3. Still the same
+    /// bits from run to run on one GPU, but not the CPU's.
+    Tf32,
+}
+
+/// An executor's [`GemmPrecision`], changeable through a shared reference: executors are shared
+/// for the life of the process, and a run chooses its precision once, at the start.
+#[derive(Debug, Default)]
+pub struct GemmSetting(AtomicBool);
+
+impl GemmSetting {
+    /// [`GemmPrecision::F32`].
+    pub const fn new() -> GemmSetting {
+        GemmSetting(AtomicBool::new(false))
+    }
+
+    /// The current choice.
+    pub fn get(&self) -> GemmPrecision {
+        if self.0.load(Ordering::Relaxed) {
+            GemmPrecision::Tf32
+        } else {
+            GemmPrecision::F32
+        }
+    }
+
+    /// Makes `precision` the choice.
+    pub fn set(&self, precision: GemmPrecision) {
+        self.0
+            .store(precision == GemmPrecision::Tf32, Ordering::Relaxed);
+    }
+}
 
 /// A read-only view of a logical `rows × cols` matrix in a device buffer: element `(i, j)` sits at
 /// `data[i·row_stride + j·col_stride]` (plus the offset of its problem in a batch). As with the
@@ -120,8 +165,9 @@ impl Batch {
 }
 
 /// `c ← a·b + beta·c` for `a: m × k`, `b: k × n` and the row-major `m × n` buffer `c`, on the
-/// device: each element is one thread's sum over `k` in order, so the result has the same bits on
-/// every run. With `beta == 0` the old contents of `c` are ignored (even NaN).
+/// device, with the executor's [`GemmPrecision`]: each element is one fixed sequence of operations
+/// over `k`, so the result has the same bits on every run. With `beta == 0` the old contents of
+/// `c` are ignored (even NaN).
 pub fn gemm(
     exec: &dyn Executor,
     a: DeviceMat,
@@ -205,20 +251,31 @@ pub(crate) fn gemm_batched(
     }
     let i = |v: usize| int(OP, v);
     i(problems)?;
+    // The two kernels take the same arguments and tile C alike; only their blocks differ.
+    let (launch, block) = match exec.gemm_precision() {
+        GemmPrecision::F32 => (
+            kernels::matmul_gemm_fwd_f32 as GemmLauncher,
+            [GEMM_THREADS_SIDE, GEMM_THREADS_SIDE, 1],
+        ),
+        GemmPrecision::Tf32 => (
+            kernels::matmul_gemm_tf32_fwd_f32 as GemmLauncher,
+            [TF32_THREADS, 1, 1],
+        ),
+    };
     let config = LaunchConfig {
         grid: [
             n.div_ceil(GEMM_TILE) as u32,
             m.div_ceil(GEMM_TILE).min(MAX_GRID_YZ) as u32,
             problems.min(MAX_GRID_YZ) as u32,
         ],
-        block: [GEMM_THREADS_SIDE, GEMM_THREADS_SIDE, 1],
+        block,
         shared_bytes: 0,
     };
     // SAFETY: problem (o, g) reads a[a_off + o·a_so + g·a_si + i·a_rs + l·a_cs] for i < m, l < k,
     // b likewise for l < k, j < n, and touches c[c_off + o·c_so + g·c_si + i·n + j]; the largest
     // such index of each buffer was checked above to lie inside it, and every value fits an int.
     unsafe {
-        kernels::matmul_gemm_fwd_f32(
+        launch(
             exec,
             config,
             a.data,
@@ -246,6 +303,34 @@ pub(crate) fn gemm_batched(
         )
     }
 }
+
+/// The generated launcher of either GEMM kernel (they share one signature).
+type GemmLauncher = unsafe fn(
+    &dyn Executor,
+    LaunchConfig,
+    &DeviceBuffer<f32>,
+    &DeviceBuffer<f32>,
+    &mut DeviceBuffer<f32>,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    f32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+) -> Result<(), GpuError>;
 
 /// Copies embedding ids to the device as the kernels' `int`s, checking each against `vocab`.
 pub fn upload_ids(

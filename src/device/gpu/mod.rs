@@ -39,7 +39,8 @@ use std::sync::Mutex;
 pub use cuda::CudaExecutor;
 pub(crate) use emu::EmuArg;
 pub use emu::EmuExecutor;
-pub use kernels::{Family, HAS_PTX, KernelId};
+pub use kernels::{Family, HAS_PTX, KernelId, PTX_ARCH};
+pub use matmul::{GemmPrecision, GemmSetting};
 
 /// What went wrong on a GPU executor.
 #[derive(Debug, Clone, PartialEq)]
@@ -364,6 +365,13 @@ pub trait Executor: Send + Sync {
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<(), GpuError>;
 
+    /// The kernel this executor's GEMMs run.
+    fn gemm_precision(&self) -> GemmPrecision;
+
+    /// Chooses the kernel this executor's GEMMs run from now on; fails, changing nothing, where
+    /// the device cannot run it (TF32 needs sm_80 or newer, and PTX built for it).
+    fn set_gemm_precision(&self, precision: GemmPrecision) -> Result<(), GpuError>;
+
     /// Device memory this executor holds (live buffers and its reuse pool), for reports; `None`
     /// where device memory is host memory (the emulator).
     fn reserved_bytes(&self) -> Option<u64> {
@@ -494,6 +502,14 @@ impl Executor for TestExecutor {
 
     fn synchronize(&self) -> Result<(), GpuError> {
         self.inner.synchronize()
+    }
+
+    fn gemm_precision(&self) -> GemmPrecision {
+        self.inner.gemm_precision()
+    }
+
+    fn set_gemm_precision(&self, precision: GemmPrecision) -> Result<(), GpuError> {
+        self.inner.set_gemm_precision(precision)
     }
 
     fn reserved_bytes(&self) -> Option<u64> {
