@@ -1,62 +1,141 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with an NVIDIA GPU (an H200 with driver 580 is the target): builds
-# the kernels for sm_90, runs every kernel test (each compares the kernels with the CPU reference
-# on the emulator and on the device) and the op-level device test, prints ptxas's register/spill
-# report, times the search step on the GPU (first and second order, paper shapes, with float and
-# with TF32 GEMMs) and the CUDA criterion benches, and ends with a short table. Meant to finish
-# within 10 minutes.
+# The GPU check, for a machine with an NVIDIA GPU (an H200 with driver 580 is the target). It
+# comes in two halves, because a GPU machine may have no Rust toolchain and no network:
 #
-# Usage: tools/gpu-check.sh [OUT_DIR]   (logs and the table go to OUT_DIR, default gpu-check/)
+#   tools/gpu-check.sh build        on a machine with Rust (no GPU needed): builds, for sm_90, the
+#                                   kernel tests, the op-level device test, the PyTorch fixture
+#                                   test, the darts binary and the criterion benches, and copies
+#                                   them, stripped, with ptxas's register/spill report and the
+#                                   commit, into gpu-check-bin/ (ignored by git, ~30 MiB).
+#   tools/gpu-check.sh run [OUT]    on the GPU machine, in the repository root with gpu-check-bin/
+#                                   beside it: runs every kernel test (each compares the kernels
+#                                   with the CPU reference on the emulator and on the GPU), the op
+#                                   and fixture tests on CUDA, times the search step (first and
+#                                   second order, paper shapes, float and TF32 GEMMs) and the CUDA
+#                                   criterion benches, and ends with a short table. Logs and the
+#                                   table (summary.md) go to OUT, default gpu-check/. Each step has
+#                                   a time limit; the whole run stays within 10 minutes.
+#
+# `tools/gpu-check.sh` with no argument does both, for a GPU machine that can build.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-gpu-check}"
-mkdir -p "$out"
+bin=gpu-check-bin
 
-tools/install-cuda-toolchain.sh
-export DARTS_CUDA_ARCH=sm_90
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" ||
-  echo "nvidia-smi failed: no GPU visible; the CUDA test cases will say they skipped" | tee "$out/gpu.txt"
+# `name path` of every executable a cargo --message-format=json build produced.
+executables() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("reason") == "compiler-artifact" and message.get("executable"):
+        print(message["target"]["name"], message["executable"])'
+}
 
-started=$(date +%s)
-cargo build --release --tests 2>&1 | tail -n 3
-rows=()
-for test in tests/kernels_*.rs tests/device_ops.rs; do
-  name="$(basename "$test" .rs)"
-  log="$out/$name.log"
-  cargo test --release --test "$name" -- --nocapture --test-threads 1 >"$log" 2>&1
-  status=$?
+build() {
+  set -e
+  tools/install-cuda-toolchain.sh
+  # A target folder of its own: the main build keeps its PTX target (compute_80).
+  export DARTS_CUDA_ARCH=sm_90 CARGO_TARGET_DIR=target/gpu-check
+  rm -rf "$bin"
+  mkdir -p "$bin"
+  local tests=(device_ops reference_fixtures)
+  for file in tests/kernels_*.rs; do tests+=("$(basename "$file" .rs)"); done
+  local args=()
+  for test in "${tests[@]}"; do args+=(--test "$test"); done
+  {
+    cargo test --release --no-run "${args[@]}" --message-format=json
+    cargo build --release --bin darts --message-format=json
+    cargo bench --bench ops --no-run --message-format=json
+  } | executables | while read -r name path; do
+    cp "$path" "$bin/$name"
+    strip "$bin/$name"
+  done
+  tools/kernel-report.sh "$CARGO_TARGET_DIR" >"$bin/ptxas.txt" 2>&1 && echo none >"$bin/spills" ||
+    echo "SOME, see $bin/ptxas.txt" >"$bin/spills"
+  git describe --always --dirty --abbrev=7 >"$bin/COMMIT"
+  set +e
+  echo "built $(ls "$bin" | wc -l) files, $(du -sm "$bin" | cut -f1) MiB, into $bin/ (commit $(cat "$bin/COMMIT"))"
+}
+
+# Runs test binary `name` with `args`, under `limit` seconds, into OUT/name.log; one table row.
+test_row() {
+  local name="$1" limit="$2"
+  shift 2
+  local log="$out/$name.log"
+  timeout "$limit" "$bin/$name" "$@" --test-threads 1 --nocapture >"$log" 2>&1
+  local status=$?
+  local result
   result="$(grep -E '^test result' "$log" | tail -n 1)"
+  local skipped
   skipped="$(grep -ci 'skipped' "$log")"
-  rows+=("| $name | $([ $status -eq 0 ] && echo pass || echo FAIL) | ${result#test result: } | $skipped |")
-done
-tools/kernel-report.sh target >"$out/ptxas.txt" 2>&1
-spills=$?
-benches=()
-for flags in "" "--unrolled" "--tf32" "--unrolled --tf32"; do
-  name="bench-cuda$(echo "$flags" | tr -d ' ')"
-  timeout 120 cargo run --release -q -- bench search-cnn --device cuda $flags --warmup 2 --steps 10 \
-    --json "$out/$name.json" >"$out/$name.txt" 2>&1
-  benches+=("$(tail -n 1 "$out/$name.txt")")
-done
-timeout 120 cargo run --release -q -- bench search-cnn --device cuda --steps 3 --profile \
-  >"$out/bench-cuda-profile.txt" 2>&1
-timeout 180 cargo bench --bench ops -- cuda >"$out/criterion-cuda.txt" 2>&1
+  local verdict=FAIL
+  [ $status -eq 0 ] && verdict=pass
+  [ $status -eq 124 ] && verdict="TIMEOUT ($limit s)"
+  rows+=("| $name | $verdict | ${result#test result: } | $skipped |")
+}
 
-{
-  echo "# GPU check, $(date -u +%F), commit $(git rev-parse --short HEAD), $(cat "$out/gpu.txt")"
-  echo
-  echo "| kernel tests | status | result | lines saying skipped |"
-  echo "| --- | --- | --- | --- |"
-  printf '%s\n' "${rows[@]}"
-  echo
-  echo "ptxas spills: $([ $spills -eq 0 ] && echo none || echo "SOME, see $out/ptxas.txt")"
-  echo
-  echo "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device MiB | device | commit |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-  printf '%s\n' "${benches[@]}"
-  echo
-  echo "criterion (CUDA, median of each): see $out/criterion-cuda.txt"
-  grep -B1 'time:' "$out/criterion-cuda.txt" | grep -v '^--$' | head -n 120
-  echo
-  echo "total: $(( $(date +%s) - started )) s"
-} | tee "$out/summary.md"
+run_checks() {
+  out="${1:-gpu-check}"
+  if [ ! -f "$bin/COMMIT" ]; then
+    echo "no $bin/: run 'tools/gpu-check.sh build' on a machine with Rust first, and bring $bin/ here" >&2
+    exit 2
+  fi
+  mkdir -p "$out"
+  # darts bench reports the commit it was built from; its checkout is not on this machine.
+  export DARTS_COMMIT
+  DARTS_COMMIT="$(cat "$bin/COMMIT")"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" ||
+    echo "nvidia-smi failed: no GPU visible; the CUDA test cases will say they skipped" | tee "$out/gpu.txt"
+
+  local started
+  started=$(date +%s)
+  rows=()
+  for test in "$bin"/kernels_*; do
+    test_row "$(basename "$test")" 60
+  done
+  test_row device_ops 120
+  # The fixtures' CUDA half only: the CPU and emulator halves run in CI.
+  export DARTS_REFERENCE_FIXTURES=tests/fixtures
+  test_row reference_fixtures 120 cuda
+
+  local benches=()
+  for flags in "" "--unrolled" "--tf32" "--unrolled --tf32"; do
+    local name
+    name="bench-cuda$(echo "$flags" | tr -d ' ')"
+    timeout 120 "$bin/darts" bench search-cnn --device cuda $flags --warmup 2 --steps 10 \
+      --json "$out/$name.json" >"$out/$name.txt" 2>&1
+    benches+=("$(tail -n 1 "$out/$name.txt")")
+  done
+  timeout 90 "$bin/darts" bench search-cnn --device cuda --steps 3 --profile \
+    >"$out/bench-cuda-profile.txt" 2>&1
+  timeout 180 "$bin/ops" --bench cuda >"$out/criterion-cuda.txt" 2>&1
+
+  {
+    echo "# GPU check, $(date -u +%F), commit $DARTS_COMMIT, $(cat "$out/gpu.txt")"
+    echo
+    echo "| test binary | status | result | lines saying skipped |"
+    echo "| --- | --- | --- | --- |"
+    printf '%s\n' "${rows[@]}"
+    echo
+    echo "ptxas spills: $(cat "$bin/spills")"
+    echo
+    echo "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device MiB | device | commit |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    printf '%s\n' "${benches[@]}"
+    echo
+    echo "criterion (CUDA, median of each): see $out/criterion-cuda.txt"
+    grep -B1 'time:' "$out/criterion-cuda.txt" | grep -v '^--$' | head -n 120
+    echo
+    echo "total: $(($(date +%s) - started)) s"
+  } | tee "$out/summary.md"
+}
+
+case "${1:-all}" in
+  build) build ;;
+  run) run_checks "${2:-}" ;;
+  all) build && run_checks "${2:-}" ;;
+  *)
+    echo "usage: tools/gpu-check.sh [build | run [OUT_DIR]]" >&2
+    exit 2
+    ;;
+esac

@@ -181,10 +181,14 @@ pub fn bench_search(
     })
 }
 
-/// The commit of the checkout this binary was built from (`git describe --always --dirty` in
-/// its source folder, not in the working directory), or "unknown" when that folder is not a git
-/// checkout any more.
+/// The commit of the checkout this binary was built from: `DARTS_COMMIT` when set (for a binary
+/// carried away from its checkout, as `tools/gpu-check.sh` does), else `git describe --always
+/// --dirty` in its source folder (not in the working directory), or "unknown" when that folder is
+/// not a git checkout any more.
 fn current_commit() -> String {
+    if let Ok(commit) = std::env::var("DARTS_COMMIT") {
+        return commit;
+    }
     std::process::Command::new("git")
         .args(["-C", env!("CARGO_MANIFEST_DIR")])
         .args(["describe", "--always", "--dirty", "--abbrev=7"])
