@@ -4,10 +4,6 @@
 //! On CUDA, each iteration waits for the GPU, so the times are the kernels' and not the launches'.
 //! A `cuda-variants` group times a family's kernel variants side by side on the same data.
 
-/// The allocator the `darts` binary uses, so the numbers match it.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 use darts::device::cpu::softmax::Lanes;
@@ -103,6 +99,8 @@ fn devices() -> Vec<Device> {
 }
 
 fn ops(c: &mut Criterion) {
+    // As the `darts` binary does, so the numbers match it.
+    darts::malloc::keep_freed_memory();
     for device in devices() {
         let mut group = c.benchmark_group(device.to_string());
         group.sample_size(10);
@@ -129,6 +127,7 @@ fn ops(c: &mut Criterion) {
 /// candidates against the one reading each candidate in place, and the GEMM in float (SIMT)
 /// against TF32 tensor cores.
 fn cuda_variants(c: &mut Criterion) {
+    darts::malloc::keep_freed_memory();
     let device = Device::Cuda(0);
     let Ok(Some(exec)) = device.executor() else {
         return;

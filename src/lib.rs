@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod gradcheck;
 pub mod io;
+pub mod malloc;
 pub mod nn;
 pub mod ops;
 pub mod optim;

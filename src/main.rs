@@ -1,11 +1,5 @@
 //! `darts`: the command-line interface of darts-rs.
 
-/// mimalloc instead of the system allocator: a training step allocates and frees thousands of
-/// multi-megabyte tensors, and glibc hands those back to the kernel and faults them in again
-/// (about 3x slower forward+backward at 64x16x32x32; see BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -217,6 +211,7 @@ struct CnnSearchArgs {
 }
 
 fn main() -> ExitCode {
+    darts::malloc::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
