@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, PushKernelArg,
 };
@@ -127,6 +128,36 @@ impl CudaExecutor {
         })
     }
 
+    /// A new allocation of `bytes` from the driver. When the GPU is out of memory, the pool's
+    /// free allocations (of other sizes, or the cached allocator would have reused one) go back
+    /// to the driver and the allocation is tried once more, as PyTorch's caching allocator does.
+    fn fresh(&self, bytes: usize) -> Result<CudaSlice<u8>, GpuError> {
+        // SAFETY: the memory is left uninitialised; the host only ever sees it as bytes copied
+        // out, and any bit pattern is a valid f32, i32 or u32.
+        let slice = match unsafe { self.stream.alloc::<u8>(bytes) } {
+            Err(e) if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                self.trim();
+                // SAFETY: as above.
+                unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| {
+                    if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                        GpuError::Driver(format!(
+                            "{}: out of memory allocating {:.1} MiB, with {:.1} MiB already \
+                             allocated by this process (try a smaller --batch-size)",
+                            self.description,
+                            mib(bytes),
+                            mib(self.reserved.load(Ordering::Relaxed)),
+                        ))
+                    } else {
+                        e.into()
+                    }
+                })?
+            }
+            result => result?,
+        };
+        self.reserved.fetch_add(bytes, Ordering::Relaxed);
+        Ok(slice)
+    }
+
     /// Frees the allocations kept for reuse.
     pub fn trim(&self) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,6 +165,11 @@ impl CudaExecutor {
         pool.clear();
         self.reserved.fetch_sub(freed, Ordering::Relaxed);
     }
+}
+
+/// Bytes in MiB, for messages.
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn device(memory: &DeviceMemory) -> Result<&PooledSlice, GpuError> {
@@ -162,12 +198,7 @@ impl Executor for CudaExecutor {
             .and_then(Vec::pop);
         let slice = match reused {
             Some(slice) => slice,
-            None => {
-                self.reserved.fetch_add(bytes, Ordering::Relaxed);
-                // SAFETY: the memory is left uninitialised; the host only ever sees it as bytes
-                // copied out, and any bit pattern is a valid f32, i32 or u32.
-                unsafe { self.stream.alloc::<u8>(bytes) }?
-            }
+            None => self.fresh(bytes)?,
         };
         Ok(DeviceMemory {
             bytes,
