@@ -3,9 +3,9 @@
 // Conventions for kernels/*.cu (build.rs enforces the first two):
 // - A kernel is declared on one line, `extern "C" __global__ void <family>_<op>_<dir>_<dtype>(...)`,
 //   with parameters of these types only: const float*, float*, const int*, int*,
-//   const unsigned*, unsigned*, int, unsigned, float, unsigned long long. build.rs reads that line
-//   and generates the typed Rust launcher, so the Rust side can never pass arguments in another
-//   order or of another type.
+//   const unsigned*, unsigned*, int, unsigned, float, unsigned long long, and the parameter
+//   structs below (by value). build.rs reads that line and generates the typed Rust launcher, so
+//   the Rust side can never pass arguments in another order or of another type.
 // - Every kernel is correct for any grid: loops are grid-stride loops, so the Rust side picks the
 //   grid for speed alone.
 // - Reductions are deterministic: fixed-shape trees, a second pass instead of float atomics, so
@@ -24,6 +24,28 @@
 
 #define WARP_SIZE 32
 #define FULL_MASK 0xffffffffu
+
+// ---- Parameter structs ------------------------------------------------------------------------
+// Plain structs of ints that kernels take by value. Each has a #[repr(C)] Rust twin of the same
+// layout (named in build.rs), which the generated launchers take.
+
+// One spatial axis of a convolution: output position o and kernel tap t read input position
+// o·stride + t·dil − pad, or nothing where that falls outside [0, size). The Rust twin is
+// darts::device::gpu::conv::ConvAxis.
+struct ConvAxis {
+    int size;    // input positions
+    int out;     // output positions
+    int kernel;  // taps
+    int stride;
+    int pad;
+    int dil;
+};
+
+// The window of a 2-D convolution: its height axis, then its width axis (ConvWindow in Rust).
+struct ConvWindow {
+    ConvAxis y;
+    ConvAxis x;
+};
 
 // ---- Grid-stride loops ------------------------------------------------------------------------
 // for (size_t i = global_thread_index(); i < n; i += global_thread_count()) { ... }

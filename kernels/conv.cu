@@ -50,18 +50,19 @@
 // gradient, Σ over images and positions of dy, is one block tree per output channel.
 #include "common.cuh"
 
-// The input position read by output `o` through tap `t`, or -1 when it falls in the padding.
-__device__ __forceinline__ int conv_input_pos(int o, int t, int size, int stride, int pad, int dil) {
-    const int i = o * stride + t * dil - pad;
-    return (i >= 0 && i < size) ? i : -1;
+// The input position read along axis `a` by output `o` through tap `t`, or -1 when it falls in the
+// padding.
+__device__ __forceinline__ int conv_input_pos(int o, int t, ConvAxis a) {
+    const int i = o * a.stride + t * a.dil - a.pad;
+    return (i >= 0 && i < a.size) ? i : -1;
 }
 
-// The output position that read input `i` through tap `t`, or -1 when no output did.
-__device__ __forceinline__ int conv_output_pos(int i, int t, int out, int stride, int pad, int dil) {
-    const int shifted = i + pad - t * dil;
-    if (shifted < 0 || shifted % stride != 0) return -1;
-    const int o = shifted / stride;
-    return o < out ? o : -1;
+// The output position along axis `a` that read input `i` through tap `t`, or -1 when no output did.
+__device__ __forceinline__ int conv_output_pos(int i, int t, ConvAxis a) {
+    const int shifted = i + a.pad - t * a.dil;
+    if (shifted < 0 || shifted % a.stride != 0) return -1;
+    const int o = shifted / a.stride;
+    return o < a.out ? o : -1;
 }
 
 // ---- im2col + GEMM ----------------------------------------------------------------------------
@@ -69,42 +70,44 @@ __device__ __forceinline__ int conv_output_pos(int i, int t, int out, int stride
 // col[img, c, ky, kx, oy, ox] = x[n0 + img, c, iy, ix] (zero in the padding) for img < images: the
 // column matrices of `images` images starting at n0, for all channels (each group's rows are
 // contiguous, so this is [images, groups, Cin/groups·kh·kw, Ho·Wo]).
-extern "C" __global__ void conv_im2col_fwd_f32(const float* __restrict__ x, float* __restrict__ col, int n0, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
-    const size_t total = size_t(images) * channels * kernel_h * kernel_w * out_h * out_w;
+extern "C" __global__ void conv_im2col_fwd_f32(const float* __restrict__ x, float* __restrict__ col, int n0, int images, int channels, ConvWindow win) {
+    const ConvAxis ay = win.y, ax = win.x;
+    const size_t total = size_t(images) * channels * ay.kernel * ax.kernel * ay.out * ax.out;
     for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
-        const int ox = int(e % out_w);
-        const int oy = int(e / out_w % out_h);
-        const int kx = int(e / (size_t(out_w) * out_h) % kernel_w);
-        const int ky = int(e / (size_t(out_w) * out_h * kernel_w) % kernel_h);
-        const size_t plane = e / (size_t(out_w) * out_h * kernel_w * kernel_h);  // img·C + c
-        const int iy = conv_input_pos(oy, ky, height, stride_h, pad_h, dil_h);
-        const int ix = conv_input_pos(ox, kx, width, stride_w, pad_w, dil_w);
-        const float* src = x + (size_t(n0) * channels + plane) * height * width;
-        col[e] = (iy >= 0 && ix >= 0) ? src[size_t(iy) * width + ix] : 0.0f;
+        const int ox = int(e % ax.out);
+        const int oy = int(e / ax.out % ay.out);
+        const int kx = int(e / (size_t(ax.out) * ay.out) % ax.kernel);
+        const int ky = int(e / (size_t(ax.out) * ay.out * ax.kernel) % ay.kernel);
+        const size_t plane = e / (size_t(ax.out) * ay.out * ax.kernel * ay.kernel);  // img·C + c
+        const int iy = conv_input_pos(oy, ky, ay);
+        const int ix = conv_input_pos(ox, kx, ax);
+        const float* src = x + (size_t(n0) * channels + plane) * ay.size * ax.size;
+        col[e] = (iy >= 0 && ix >= 0) ? src[size_t(iy) * ax.size + ix] : 0.0f;
     }
 }
 
 // dx[n0 + img, c, iy, ix] = Σ over the taps (ky, kx), in order, whose window covers (iy, ix) of
 // dcol[img, c, ky, kx, oy, ox]: the adjoint of im2col, as a gather (one thread per element of dx).
-extern "C" __global__ void conv_col2im_bwd_f32(const float* __restrict__ col, float* __restrict__ dx, int n0, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
-    const size_t total = size_t(images) * channels * height * width;
-    const size_t out_plane = size_t(out_h) * out_w;
+extern "C" __global__ void conv_col2im_bwd_f32(const float* __restrict__ col, float* __restrict__ dx, int n0, int images, int channels, ConvWindow win) {
+    const ConvAxis ay = win.y, ax = win.x;
+    const size_t total = size_t(images) * channels * ay.size * ax.size;
+    const size_t out_plane = size_t(ay.out) * ax.out;
     for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
-        const int ix = int(e % width);
-        const int iy = int(e / width % height);
-        const size_t plane = e / (size_t(width) * height);  // img·C + c
-        const float* src = col + plane * kernel_h * kernel_w * out_plane;
+        const int ix = int(e % ax.size);
+        const int iy = int(e / ax.size % ay.size);
+        const size_t plane = e / (size_t(ax.size) * ay.size);  // img·C + c
+        const float* src = col + plane * ay.kernel * ax.kernel * out_plane;
         float acc = 0.0f;
-        for (int ky = 0; ky < kernel_h; ++ky) {
-            const int oy = conv_output_pos(iy, ky, out_h, stride_h, pad_h, dil_h);
+        for (int ky = 0; ky < ay.kernel; ++ky) {
+            const int oy = conv_output_pos(iy, ky, ay);
             if (oy < 0) continue;
-            for (int kx = 0; kx < kernel_w; ++kx) {
-                const int ox = conv_output_pos(ix, kx, out_w, stride_w, pad_w, dil_w);
+            for (int kx = 0; kx < ax.kernel; ++kx) {
+                const int ox = conv_output_pos(ix, kx, ax);
                 if (ox < 0) continue;
-                acc += src[(size_t(ky) * kernel_w + kx) * out_plane + size_t(oy) * out_w + ox];
+                acc += src[(size_t(ky) * ax.kernel + kx) * out_plane + size_t(oy) * ax.out + ox];
             }
         }
-        dx[size_t(n0) * channels * height * width + e] = acc;
+        dx[size_t(n0) * channels * ay.size * ax.size + e] = acc;
     }
 }
 
@@ -122,22 +125,23 @@ extern "C" __global__ void conv_weight_sum_bwd_f32(const float* __restrict__ par
 
 // y[n, c, oy, ox] = Σ_{ky, kx} w[c, ky, kx] · x[n, c, iy, ix], taps in order, over the taps that
 // land on the image. One thread per output element.
-extern "C" __global__ void conv_depthwise_fwd_f32(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ y, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
-    const size_t total = size_t(images) * channels * out_h * out_w;
+extern "C" __global__ void conv_depthwise_fwd_f32(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ y, int images, int channels, ConvWindow win) {
+    const ConvAxis ay = win.y, ax = win.x;
+    const size_t total = size_t(images) * channels * ay.out * ax.out;
     for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
-        const int ox = int(e % out_w);
-        const int oy = int(e / out_w % out_h);
-        const size_t plane = e / (size_t(out_w) * out_h);  // n·C + c
-        const float* src = x + plane * height * width;
-        const float* wc = weight + (plane % channels) * kernel_h * kernel_w;
+        const int ox = int(e % ax.out);
+        const int oy = int(e / ax.out % ay.out);
+        const size_t plane = e / (size_t(ax.out) * ay.out);  // n·C + c
+        const float* src = x + plane * ay.size * ax.size;
+        const float* wc = weight + (plane % channels) * ay.kernel * ax.kernel;
         float acc = 0.0f;
-        for (int ky = 0; ky < kernel_h; ++ky) {
-            const int iy = conv_input_pos(oy, ky, height, stride_h, pad_h, dil_h);
+        for (int ky = 0; ky < ay.kernel; ++ky) {
+            const int iy = conv_input_pos(oy, ky, ay);
             if (iy < 0) continue;
-            for (int kx = 0; kx < kernel_w; ++kx) {
-                const int ix = conv_input_pos(ox, kx, width, stride_w, pad_w, dil_w);
+            for (int kx = 0; kx < ax.kernel; ++kx) {
+                const int ix = conv_input_pos(ox, kx, ax);
                 if (ix < 0) continue;
-                acc += wc[ky * kernel_w + kx] * src[size_t(iy) * width + ix];
+                acc += wc[ky * ax.kernel + kx] * src[size_t(iy) * ax.size + ix];
             }
         }
         y[e] = acc;
@@ -146,22 +150,23 @@ extern "C" __global__ void conv_depthwise_fwd_f32(const float* __restrict__ x, c
 
 // dx[n, c, iy, ix] = Σ over the taps, in order, of w[c, ky, kx] · dy[n, c, oy, ox] for the output
 // (oy, ox) that read (iy, ix) through that tap, if any. One thread per input element (a gather).
-extern "C" __global__ void conv_depthwise_input_bwd_f32(const float* __restrict__ dy, const float* __restrict__ weight, float* __restrict__ dx, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
-    const size_t total = size_t(images) * channels * height * width;
+extern "C" __global__ void conv_depthwise_input_bwd_f32(const float* __restrict__ dy, const float* __restrict__ weight, float* __restrict__ dx, int images, int channels, ConvWindow win) {
+    const ConvAxis ay = win.y, ax = win.x;
+    const size_t total = size_t(images) * channels * ay.size * ax.size;
     for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
-        const int ix = int(e % width);
-        const int iy = int(e / width % height);
-        const size_t plane = e / (size_t(width) * height);  // n·C + c
-        const float* src = dy + plane * out_h * out_w;
-        const float* wc = weight + (plane % channels) * kernel_h * kernel_w;
+        const int ix = int(e % ax.size);
+        const int iy = int(e / ax.size % ay.size);
+        const size_t plane = e / (size_t(ax.size) * ay.size);  // n·C + c
+        const float* src = dy + plane * ay.out * ax.out;
+        const float* wc = weight + (plane % channels) * ay.kernel * ax.kernel;
         float acc = 0.0f;
-        for (int ky = 0; ky < kernel_h; ++ky) {
-            const int oy = conv_output_pos(iy, ky, out_h, stride_h, pad_h, dil_h);
+        for (int ky = 0; ky < ay.kernel; ++ky) {
+            const int oy = conv_output_pos(iy, ky, ay);
             if (oy < 0) continue;
-            for (int kx = 0; kx < kernel_w; ++kx) {
-                const int ox = conv_output_pos(ix, kx, out_w, stride_w, pad_w, dil_w);
+            for (int kx = 0; kx < ax.kernel; ++kx) {
+                const int ox = conv_output_pos(ix, kx, ax);
                 if (ox < 0) continue;
-                acc += wc[ky * kernel_w + kx] * src[size_t(oy) * out_w + ox];
+                acc += wc[ky * ax.kernel + kx] * src[size_t(oy) * ax.out + ox];
             }
         }
         dx[e] = acc;
@@ -171,24 +176,25 @@ extern "C" __global__ void conv_depthwise_input_bwd_f32(const float* __restrict_
 // dweight[c, ky, kx] = Σ_{n, oy, ox} dy[n, c, oy, ox] · x[n, c, iy, ix] over the positions where
 // the tap lands on the image. One block per (c, tap), grid-stride over them; 1-D blocks of a
 // multiple of 32 threads (the block tree needs whole warps).
-extern "C" __global__ void conv_depthwise_weight_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dweight, int images, int channels, int height, int width, int kernel_h, int kernel_w, int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w) {
+extern "C" __global__ void conv_depthwise_weight_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dweight, int images, int channels, ConvWindow win) {
     __shared__ float scratch[WARP_SIZE];
-    const int taps = kernel_h * kernel_w;
-    const size_t out_plane = size_t(out_h) * out_w;
+    const ConvAxis ay = win.y, ax = win.x;
+    const int taps = ay.kernel * ax.kernel;
+    const size_t out_plane = size_t(ay.out) * ax.out;
     const size_t terms = size_t(images) * out_plane;
     for (int job = blockIdx.x; job < channels * taps; job += gridDim.x) {
         const int c = job / taps;
-        const int ky = job % taps / kernel_w;
-        const int kx = job % kernel_w;
+        const int ky = job % taps / ax.kernel;
+        const int kx = job % ax.kernel;
         float s = 0.0f;
         for (size_t e = threadIdx.x; e < terms; e += blockDim.x) {
-            const int ox = int(e % out_w);
-            const int oy = int(e / out_w % out_h);
+            const int ox = int(e % ax.out);
+            const int oy = int(e / ax.out % ay.out);
             const size_t plane = e / out_plane * channels + c;  // n·C + c
-            const int iy = conv_input_pos(oy, ky, height, stride_h, pad_h, dil_h);
-            const int ix = conv_input_pos(ox, kx, width, stride_w, pad_w, dil_w);
+            const int iy = conv_input_pos(oy, ky, ay);
+            const int ix = conv_input_pos(ox, kx, ax);
             if (iy >= 0 && ix >= 0) {
-                s += dy[plane * out_plane + size_t(oy) * out_w + ox] * x[(plane * height + iy) * width + ix];
+                s += dy[plane * out_plane + size_t(oy) * ax.out + ox] * x[(plane * ay.size + iy) * ax.size + ix];
             }
         }
         s = block_reduce_sum(s, scratch);

@@ -14,8 +14,8 @@ use common::gpu::{Tolerance, compare, cpu_reference_tests, random, round_to_tf32
 use darts::device::cpu::conv::{self as reference, ConvGeometry};
 use darts::device::gpu::conv::ConvPlan;
 use darts::device::gpu::{
-    DeviceBuffer, EmuExecutor, Executor, GemmPrecision, GpuError, KernelId, LaunchConfig,
-    TestExecutor, kernels,
+    ConvWindow, DeviceBuffer, EmuExecutor, Executor, GemmPrecision, GpuError, KernelId,
+    LaunchConfig, TestExecutor, kernels,
 };
 use darts::ops::conv::Conv2dParams;
 
@@ -355,24 +355,8 @@ fn depthwise_kernels_are_the_same_on_any_grid() {
     let forward = host(e, plan.forward(e, &x, &w, None));
     let weight = host(e, plan.backward_weight(e, &x, &dy));
 
-    let i = |v: usize| v as i32;
-    let geometry = [
-        i(g.batch),
-        i(g.c_in),
-        i(g.input[0]),
-        i(g.input[1]),
-        i(g.kernel[0]),
-        i(g.kernel[1]),
-        i(g.output[0]),
-        i(g.output[1]),
-        i(g.stride[0]),
-        i(g.stride[1]),
-        i(g.padding[0]),
-        i(g.padding[1]),
-        i(g.dilation[0]),
-        i(g.dilation[1]),
-    ];
-    let [n, c, h, wd, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw] = geometry;
+    let (n, c) = (g.batch as i32, g.c_in as i32);
+    let window = ConvWindow::new(&g).unwrap();
     let mut y = e.alloc::<f32>(data.dy.len()).unwrap();
     let mut dweight = e.alloc::<f32>(data.w.len()).unwrap();
     // SAFETY: x, w, y and dy hold N·C·H·W, C·kh·kw, N·C·Ho·Wo and N·C·Ho·Wo elements of this
@@ -386,18 +370,7 @@ fn depthwise_kernels_are_the_same_on_any_grid() {
             &mut y,
             n,
             c,
-            h,
-            wd,
-            kh,
-            kw,
-            ho,
-            wo,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
-            dw,
+            window,
         )
         .unwrap();
         kernels::conv_depthwise_weight_bwd_f32(
@@ -408,18 +381,7 @@ fn depthwise_kernels_are_the_same_on_any_grid() {
             &mut dweight,
             n,
             c,
-            h,
-            wd,
-            kh,
-            kw,
-            ho,
-            wo,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
-            dw,
+            window,
         )
         .unwrap();
     }

@@ -47,16 +47,55 @@ enum Path {
     Im2col,
 }
 
-/// The kernels' geometry arguments after the channel count: input height and width, kernel,
-/// output, stride, padding and dilation, each (height, width).
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    input: [i32; 2],
-    kernel: [i32; 2],
-    output: [i32; 2],
-    stride: [i32; 2],
-    padding: [i32; 2],
-    dilation: [i32; 2],
+/// One spatial axis of a convolution, as the kernels take it (`ConvAxis` in
+/// `kernels/common.cuh`, the same layout): output position `o` and kernel tap `t` read input
+/// position `o·stride + t·dil − pad`, or nothing where that falls outside `[0, size)`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvAxis {
+    /// Input positions.
+    pub size: i32,
+    /// Output positions.
+    pub out: i32,
+    /// Kernel taps.
+    pub kernel: i32,
+    /// Step between the windows of neighbouring outputs.
+    pub stride: i32,
+    /// Zeros before the first input position.
+    pub pad: i32,
+    /// Step between the taps of one window.
+    pub dil: i32,
+}
+
+/// The window of a 2-D convolution, a by-value kernel argument (`ConvWindow` in
+/// `kernels/common.cuh`): its height axis, then its width axis.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvWindow {
+    /// The height axis.
+    pub y: ConvAxis,
+    /// The width axis.
+    pub x: ConvAxis,
+}
+
+impl ConvWindow {
+    /// The window of `g`, every size checked to fit the kernels' `int`.
+    pub fn new(g: &ConvGeometry) -> Result<ConvWindow, GpuError> {
+        let axis = |a: usize| -> Result<ConvAxis, GpuError> {
+            Ok(ConvAxis {
+                size: int(g.input[a])?,
+                out: int(g.output[a])?,
+                kernel: int(g.kernel[a])?,
+                stride: int(g.stride[a])?,
+                pad: int(g.padding[a])?,
+                dil: int(g.dilation[a])?,
+            })
+        };
+        Ok(ConvWindow {
+            y: axis(0)?,
+            x: axis(1)?,
+        })
+    }
 }
 
 /// The launch plan of one convolution geometry: which kernels run, on which grids, with which
@@ -65,7 +104,7 @@ struct Dims {
 pub struct ConvPlan {
     g: ConvGeometry,
     path: Path,
-    dims: Dims,
+    window: ConvWindow,
     /// Elements of `x`, `y` and the weight.
     lens: Lens,
     images_per_chunk: usize,
@@ -117,15 +156,7 @@ impl ConvPlan {
         } else {
             Path::Im2col
         };
-        let pair = |v: [usize; 2]| -> Result<[i32; 2], GpuError> { Ok([int(v[0])?, int(v[1])?]) };
-        let dims = Dims {
-            input: pair(g.input)?,
-            kernel: pair(g.kernel)?,
-            output: pair(g.output)?,
-            stride: pair(g.stride)?,
-            padding: pair(g.padding)?,
-            dilation: pair(g.dilation)?,
-        };
+        let window = ConvWindow::new(g)?;
         let product = |first: usize, rest: [usize; 3]| {
             let len = rest.iter().try_fold(first, |acc, &v| acc.checked_mul(v));
             len.ok_or_else(|| invalid(format!("{g:?} does not fit in memory")))
@@ -140,7 +171,7 @@ impl ConvPlan {
         let mut plan = ConvPlan {
             g: *g,
             path,
-            dims,
+            window,
             lens,
             images_per_chunk: g.batch,
         };
@@ -308,7 +339,6 @@ impl ConvPlan {
         col: &mut DeviceBuffer<f32>,
         (n0, images): (usize, usize),
     ) -> Result<(), GpuError> {
-        let d = &self.dims;
         let len = images * self.g.c_in * self.taps() * self.out_plane();
         let config = LaunchConfig::grid_stride(len, THREADS);
         // SAFETY: the kernel writes col[0..len) (col holds a chunk of at least `images` images)
@@ -323,18 +353,7 @@ impl ConvPlan {
                 int(n0)?,
                 int(images)?,
                 int(self.g.c_in)?,
-                d.input[0],
-                d.input[1],
-                d.kernel[0],
-                d.kernel[1],
-                d.output[0],
-                d.output[1],
-                d.stride[0],
-                d.stride[1],
-                d.padding[0],
-                d.padding[1],
-                d.dilation[0],
-                d.dilation[1],
+                self.window,
             )
         }
     }
@@ -359,7 +378,6 @@ impl ConvPlan {
         let weights = DeviceMat::new(w, self.cout_g(), k);
         match self.path {
             Path::Depthwise => {
-                let d = &self.dims;
                 let config = LaunchConfig::grid_stride(y_len, THREADS);
                 // SAFETY: the kernel writes y[0..N·C·Ho·Wo), reads x inside each (n, c) plane of
                 // H·W at bounds-checked positions and w[c·kh·kw + tap]; the buffers were checked
@@ -373,18 +391,7 @@ impl ConvPlan {
                         &mut y,
                         int(self.g.batch)?,
                         int(self.g.c_in)?,
-                        d.input[0],
-                        d.input[1],
-                        d.kernel[0],
-                        d.kernel[1],
-                        d.output[0],
-                        d.output[1],
-                        d.stride[0],
-                        d.stride[1],
-                        d.padding[0],
-                        d.padding[1],
-                        d.dilation[0],
-                        d.dilation[1],
+                        self.window,
                     )
                 }?;
             }
@@ -447,7 +454,6 @@ impl ConvPlan {
         let (k, p) = (self.col_rows(), self.out_plane());
         let weights_t = DeviceMat::new(w, self.cout_g(), k).t();
         let grads = DeviceMat::new(dy, self.cout_g(), p);
-        let d = &self.dims;
         match self.path {
             Path::Depthwise => {
                 let config = LaunchConfig::grid_stride(x_len, THREADS);
@@ -463,18 +469,7 @@ impl ConvPlan {
                         &mut dx,
                         int(self.g.batch)?,
                         int(self.g.c_in)?,
-                        d.input[0],
-                        d.input[1],
-                        d.kernel[0],
-                        d.kernel[1],
-                        d.output[0],
-                        d.output[1],
-                        d.stride[0],
-                        d.stride[1],
-                        d.padding[0],
-                        d.padding[1],
-                        d.dilation[0],
-                        d.dilation[1],
+                        self.window,
                     )
                 }?;
             }
@@ -511,18 +506,7 @@ impl ConvPlan {
                             int(n0)?,
                             int(images)?,
                             int(self.g.c_in)?,
-                            d.input[0],
-                            d.input[1],
-                            d.kernel[0],
-                            d.kernel[1],
-                            d.output[0],
-                            d.output[1],
-                            d.stride[0],
-                            d.stride[1],
-                            d.padding[0],
-                            d.padding[1],
-                            d.dilation[0],
-                            d.dilation[1],
+                            self.window,
                         )
                     }?;
                 }
@@ -547,7 +531,6 @@ impl ConvPlan {
         let (k, p) = (self.col_rows(), self.out_plane());
         let grads = DeviceMat::new(dy, self.cout_g(), p);
         let partial = self.g.c_out * k;
-        let d = &self.dims;
         if self.path == Path::Depthwise {
             let config = LaunchConfig::linear(int(w_len)? as u32, THREADS);
             // SAFETY: block (c, tap) writes dw[c·kh·kw + tap] < C·kh·kw and reads x and dy inside
@@ -562,18 +545,7 @@ impl ConvPlan {
                     &mut dw,
                     int(self.g.batch)?,
                     int(self.g.c_in)?,
-                    d.input[0],
-                    d.input[1],
-                    d.kernel[0],
-                    d.kernel[1],
-                    d.output[0],
-                    d.output[1],
-                    d.stride[0],
-                    d.stride[1],
-                    d.padding[0],
-                    d.padding[1],
-                    d.dilation[0],
-                    d.dilation[1],
+                    self.window,
                 )
             }?;
             return Ok(dw);

@@ -12,15 +12,19 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 use super::kernels::{Family, HAS_PTX, KernelId, PTX_ARCH};
 use super::{
-    DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg, LaunchConfig, Storage,
-    check_args,
+    ConvWindow, DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg,
+    LaunchConfig, Storage, check_args,
 };
+
+// SAFETY: a #[repr(C)] struct of twelve i32s, laid out as the kernels' `ConvWindow`; any bits
+// are a valid value, and it holds no pointers.
+unsafe impl DeviceRepr for ConvWindow {}
 
 /// The first compute capability (times ten) with TF32 tensor cores: Ampere, sm_80.
 const TF32_MIN_ARCH: u32 = 80;
@@ -263,6 +267,7 @@ impl Executor for CudaExecutor {
                 KernelArg::U32(v) => builder.arg(v),
                 KernelArg::F32(v) => builder.arg(v),
                 KernelArg::U64(v) => builder.arg(v),
+                KernelArg::ConvWindow(v) => builder.arg(v),
             };
         }
         let [gx, gy, gz] = config.grid;

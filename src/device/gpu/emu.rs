@@ -6,8 +6,8 @@ use std::cell::UnsafeCell;
 
 use super::kernels::{self, KernelId};
 use super::{
-    DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg, LaunchConfig, Storage,
-    check_args,
+    ConvWindow, DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg,
+    LaunchConfig, Storage, check_args,
 };
 
 /// Runs kernels on the host through the CUDA emulator. Launches are synchronous and serialised
@@ -81,6 +81,7 @@ pub(crate) enum EmuArg {
     U32(u32),
     F32(f32),
     U64(u64),
+    ConvWindow(ConvWindow),
 }
 
 // The generated dispatch reads the arguments back by kind; `check_args` has already matched
@@ -138,6 +139,16 @@ impl Scalar for f32 {
 impl Scalar for u64 {
     fn from_arg(arg: EmuArg) -> Option<u64> {
         if let EmuArg::U64(v) = arg {
+            Some(v)
+        } else {
+            None
+        }
+    }
+}
+
+impl Scalar for ConvWindow {
+    fn from_arg(arg: EmuArg) -> Option<ConvWindow> {
+        if let EmuArg::ConvWindow(v) = arg {
             Some(v)
         } else {
             None
@@ -210,6 +221,7 @@ impl Executor for EmuExecutor {
                     KernelArg::U32(v) => EmuArg::U32(v),
                     KernelArg::F32(v) => EmuArg::F32(v),
                     KernelArg::U64(v) => EmuArg::U64(v),
+                    KernelArg::ConvWindow(v) => EmuArg::ConvWindow(v),
                 })
             })
             .collect::<Result<Vec<EmuArg>, GpuError>>()?;

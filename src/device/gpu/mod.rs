@@ -36,6 +36,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
+pub use conv::{ConvAxis, ConvWindow};
 pub use cuda::CudaExecutor;
 pub(crate) use emu::EmuArg;
 pub use emu::EmuExecutor;
@@ -199,6 +200,8 @@ pub enum ParamKind {
     F32,
     /// `unsigned long long`.
     U64,
+    /// A `ConvWindow` struct.
+    ConvWindow,
 }
 
 /// One argument of a kernel launch. The generated launchers build these; executors check them
@@ -215,6 +218,8 @@ pub enum KernelArg<'a> {
     F32(f32),
     /// An `unsigned long long`.
     U64(u64),
+    /// A `ConvWindow` struct.
+    ConvWindow(ConvWindow),
 }
 
 impl<'a> KernelArg<'a> {
@@ -229,7 +234,8 @@ impl<'a> KernelArg<'a> {
             (KernelArg::I32(_), ParamKind::I32)
             | (KernelArg::U32(_), ParamKind::U32)
             | (KernelArg::F32(_), ParamKind::F32)
-            | (KernelArg::U64(_), ParamKind::U64) => true,
+            | (KernelArg::U64(_), ParamKind::U64)
+            | (KernelArg::ConvWindow(_), ParamKind::ConvWindow) => true,
             _ => false,
         }
     }
