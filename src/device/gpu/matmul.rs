@@ -1,5 +1,6 @@
-//! The matmul family on a GPU executor (`kernels/matmul.cu`): the strided, batched SIMT GEMM and
-//! the embedding gather with its deterministic gradient. Each public function mirrors its CPU
+//! The matmul family on a GPU executor (`kernels/matmul.cu`): the strided, batched GEMM (a float
+//! SIMT kernel, or a TF32 tensor-core one, by the executor's [`GemmPrecision`]) and the embedding
+//! gather with its deterministic gradient. Each public function mirrors its CPU
 //! reference in `device::cpu::matmul` (same arguments, same result), checks every index the
 //! kernel will touch, allocates its output and launches. The convolutions (`super::conv`) reach
 //! the batched GEMM through `gemm_batched`.
