@@ -86,6 +86,46 @@
 #define UNROLL _Pragma("unroll")
 #endif
 
+// Where problem p of a batch of outer × inner problems finds an operand: `off + (p / inner)·so +
+// (p % inner)·si` elements into its buffer.
+__device__ __forceinline__ size_t gemm_offset(int p, int inner, int off, int so, int si) {
+    return size_t(off) + size_t(p / inner) * so + size_t(p % inner) * si;
+}
+
+// One element of a slab being copied to shared memory: its row and column in the slab, and its
+// value (zero past the edge of the matrix).
+struct SlabElement {
+    int row;
+    int col;
+    float value;
+};
+
+// Element e of the A slab at rows row0.., columns l0.. (GEMM_TILE × GEMM_SLAB). Consecutive e walk
+// along whichever stride of A is 1, so that neighbouring threads read neighbouring addresses.
+__device__ __forceinline__ SlabElement gemm_a_slab(const float* ap, int e, int row0, int l0, int m, int k, int a_rs, int a_cs) {
+    const bool along_k = a_cs == 1;
+    const int i = along_k ? e / GEMM_SLAB : e % GEMM_TILE;
+    const int l = along_k ? e % GEMM_SLAB : e / GEMM_TILE;
+    const int gi = row0 + i;
+    const int gl = l0 + l;
+    return {i, l, (gi < m && gl < k) ? ap[gi * a_rs + gl * a_cs] : 0.0f};
+}
+
+// Element e of the B slab at rows l0.., columns col0.. (GEMM_SLAB × GEMM_TILE), likewise.
+__device__ __forceinline__ SlabElement gemm_b_slab(const float* bp, int e, int col0, int l0, int n, int k, int b_rs, int b_cs) {
+    const bool along_n = b_cs == 1;
+    const int j = along_n ? e % GEMM_TILE : e / GEMM_SLAB;
+    const int l = along_n ? e / GEMM_TILE : e % GEMM_SLAB;
+    const int gj = col0 + j;
+    const int gl = l0 + l;
+    return {l, j, (gj < n && gl < k) ? bp[gl * b_rs + gj * b_cs] : 0.0f};
+}
+
+// c = v + beta·c (just v when beta is 0, so that C's old contents, even NaN, are never read).
+__device__ __forceinline__ void gemm_store(float* c, float v, float beta) {
+    *c = beta == 0.0f ? v : v + beta * *c;
+}
+
 // C = A·B + beta·C for a batch of outer × inner problems (beta = 0: C is only written, never
 // read, so it may hold NaN). Block (16, 16, 1); any grid.
 extern "C" __global__ void matmul_gemm_fwd_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c, int m, int n, int k, int a_rs, int a_cs, int b_rs, int b_cs, float beta, int outer, int inner, int a_off, int a_so, int a_si, int b_off, int b_so, int b_si, int c_off, int c_so, int c_si) {
@@ -99,11 +139,9 @@ extern "C" __global__ void matmul_gemm_fwd_f32(const float* __restrict__ a, cons
     const int problems = outer * inner;
 
     for (int p = blockIdx.z; p < problems; p += gridDim.z) {
-        const int po = p / inner;
-        const int pi = p % inner;
-        const float* ap = a + size_t(a_off) + size_t(po) * a_so + size_t(pi) * a_si;
-        const float* bp = b + size_t(b_off) + size_t(po) * b_so + size_t(pi) * b_si;
-        float* cp = c + size_t(c_off) + size_t(po) * c_so + size_t(pi) * c_si;
+        const float* ap = a + gemm_offset(p, inner, a_off, a_so, a_si);
+        const float* bp = b + gemm_offset(p, inner, b_off, b_so, b_si);
+        float* cp = c + gemm_offset(p, inner, c_off, c_so, c_si);
         for (int tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
             for (int tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
                 const int row0 = tm * GEMM_TILE;
@@ -113,25 +151,14 @@ extern "C" __global__ void matmul_gemm_fwd_f32(const float* __restrict__ a, cons
                     for (int s = 0; s < GEMM_PER_THREAD; ++s) acc[r][s] = 0.0f;
                 }
                 for (int l0 = 0; l0 < k; l0 += GEMM_SLAB) {
-                    // The A slab, rows row0.., k columns l0..: walk along the unit stride.
+                    // The slabs; A's stored k-major (as[l][i]).
                     UNROLL for (int q = 0; q < GEMM_LOADS; ++q) {
-                        const int e = tid + q * GEMM_THREADS;
-                        const bool along_k = a_cs == 1;
-                        const int i = along_k ? e / GEMM_SLAB : e % GEMM_TILE;
-                        const int l = along_k ? e % GEMM_SLAB : e / GEMM_TILE;
-                        const int gi = row0 + i;
-                        const int gl = l0 + l;
-                        as[l][i] = (gi < m && gl < k) ? ap[gi * a_rs + gl * a_cs] : 0.0f;
+                        const SlabElement e = gemm_a_slab(ap, tid + q * GEMM_THREADS, row0, l0, m, k, a_rs, a_cs);
+                        as[e.col][e.row] = e.value;
                     }
-                    // The B slab, k rows l0.., columns col0..
                     UNROLL for (int q = 0; q < GEMM_LOADS; ++q) {
-                        const int e = tid + q * GEMM_THREADS;
-                        const bool along_n = b_cs == 1;
-                        const int j = along_n ? e % GEMM_TILE : e / GEMM_SLAB;
-                        const int l = along_n ? e / GEMM_TILE : e % GEMM_SLAB;
-                        const int gj = col0 + j;
-                        const int gl = l0 + l;
-                        bs[l][j] = (gj < n && gl < k) ? bp[gl * b_rs + gj * b_cs] : 0.0f;
+                        const SlabElement e = gemm_b_slab(bp, tid + q * GEMM_THREADS, col0, l0, n, k, b_rs, b_cs);
+                        bs[e.row][e.col] = e.value;
                     }
                     __syncthreads();
                     UNROLL for (int l = 0; l < GEMM_SLAB; ++l) {
@@ -151,8 +178,7 @@ extern "C" __global__ void matmul_gemm_fwd_f32(const float* __restrict__ a, cons
                     for (int s = 0; s < GEMM_PER_THREAD; ++s) {
                         const int gj = col0 + tx + GEMM_THREADS_SIDE * s;
                         if (gj >= n) continue;
-                        float* out = cp + size_t(gi) * n + gj;
-                        *out = beta == 0.0f ? acc[r][s] : acc[r][s] + beta * *out;
+                        gemm_store(cp + size_t(gi) * n + gj, acc[r][s], beta);
                     }
                 }
             }
@@ -193,11 +219,9 @@ extern "C" __global__ void matmul_gemm_tf32_fwd_f32(const float* __restrict__ a,
     const int problems = outer * inner;
 
     for (int p = blockIdx.z; p < problems; p += gridDim.z) {
-        const int po = p / inner;
-        const int pi = p % inner;
-        const float* ap = a + size_t(a_off) + size_t(po) * a_so + size_t(pi) * a_si;
-        const float* bp = b + size_t(b_off) + size_t(po) * b_so + size_t(pi) * b_si;
-        float* cp = c + size_t(c_off) + size_t(po) * c_so + size_t(pi) * c_si;
+        const float* ap = a + gemm_offset(p, inner, a_off, a_so, a_si);
+        const float* bp = b + gemm_offset(p, inner, b_off, b_so, b_si);
+        float* cp = c + gemm_offset(p, inner, c_off, c_so, c_si);
         for (int tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
             for (int tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
                 const int row0 = tm * GEMM_TILE;
@@ -207,24 +231,14 @@ extern "C" __global__ void matmul_gemm_tf32_fwd_f32(const float* __restrict__ a,
                     for (int s = 0; s < TF32_FRAGS; ++s) wmma::fill_fragment(acc[r][s], 0.0f);
                 }
                 for (int l0 = 0; l0 < k; l0 += GEMM_SLAB) {
-                    // The slabs, zero past the matrix, rounded to TF32; loads along the unit stride.
+                    // The slabs, both row-major (what the wmma loads read), rounded to TF32.
                     UNROLL for (int q = 0; q < TF32_LOADS; ++q) {
-                        const int e = tid + q * TF32_THREADS;
-                        const bool along_k = a_cs == 1;
-                        const int i = along_k ? e / GEMM_SLAB : e % GEMM_TILE;
-                        const int l = along_k ? e % GEMM_SLAB : e / GEMM_TILE;
-                        const int gi = row0 + i;
-                        const int gl = l0 + l;
-                        as[i][l] = (gi < m && gl < k) ? wmma::__float_to_tf32(ap[gi * a_rs + gl * a_cs]) : 0.0f;
+                        const SlabElement e = gemm_a_slab(ap, tid + q * TF32_THREADS, row0, l0, m, k, a_rs, a_cs);
+                        as[e.row][e.col] = wmma::__float_to_tf32(e.value);
                     }
                     UNROLL for (int q = 0; q < TF32_LOADS; ++q) {
-                        const int e = tid + q * TF32_THREADS;
-                        const bool along_n = b_cs == 1;
-                        const int j = along_n ? e % GEMM_TILE : e / GEMM_SLAB;
-                        const int l = along_n ? e / GEMM_TILE : e % GEMM_SLAB;
-                        const int gj = col0 + j;
-                        const int gl = l0 + l;
-                        bs[l][j] = (gj < n && gl < k) ? wmma::__float_to_tf32(bp[gl * b_rs + gj * b_cs]) : 0.0f;
+                        const SlabElement e = gemm_b_slab(bp, tid + q * TF32_THREADS, col0, l0, n, k, b_rs, b_cs);
+                        bs[e.row][e.col] = wmma::__float_to_tf32(e.value);
                     }
                     __syncthreads();
                     UNROLL for (int kk = 0; kk < GEMM_SLAB; kk += TF32_FRAG_K) {
@@ -252,9 +266,7 @@ extern "C" __global__ void matmul_gemm_tf32_fwd_f32(const float* __restrict__ a,
                     const int gi = row0 + e / GEMM_TILE;
                     const int gj = col0 + e % GEMM_TILE;
                     if (gi >= m || gj >= n) continue;
-                    float* out = cp + size_t(gi) * n + gj;
-                    const float v = cs[e / GEMM_TILE][e % GEMM_TILE];
-                    *out = beta == 0.0f ? v : v + beta * *out;
+                    gemm_store(cp + size_t(gi) * n + gj, cs[e / GEMM_TILE][e % GEMM_TILE], beta);
                 }
                 __syncthreads();  // cs is rewritten by the next tile
             }
