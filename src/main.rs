@@ -326,6 +326,9 @@ fn run(cli: Cli) -> darts::Result<()> {
                 |i, ms| eprintln!("  step {i}: {ms:.1} ms"),
                 args.profile,
             )?;
+            if let Some(launches) = report.launches_per_step {
+                eprintln!("  {launches:.0} kernel launches per step");
+            }
             println!(
                 "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device MiB | device | commit |"
             );

@@ -72,6 +72,8 @@ pub struct BenchReport {
     /// Device memory held at the end (live buffers plus the reuse pool, whose size is the
     /// high-water mark); `None` off CUDA.
     pub peak_device_bytes: Option<u64>,
+    /// Kernel launches per timed step; `None` on the CPU.
+    pub launches_per_step: Option<f64>,
     pub device: String,
     pub commit: String,
 }
@@ -136,7 +138,11 @@ pub fn bench_search(
     };
     let exec = config.device.executor()?;
     let mut times = Vec::with_capacity(config.steps);
+    let mut launches_before = 0;
     for i in 0..config.warmup + config.steps {
+        if i == config.warmup {
+            launches_before = exec.map_or(0, |e| e.launches());
+        }
         if profile && i == config.warmup {
             crate::profile::enable();
             if let Some(exec) = exec {
@@ -176,6 +182,8 @@ pub fn bench_search(
         images_per_s: config.batch_size as f64 / (median / 1e3),
         peak_host_bytes: peak_memory_bytes(),
         peak_device_bytes: exec.and_then(|e| e.reserved_bytes()),
+        launches_per_step: exec
+            .map(|e| (e.launches() - launches_before) as f64 / config.steps as f64),
         device: config.device.describe()?,
         commit: current_commit(),
     })

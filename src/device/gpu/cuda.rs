@@ -7,7 +7,7 @@
 //! [`CudaExecutor::new`] probes for it before any other cudarc call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUresult;
@@ -79,6 +79,8 @@ pub struct CudaExecutor {
     compute_capability: u32,
     /// Which GEMM kernel runs.
     gemm: GemmSetting,
+    /// Kernels launched so far.
+    launches: AtomicU64,
     /// Bytes taken from the driver so far (live buffers plus the pool); the pool never hands
     /// memory back before [`CudaExecutor::trim`], so this is the high-water mark.
     reserved: AtomicUsize,
@@ -128,6 +130,7 @@ impl CudaExecutor {
             pool: Arc::new(Mutex::new(HashMap::new())),
             compute_capability: (major * 10 + minor) as u32,
             gemm: GemmSetting::new(),
+            launches: AtomicU64::new(0),
             reserved: AtomicUsize::new(0),
         })
     }
@@ -281,12 +284,17 @@ impl Executor for CudaExecutor {
         // live allocation of this executor's context, and the caller promised the kernel stays
         // inside them.
         unsafe { builder.launch(cfg) }?;
+        self.launches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     fn synchronize(&self) -> Result<(), GpuError> {
         self.stream.synchronize()?;
         Ok(())
+    }
+
+    fn launches(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
     }
 
     fn gemm_precision(&self) -> GemmPrecision {

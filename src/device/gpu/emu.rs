@@ -3,6 +3,7 @@
 //! thread, one fiber per CUDA thread. Slow and exact; CI runs every kernel here.
 
 use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::kernels::{self, KernelId};
 use super::{
@@ -15,6 +16,7 @@ use super::{
 #[derive(Debug, Default)]
 pub struct EmuExecutor {
     gemm: GemmSetting,
+    launches: AtomicU64,
 }
 
 impl EmuExecutor {
@@ -22,6 +24,7 @@ impl EmuExecutor {
     pub const fn new() -> EmuExecutor {
         EmuExecutor {
             gemm: GemmSetting::new(),
+            launches: AtomicU64::new(0),
         }
     }
 }
@@ -212,6 +215,7 @@ impl Executor for EmuExecutor {
     ) -> Result<(), GpuError> {
         config.check(kernel)?;
         check_args(kernel, args)?;
+        self.launches.fetch_add(1, Ordering::Relaxed);
         let args = args
             .iter()
             .map(|arg| {
@@ -244,6 +248,10 @@ impl Executor for EmuExecutor {
 
     fn synchronize(&self) -> Result<(), GpuError> {
         Ok(())
+    }
+
+    fn launches(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
     }
 
     fn gemm_precision(&self) -> GemmPrecision {

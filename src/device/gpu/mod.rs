@@ -371,6 +371,10 @@ pub trait Executor: Send + Sync {
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<(), GpuError>;
 
+    /// Kernels launched so far, for reports: on a GPU each launch costs a few microseconds of
+    /// host time, which bounds a step's speed when its kernels are small.
+    fn launches(&self) -> u64;
+
     /// The kernel this executor's GEMMs run.
     fn gemm_precision(&self) -> GemmPrecision;
 
@@ -508,6 +512,10 @@ impl Executor for TestExecutor {
 
     fn synchronize(&self) -> Result<(), GpuError> {
         self.inner.synchronize()
+    }
+
+    fn launches(&self) -> u64 {
+        self.inner.launches()
     }
 
     fn gemm_precision(&self) -> GemmPrecision {
