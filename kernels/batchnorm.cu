@@ -222,13 +222,14 @@ extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__
 
 // ---- Running statistics -----------------------------------------------------------------------
 
-// PyTorch's update, in place and in double as the CPU does it:
-// running <- (1 - momentum) running + momentum batch, the variance from the unbiased batch variance.
-extern "C" __global__ void batchnorm_running_stats_fwd_f32(float* __restrict__ running_mean, float* __restrict__ running_var, const float* __restrict__ mean, const float* __restrict__ var_unbiased, int c, float momentum) {
+// PyTorch's update, in double as the CPU does it, into new buffers (the old statistics stay as
+// they are, so nothing needs copying first): new = (1 - momentum) running + momentum batch, the
+// variance from the unbiased batch variance.
+extern "C" __global__ void batchnorm_running_stats_fwd_f32(const float* __restrict__ running_mean, const float* __restrict__ running_var, const float* __restrict__ mean, const float* __restrict__ var_unbiased, float* __restrict__ new_mean, float* __restrict__ new_var, int c, float momentum) {
     const double m = double(momentum);
     const double keep = 1.0 - m;
     for (size_t ch = global_thread_index(); ch < size_t(c); ch += global_thread_count()) {
-        running_mean[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_mean[ch])), __dmul_rn(m, double(mean[ch]))));
-        running_var[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_var[ch])), __dmul_rn(m, double(var_unbiased[ch]))));
+        new_mean[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_mean[ch])), __dmul_rn(m, double(mean[ch]))));
+        new_var[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_var[ch])), __dmul_rn(m, double(var_unbiased[ch]))));
     }
 }

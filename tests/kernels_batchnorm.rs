@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, random};
+use common::gpu::{Bits, EXACT, Tolerance, check, cpu_reference_tests, random};
 use darts::device::cpu::batchnorm::{
     self as reference, ChannelLayout, Normalizer as CpuNormalizer,
 };
@@ -225,15 +225,17 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
         0.1,
     )
     .unwrap();
-    let mut rm = e.to_device(&running_mean).unwrap();
-    let mut rv = e.to_device(&running_var).unwrap();
+    let rm = e.to_device(&running_mean).unwrap();
+    let rv = e.to_device(&running_var).unwrap();
     let (bm, bv) = (
         e.to_device(batch.mean.data()).unwrap(),
         e.to_device(batch.var_unbiased.data()).unwrap(),
     );
-    ops::update_running_stats(e, &mut rm, &mut rv, &bm, &bv, 0.1).unwrap();
-    check(e, &what("running mean"), &rm, want_mean.data(), EXACT);
-    check(e, &what("running var"), &rv, want_var.data(), EXACT);
+    let (new_mean, new_var) = ops::update_running_stats(e, &rm, &rv, &bm, &bv, 0.1).unwrap();
+    check(e, &what("running mean"), &new_mean, want_mean.data(), EXACT);
+    check(e, &what("running var"), &new_var, want_var.data(), EXACT);
+    // The old statistics are inputs only.
+    check(e, &what("old running mean"), &rm, &running_mean, Bits);
 }
 
 /// The tensor shape of a layout: `[N, C, HW, 1]`, or `[N, C]` when HW = 1.
@@ -409,8 +411,8 @@ fn bad_arguments_are_errors() {
     let l = ChannelLayout { n: 2, c: 3, hw: 2 };
     let x = e.to_device(&[1.0f32; 12]).unwrap();
     let three = e.to_device(&[1.0f32; 3]).unwrap();
-    let mut two = e.to_device(&[1.0f32; 2]).unwrap();
-    let mut other = e.to_device(&[1.0f32; 3]).unwrap();
+    let two = e.to_device(&[1.0f32; 2]).unwrap();
+    let other = e.to_device(&[1.0f32; 3]).unwrap();
     let wrong = ChannelLayout { n: 3, ..l };
     assert!(matches!(
         ops::batch_stats(e, &x, &wrong, EPS),
@@ -434,8 +436,8 @@ fn bad_arguments_are_errors() {
     assert!(ops::channel_grad_sums(e, &x, &three, &l, norm).is_err());
     let sums = ops::channel_grad_sums(e, &x, &x, &l, norm).unwrap();
     assert!(ops::normalize_backward(e, &x, &x, &l, norm, &two, &sums).is_err());
-    assert!(ops::update_running_stats(e, &mut two, &mut other, &three, &three, 0.1).is_err());
-    let mut mean = e.to_device(&[0.0f32; 3]).unwrap();
-    assert!(ops::update_running_stats(e, &mut mean, &mut other, &three, &three, 1.5).is_err());
-    assert!(ops::update_running_stats(e, &mut mean, &mut other, &three, &three, 0.5).is_ok());
+    assert!(ops::update_running_stats(e, &two, &other, &three, &three, 0.1).is_err());
+    let mean = e.to_device(&[0.0f32; 3]).unwrap();
+    assert!(ops::update_running_stats(e, &mean, &other, &three, &three, 1.5).is_err());
+    assert!(ops::update_running_stats(e, &mean, &other, &three, &three, 0.5).is_ok());
 }

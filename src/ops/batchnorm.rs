@@ -73,7 +73,8 @@ fn inv_std(var: impl Iterator<Item = f64>, eps: f32) -> Vec<f32> {
 enum Norm {
     Cpu(Normalizer),
     Gpu {
-        mean: gpu::DeviceBuffer<f32>,
+        /// Shared with the batch statistics (train) or the running mean (eval), not copied.
+        mean: Tensor,
         inv_std: gpu::DeviceBuffer<f32>,
     },
 }
@@ -209,13 +210,13 @@ fn normalize_gpu(
     xv: Tensor,
     l: ChannelLayout,
     params: Option<(Tensor, Tensor)>,
-    mean: gpu::DeviceBuffer<f32>,
+    mean: Tensor,
     inv_std: gpu::DeviceBuffer<f32>,
     train: bool,
 ) -> Result<(Tensor, Backward)> {
     let device = xv.device();
     let norm = g::Normalizer {
-        mean: &mean,
+        mean: buffer(&mean),
         inv_std: &inv_std,
     };
     let affine = params.as_ref().map(|(g, b)| (buffer(g), buffer(b)));
@@ -225,7 +226,7 @@ fn normalize_gpu(
     let backward = move |dy: &Tensor, needs: &[bool]| {
         common_device("batch_norm backward", &[&xv, dy])?;
         let norm = g::Normalizer {
-            mean: &mean,
+            mean: buffer(&mean),
             inv_std: &inv_std,
         };
         let (x, d) = (buffer(&xv), buffer(dy));
@@ -317,8 +318,9 @@ pub fn batch_norm_train(
                 var_unbiased,
                 inv_std,
             } = g::batch_stats(exec, data, &l, eps)?;
+            let mean = Tensor::from_buffer(mean, &[l.c], device)?;
             let stats = BatchStats {
-                mean: Tensor::from_buffer(exec.duplicate(&mean)?, &[l.c], device)?,
+                mean: mean.clone(),
                 var_unbiased: Tensor::from_buffer(var_unbiased, &[l.c], device)?,
             };
             (Norm::Gpu { mean, inv_std }, stats)
@@ -351,7 +353,7 @@ pub fn batch_norm_eval(
             inv_std: inv_std(var.iter().map(|&v| v as f64), eps),
         }),
         Data::Gpu(exec, var) => Norm::Gpu {
-            mean: exec.duplicate(buffer(running_mean))?,
+            mean: running_mean.clone(),
             inv_std: g::inv_std(exec, var, eps)?,
         },
     };
@@ -401,12 +403,10 @@ pub fn update_running_stats(
             ))
         }
         Some(exec) => {
-            let mut mean = exec.duplicate(buffer(running_mean))?;
-            let mut var = exec.duplicate(buffer(running_var))?;
-            g::update_running_stats(
+            let (mean, var) = g::update_running_stats(
                 exec,
-                &mut mean,
-                &mut var,
+                buffer(running_mean),
+                buffer(running_var),
                 buffer(&stats.mean),
                 buffer(&stats.var_unbiased),
                 momentum,

@@ -452,17 +452,17 @@ pub fn normalize_backward(
     Ok(dx)
 }
 
-/// PyTorch's running-statistics update, in place and in f64 as the CPU computes it:
-/// `running ← (1 − momentum) · running + momentum · batch`, with the unbiased batch variance for
-/// the running variance.
+/// PyTorch's running-statistics update, in f64 as the CPU computes it, into new buffers (mean,
+/// var): `(1 − momentum) · running + momentum · batch`, with the unbiased batch variance for the
+/// running variance.
 pub fn update_running_stats(
     exec: &dyn Executor,
-    running_mean: &mut DeviceBuffer<f32>,
-    running_var: &mut DeviceBuffer<f32>,
+    running_mean: &DeviceBuffer<f32>,
+    running_var: &DeviceBuffer<f32>,
     mean: &DeviceBuffer<f32>,
     var_unbiased: &DeviceBuffer<f32>,
     momentum: f32,
-) -> Result<(), GpuError> {
+) -> Result<(DeviceBuffer<f32>, DeviceBuffer<f32>), GpuError> {
     let op = "update_running_stats";
     let c = mean.len();
     check_channels(
@@ -481,9 +481,10 @@ pub fn update_running_stats(
         ));
     }
     let channels = int(op, c)?;
+    let (mut new_mean, mut new_var) = (exec.alloc(c)?, exec.alloc(c)?);
     let config = LaunchConfig::grid_stride(c, THREADS);
-    // SAFETY: the kernel reads and writes running_mean, running_var and reads mean, var_unbiased
-    // at [0..c); all four hold c elements (checked).
+    // SAFETY: the kernel reads running_mean, running_var, mean, var_unbiased and writes new_mean,
+    // new_var at [0..c); all six hold c elements (checked, or allocated so).
     unsafe {
         kernels::batchnorm_running_stats_fwd_f32(
             exec,
@@ -492,9 +493,11 @@ pub fn update_running_stats(
             running_var,
             mean,
             var_unbiased,
+            &mut new_mean,
+            &mut new_var,
             channels,
             momentum,
         )
     }?;
-    Ok(())
+    Ok((new_mean, new_var))
 }
