@@ -244,7 +244,16 @@ fn run(cli: Cli) -> darts::Result<()> {
             println!("darts {}", env!("CARGO_PKG_VERSION"));
             println!("devices: cpu, emu (default: {})", Device::default_device());
             match Device::Cuda(0).describe() {
-                Ok(gpu) => println!("cuda: {gpu}"),
+                Ok(gpu) => {
+                    println!("cuda: {gpu}");
+                    let tf32 = Device::Cuda(0)
+                        .set_gemm_precision(GemmPrecision::Tf32)
+                        .and_then(|()| Device::Cuda(0).set_gemm_precision(GemmPrecision::F32));
+                    match tf32 {
+                        Ok(()) => println!("tf32: available (--tf32)"),
+                        Err(e) => println!("tf32: unavailable ({e})"),
+                    }
+                }
                 Err(e) => println!("cuda: unavailable ({e})"),
             }
             println!("cpu threads: {}", rayon::current_num_threads());

@@ -98,13 +98,14 @@ run_checks() {
   export DARTS_REFERENCE_FIXTURES=tests/fixtures
   test_row reference_fixtures 120 cuda
 
-  local benches=()
+  local benches=() launches=()
   for flags in "" "--unrolled" "--tf32" "--unrolled --tf32"; do
     local name
     name="bench-cuda$(echo "$flags" | tr -d ' ')"
     timeout 120 "$bin/darts" bench search-cnn --device cuda $flags --warmup 2 --steps 10 \
       --json "$out/$name.json" >"$out/$name.txt" 2>&1
     benches+=("$(tail -n 1 "$out/$name.txt")")
+    launches+=("$name: $(grep -o '[0-9]* kernel launches per step' "$out/$name.txt")")
   done
   timeout 90 "$bin/darts" bench search-cnn --device cuda --steps 3 --profile \
     >"$out/bench-cuda-profile.txt" 2>&1
@@ -122,6 +123,8 @@ run_checks() {
     echo "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device MiB | device | commit |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     printf '%s\n' "${benches[@]}"
+    echo
+    printf '%s\n' "${launches[@]}"
     echo
     echo "criterion (CUDA, median of each): see $out/criterion-cuda.txt"
     grep -B1 'time:' "$out/criterion-cuda.txt" | grep -v '^--$' | head -n 120
