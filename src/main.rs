@@ -205,6 +205,10 @@ struct CnnSearchArgs {
     /// Continue the run checkpointed in --out.
     #[arg(long)]
     resume: bool,
+    /// Start afresh even where --out already holds a search, replacing it (without this, such a
+    /// folder is refused).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Off a terminal, print progress every this many steps.
     #[arg(long, default_value_t = 50)]
     report_freq: usize,
@@ -289,6 +293,7 @@ fn run(cli: Cli) -> darts::Result<()> {
             let run = RunOptions {
                 out: args.out,
                 resume: args.resume,
+                overwrite: args.overwrite,
                 max_steps: args.max_steps,
                 report_freq: args.report_freq,
                 verbose: true,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use darts::train::search::{CHECKPOINT, RunOptions, SearchOptions, search};
+use darts::train::search::{CHECKPOINT, METRICS, RunOptions, SearchOptions, search};
 use darts::{Device, Rng};
 
 /// Writes a tiny IDX data set (1×8×8 images in 3 classes, each class a different brightness
@@ -68,6 +68,7 @@ fn run(out: &Path, resume: bool, max_steps: Option<usize>) -> RunOptions {
     RunOptions {
         out: out.to_path_buf(),
         resume,
+        overwrite: false,
         max_steps,
         report_freq: 1000,
         verbose: false,
@@ -159,6 +160,42 @@ fn search_writes_its_outputs_and_alpha_moves() {
     assert_eq!(epochs, 2);
     // α moved away from its 1e-3·N(0,1) start.
     assert!(outcome.alphas[0].data().iter().any(|a| a.abs() > 1e-2));
+}
+
+/// A fresh search into a folder that holds another is refused, leaving the folder as it was;
+/// `overwrite` replaces it, and asking to both resume and overwrite is an error.
+#[test]
+fn a_fresh_search_does_not_replace_an_existing_one() {
+    let data = scratch("existing-data");
+    write_idx(&data, 60);
+    let out = scratch("existing");
+    search(&options(&data), &run(&out, false, Some(1))).unwrap();
+    let files = |out: &Path| [CHECKPOINT, METRICS].map(|f| std::fs::read(out.join(f)).unwrap());
+    let before = files(&out);
+    let err = search(&options(&data), &run(&out, false, None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already holds a search") && err.contains("--resume"),
+        "{err}"
+    );
+    assert_eq!(files(&out), before);
+
+    let both = RunOptions {
+        overwrite: true,
+        ..run(&out, true, None)
+    };
+    let err = search(&options(&data), &both).unwrap_err().to_string();
+    assert!(err.contains("pick one"), "{err}");
+    assert_eq!(files(&out), before);
+
+    let replace = RunOptions {
+        overwrite: true,
+        ..run(&out, false, Some(2))
+    };
+    let outcome = search(&options(&data), &replace).unwrap();
+    assert_eq!(outcome.steps_run, 2);
+    assert_ne!(files(&out), before);
 }
 
 #[test]

@@ -47,6 +47,7 @@ fn small_search_on_fashion_mnist_beats_chance() {
     let run = RunOptions {
         out: out.clone(),
         resume: false,
+        overwrite: false,
         max_steps: None,
         report_freq: 1000,
         verbose: false,

@@ -70,6 +70,9 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Continue from `out/checkpoint.safetensors`.
     pub resume: bool,
+    /// Start afresh even where `out` already holds a search, replacing it. Without it (and
+    /// without `resume`) such a folder is refused, so that no run is lost by mistake.
+    pub overwrite: bool,
     /// Stop after this many weight steps in total (the run is checkpointed and can be resumed).
     pub max_steps: Option<usize>,
     /// Off a terminal, print a progress line every this many steps.
@@ -100,6 +103,9 @@ pub struct SearchOutcome {
 
 /// The checkpoint file inside the output folder.
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// The file name of a search's metrics log (one JSON object per step and per epoch).
+pub const METRICS: &str = "metrics.jsonl";
 const CHECKPOINT_FORMAT: &str = "darts-cnn-search-v1";
 
 /// Running sums of the current epoch's training metrics.
@@ -365,10 +371,35 @@ fn check_options(options: &SearchOptions) -> Result<()> {
     Ok(())
 }
 
+/// Fails when `out` holds the checkpoint or the metrics log of an earlier search, which a fresh
+/// run would overwrite.
+fn refuse_existing_search(out: &Path) -> Result<()> {
+    match [CHECKPOINT, METRICS].iter().find(|f| out.join(f).exists()) {
+        Some(file) => Err(Error::invalid(
+            "search",
+            format!(
+                "{} already holds a search ({file}); continue it with --resume, replace it with \
+                 --overwrite, or choose another --out",
+                out.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs (or resumes) a search and writes its outputs into `run.out`.
 pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome> {
     check_options(options)?;
+    if run.resume && run.overwrite {
+        return Err(Error::invalid(
+            "search",
+            "--resume continues the search in --out and --overwrite replaces it: pick one",
+        ));
+    }
     let mut data = load_data(options)?;
+    if !run.resume && !run.overwrite {
+        refuse_existing_search(&run.out)?;
+    }
     std::fs::create_dir_all(&run.out).map_err(|e| Error::Io {
         path: run.out.display().to_string(),
         message: format!("cannot create the output folder: {e}"),
@@ -419,7 +450,7 @@ pub fn search(options: &SearchOptions, run: &RunOptions) -> Result<SearchOutcome
         },
     };
     let checkpoint = run.out.join(CHECKPOINT);
-    let metrics_path = run.out.join("metrics.jsonl");
+    let metrics_path = run.out.join(METRICS);
     let mut metrics = if run.resume {
         state.restore(&checkpoint, options)?;
         data.train.resume(state.position.train_loader)?;
