@@ -121,15 +121,6 @@ extern "C" __global__ void elementwise_scale_fwd_f32(const float* __restrict__ x
     }
 }
 
-// y = w[k] * x: a scale by a factor that lives on the device (a mixed-op candidate's gradient,
-// dy times its softmax weight, without copying the weight to the host).
-extern "C" __global__ void elementwise_scale_by_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int k, int n) {
-    const float s = w[k];
-    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
-        y[i] = x[i] * s;
-    }
-}
-
 // y = a * x + b * z, each product and the sum rounded on its own (no fma), as the CPU computes it:
 // the axpy-like updates of the architect's virtual step and finite differences.
 extern "C" __global__ void elementwise_lincomb_fwd_f32(const float* __restrict__ x, const float* __restrict__ z, float* __restrict__ y, float a, float b, int n) {

@@ -28,8 +28,15 @@
 // its grid-stride share of dy * x_k in double and write the block's sum as hi + lo floats; pass 2
 // is elementwise_weighted_sum_weight_final_bwd_f32, which adds each weight's P partials. The
 // partials have the same layout and, for the same P, the same values as the stacked version's, so
-// both versions of the op give the same bits. The input gradients w[k] * dy are plain scalings
-// (elementwise_scale_fwd_f32) and need no kernel here.
+// both versions of the op give the same bits.
+//
+// Backward: dx_k = w[k] * dy
+// --------------------------
+// Each candidate's input gradient is dy scaled by its weight. One launch writes all of them (up to
+// eight outputs o0..o7, as the forward reads eight inputs), reading dy once, instead of one launch
+// per candidate: a search step has hundreds of mixed ops. `picks` says which weight each output
+// takes (3 bits per output), so candidates that need no gradient get no buffer. One rounded
+// product per element, the CPU's bits.
 #include "common.cuh"
 
 // The most candidates a mixed op takes: one pointer parameter each.
@@ -83,5 +90,34 @@ extern "C" __global__ void mixed_sum_weight_partial_bwd_f32(const float* __restr
         const size_t slot = 2 * (size_t(blockIdx.y) * gridDim.x + blockIdx.x);
         partials[slot] = hi;
         partials[slot + 1] = float(s - double(hi));
+    }
+}
+
+// Output s of o0..o7 (the writable twin of `candidate`).
+__device__ __forceinline__ float* output(int s, float* o0, float* o1, float* o2, float* o3, float* o4, float* o5, float* o6, float* o7) {
+    switch (s) {
+        case 0: return o0;
+        case 1: return o1;
+        case 2: return o2;
+        case 3: return o3;
+        case 4: return o4;
+        case 5: return o5;
+        case 6: return o6;
+        default: return o7;
+    }
+}
+
+// o_s[i] = w[(picks >> 3s) & 7] * dy[i] for s < outputs (1 <= outputs <= 8); the other outputs are
+// never touched.
+extern "C" __global__ void mixed_scale_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ o0, float* __restrict__ o1, float* __restrict__ o2, float* __restrict__ o3, float* __restrict__ o4, float* __restrict__ o5, float* __restrict__ o6, float* __restrict__ o7, unsigned picks, int outputs, int n) {
+    float weight[MIXED_MAX_CANDIDATES];
+    for (int s = 0; s < MIXED_MAX_CANDIDATES; ++s) {
+        weight[s] = s < outputs ? w[(picks >> (3 * s)) & 7u] : 0.0f;
+    }
+    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
+        const float d = dy[i];
+        for (int s = 0; s < MIXED_MAX_CANDIDATES; ++s) {
+            if (s < outputs) output(s, o0, o1, o2, o3, o4, o5, o6, o7)[i] = __fmul_rn(weight[s], d);
+        }
     }
 }

@@ -26,7 +26,6 @@ const COVERED: &[KernelId] = &[
     KernelId::ElementwiseMulFwdF32,
     KernelId::ElementwiseScaleFwdF32,
     KernelId::ElementwiseLincombFwdF32,
-    KernelId::ElementwiseScaleByFwdF32,
     KernelId::ElementwiseWeightedSumFwdF32,
     KernelId::ElementwiseWeightedSumInputBwdF32,
     KernelId::ElementwiseWeightedSumWeightPartialBwdF32,
@@ -137,10 +136,6 @@ fn check_against_cpu(e: &dyn Executor) {
         let want = reference::scale(&x, -1.7);
         check(e, "scale", &ops::scale(e, &dx, -1.7).unwrap(), &want, EXACT);
         // Coefficients whose products round (0.1 is inexact): an fma would show.
-        let factors = e.to_device(&[0.5, -1.7, 3.0]).unwrap();
-        let got = ops::scale_by(e, &dx, &factors, 1).unwrap();
-        check(e, "scale_by", &got, &want, EXACT);
-        assert!(ops::scale_by(e, &dx, &factors, 3).is_err());
         let want = reference::lincomb(0.1, &x, -0.3, &b);
         let got = ops::lincomb(e, 0.1, &dx, -0.3, &db).unwrap();
         check(e, "lincomb", &got, &want, EXACT);

@@ -1,5 +1,6 @@
 //! Every kernel of `kernels/mixed.cu`, run through the GPU ops of `darts::device::gpu::mixed`,
-//! against the CPU reference (`device::cpu::elementwise::weighted_sum`, `device::cpu::dot_f64`):
+//! against the CPU reference (`device::cpu::elementwise::{weighted_sum, scale}`,
+//! `device::cpu::dot_f64`):
 //! on the emulator always, and on CUDA when this machine has a driver and the build has PTX
 //! (otherwise that test says it skipped). Inputs are random, of sizes that are not multiples of
 //! the block size, with 1, 2, 5 and 8 candidates; every device allocation starts as NaN, so an
@@ -18,6 +19,7 @@ use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId
 const COVERED: &[KernelId] = &[
     KernelId::MixedSumFwdF32,
     KernelId::MixedSumWeightPartialBwdF32,
+    KernelId::MixedScaleBwdF32,
 ];
 
 /// The weight gradient's second pass, which the mixed family shares with the stacked op.
@@ -72,6 +74,22 @@ fn check_against_cpu(e: &dyn Executor) {
             let got = ops::mixed_backward_weights(e, &ddy, &refs).unwrap();
             let what = format!("mixed_backward_weights, k = {k}");
             check(e, &what, &got, &want, REDUCTION);
+
+            // The input gradients: of every candidate, of every other one, and (for eight) of
+            // ten picks, which take two launches.
+            let mut pick_lists = vec![(0..k).collect::<Vec<_>>(), (0..k).step_by(2).collect()];
+            if k == MAX_CANDIDATES {
+                pick_lists.push((0..k).chain([7, 3]).collect());
+            }
+            for picks in pick_lists {
+                let got = ops::mixed_backward_inputs(e, &ddy, &dw, &picks).unwrap();
+                assert_eq!(got.len(), picks.len());
+                for (g, &j) in got.iter().zip(&picks) {
+                    let what = format!("mixed_backward_inputs, k = {k}, weight {j} of {picks:?}");
+                    check(e, &what, g, &reference::scale(&dy, weights[j]), EXACT);
+                }
+            }
+            assert!(ops::mixed_backward_inputs(e, &ddy, &dw, &[k]).is_err());
         }
     }
 }

@@ -143,19 +143,13 @@ pub fn weighted_sum(tape: &mut Tape, xs: &[Var], weights: Var) -> Result<Var> {
     let mut inputs = xs.to_vec();
     inputs.push(weights);
     Ok(tape.record("weighted_sum", y, &inputs, move |dy, needs| {
-        // dxₖ = wₖ · dy, reading wₖ where it lives (no copy of the weights to the host).
-        let mut grads = Vec::with_capacity(count + 1);
-        for (i, &need) in needs[..count].iter().enumerate() {
-            grads.push(if need {
-                Some(unary(
-                    dy,
-                    |d| k::scale(d, w.data()[i]),
-                    |e, d| g::scale_by(e, d, buffer(&w), i),
-                )?)
-            } else {
-                None
-            });
-        }
+        // dxₖ = wₖ · dy for the inputs that need it.
+        let picks: Vec<usize> = (0..count).filter(|&i| needs[i]).collect();
+        let mut scaled = mixed_backward_inputs(dy, &w, &picks)?.into_iter();
+        let mut grads: Vec<Option<Tensor>> = needs[..count]
+            .iter()
+            .map(|&need| if need { scaled.next() } else { None })
+            .collect();
         grads.push(if needs[count] {
             Some(mixed_backward_weights(dy, &values)?)
         } else {
@@ -177,6 +171,25 @@ fn mixed_forward(xs: &[Tensor], w: &Tensor) -> Result<Tensor> {
             let buffers: Vec<_> = xs.iter().map(buffer).collect();
             Tensor::from_buffer(mixed::mixed_forward(exec, &buffers, wb)?, shape, w.device())
         }
+    }
+}
+
+/// `wₖ · dy` for each `k` of `picks`, on the inputs' device; on a GPU the weights are read there
+/// (no copy to the host) and eight gradients come from one launch.
+fn mixed_backward_inputs(dy: &Tensor, w: &Tensor, picks: &[usize]) -> Result<Vec<Tensor>> {
+    match (dy.storage(), w.storage()) {
+        (Data::Cpu(d), Data::Cpu(wd)) => picks
+            .iter()
+            .map(|&i| Tensor::from_vec(k::scale(d, wd[i]), dy.shape()))
+            .collect(),
+        (Data::Gpu(exec, d), Data::Gpu(_, wb)) => mixed::mixed_backward_inputs(exec, d, wb, picks)?
+            .into_iter()
+            .map(|g| Tensor::from_buffer(g, dy.shape(), dy.device()))
+            .collect(),
+        _ => Err(Error::invalid(
+            "weighted_sum backward",
+            format!("dy on {} and the weights on {}", dy.device(), w.device()),
+        )),
     }
 }
 

@@ -198,30 +198,6 @@ pub fn scale(
     Ok(y)
 }
 
-/// `y = w[k]·x`: [`scale`] by element `k` of a device buffer, read there (no copy to the host).
-pub fn scale_by(
-    exec: &dyn Executor,
-    x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
-    k: usize,
-) -> Result<DeviceBuffer<f32>, GpuError> {
-    if k >= w.len() {
-        return Err(invalid(
-            "scale_by",
-            format!("factor {k} of a buffer of {}", w.len()),
-        ));
-    }
-    let n = int("scale_by", x.len())?;
-    let mut y = exec.alloc(x.len())?;
-    let config = LaunchConfig::grid_stride(x.len(), THREADS);
-    // SAFETY: the kernel reads w[k] (k < w.len(), checked) and touches x, y at [0..n); both hold
-    // n elements.
-    unsafe {
-        kernels::elementwise_scale_by_fwd_f32(exec, config, x, w, &mut y, int("scale_by", k)?, n)
-    }?;
-    Ok(y)
-}
-
 /// `y = a·x + b·z` (equal lengths), each product rounded before the sum, as the CPU's
 /// `device::cpu::elementwise::lincomb`.
 pub fn lincomb(

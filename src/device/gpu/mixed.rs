@@ -143,3 +143,70 @@ pub fn mixed_backward_weights(
     }
     Ok(dw)
 }
+
+/// The candidates' input gradients `w[k]·dy` for each `k` of `picks` (each below
+/// `weights.len()`), in that order: one launch per eight, reading `dy` once for each.
+pub fn mixed_backward_inputs(
+    exec: &dyn Executor,
+    dy: &DeviceBuffer<f32>,
+    weights: &DeviceBuffer<f32>,
+    picks: &[usize],
+) -> Result<Vec<DeviceBuffer<f32>>, GpuError> {
+    let op = "mixed_backward_inputs";
+    if let Some(&bad) = picks
+        .iter()
+        .find(|&&k| k >= weights.len().min(MAX_CANDIDATES))
+    {
+        return Err(invalid(
+            op,
+            format!(
+                "weight {bad} of {} (at most {MAX_CANDIDATES})",
+                weights.len()
+            ),
+        ));
+    }
+    let n = int(op, dy.len())?;
+    let config = LaunchConfig::grid_stride(dy.len(), THREADS);
+    let mut grads = Vec::with_capacity(picks.len());
+    for chunk in picks.chunks(MAX_CANDIDATES) {
+        let mut outputs = chunk
+            .iter()
+            .map(|_| exec.alloc(dy.len()))
+            .collect::<Result<Vec<DeviceBuffer<f32>>, GpuError>>()?;
+        // The kernel never touches the slots past `chunk.len()`; they still need distinct
+        // buffers, so they get one-element ones.
+        let mut unused = (chunk.len()..MAX_CANDIDATES)
+            .map(|_| exec.alloc(1))
+            .collect::<Result<Vec<DeviceBuffer<f32>>, GpuError>>()?;
+        let mut slots = outputs.iter_mut().chain(unused.iter_mut());
+        let mut slot = || slots.next().expect("eight slots");
+        let [o0, o1, o2, o3, o4, o5, o6, o7] = std::array::from_fn(|_| slot());
+        let picks = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |bits, (s, &k)| bits | (k as u32) << (3 * s));
+        // SAFETY: the kernel reads w[k] for the picked k (each below w.len(), checked) and dy at
+        // [0..n), and writes the first `chunk.len()` outputs at [0..n); each holds n elements.
+        unsafe {
+            kernels::mixed_scale_bwd_f32(
+                exec,
+                config,
+                dy,
+                weights,
+                o0,
+                o1,
+                o2,
+                o3,
+                o4,
+                o5,
+                o6,
+                o7,
+                picks,
+                int(op, chunk.len())?,
+                n,
+            )
+        }?;
+        grads.extend(outputs);
+    }
+    Ok(grads)
+}
