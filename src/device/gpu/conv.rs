@@ -16,7 +16,7 @@
 
 use super::kernels;
 use super::matmul::{self, Batch, DeviceMat, Placement};
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, check_len};
 use crate::device::cpu::conv::ConvGeometry;
 
 /// Threads per block: a multiple of 32 (the block reductions need it).
@@ -249,24 +249,6 @@ impl ConvPlan {
         cols.saturating_add(partial)
     }
 
-    /// Checks that `buffer` holds the `len` elements of `what`.
-    fn check_len(
-        &self,
-        what: &str,
-        buffer: &DeviceBuffer<f32>,
-        len: usize,
-    ) -> Result<(), GpuError> {
-        if buffer.len() == len {
-            Ok(())
-        } else {
-            Err(invalid(format!(
-                "{what} holds {} elements, not the {len} of {:?}",
-                buffer.len(),
-                self.g
-            )))
-        }
-    }
-
     /// The chunks of images, `(first, count)`, in batch order.
     fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
         let (batch, step) = (self.g.batch, self.images_per_chunk);
@@ -367,10 +349,10 @@ impl ConvPlan {
         w: &DeviceBuffer<f32>,
         bias: Option<&DeviceBuffer<f32>>,
     ) -> Result<DeviceBuffer<f32>, GpuError> {
-        self.check_len("x", x, self.lens.x)?;
-        self.check_len("the weight", w, self.lens.w)?;
+        check_len(OP, "x", x, self.lens.x)?;
+        check_len(OP, "the weight", w, self.lens.w)?;
         if let Some(b) = bias {
-            self.check_len("the bias", b, self.g.c_out)?;
+            check_len(OP, "the bias", b, self.g.c_out)?;
         }
         let y_len = self.lens.y;
         let mut y = exec.alloc(y_len)?;
@@ -447,8 +429,8 @@ impl ConvPlan {
         w: &DeviceBuffer<f32>,
         dy: &DeviceBuffer<f32>,
     ) -> Result<DeviceBuffer<f32>, GpuError> {
-        self.check_len("the weight", w, self.lens.w)?;
-        self.check_len("dy", dy, self.lens.y)?;
+        check_len(OP, "the weight", w, self.lens.w)?;
+        check_len(OP, "dy", dy, self.lens.y)?;
         let x_len = self.lens.x;
         let mut dx = exec.alloc(x_len)?;
         let (k, p) = (self.col_rows(), self.out_plane());
@@ -524,8 +506,8 @@ impl ConvPlan {
         x: &DeviceBuffer<f32>,
         dy: &DeviceBuffer<f32>,
     ) -> Result<DeviceBuffer<f32>, GpuError> {
-        self.check_len("x", x, self.lens.x)?;
-        self.check_len("dy", dy, self.lens.y)?;
+        check_len(OP, "x", x, self.lens.x)?;
+        check_len(OP, "dy", dy, self.lens.y)?;
         let w_len = self.lens.w;
         let mut dw = exec.alloc(w_len)?;
         let (k, p) = (self.col_rows(), self.out_plane());
@@ -596,7 +578,7 @@ impl ConvPlan {
         exec: &dyn Executor,
         dy: &DeviceBuffer<f32>,
     ) -> Result<DeviceBuffer<f32>, GpuError> {
-        self.check_len("dy", dy, self.lens.y)?;
+        check_len(OP, "dy", dy, self.lens.y)?;
         let mut db = exec.alloc(self.g.c_out)?;
         let config = LaunchConfig::linear(int(self.g.c_out)? as u32, THREADS);
         // SAFETY: block c writes db[c] for c < Cout and reads dy[(n·Cout + c)·Ho·Wo + q] for

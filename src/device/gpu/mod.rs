@@ -92,6 +92,26 @@ pub(crate) fn int(op: &'static str, n: usize) -> Result<i32, GpuError> {
     i32::try_from(n).map_err(|_| invalid(op, format!("{n} is more than a kernel's int indexes")))
 }
 
+/// Fails unless `buffer` holds the `len` elements its shape needs; `what` names it.
+pub(crate) fn check_len<T: Element>(
+    op: &'static str,
+    what: &str,
+    buffer: &DeviceBuffer<T>,
+    len: usize,
+) -> Result<(), GpuError> {
+    if buffer.len() == len {
+        Ok(())
+    } else {
+        Err(invalid(
+            op,
+            format!(
+                "{what} holds {} elements, not the {len} its shape needs",
+                buffer.len()
+            ),
+        ))
+    }
+}
+
 impl From<GpuError> for crate::Error {
     fn from(e: GpuError) -> crate::Error {
         crate::Error::invalid("gpu", e.to_string())

@@ -6,7 +6,7 @@
 //! result has the same bits on every run.
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, check_len, int, invalid};
 use crate::device::cpu::pool::PoolGeometry;
 
 /// Threads per block of the one-thread-per-element kernels.
@@ -92,26 +92,6 @@ impl Dims {
             in_len,
             out_len,
         })
-    }
-}
-
-/// Checks that `buffer` holds `len` elements; `what` names it.
-fn check_len<T: super::Element>(
-    op: &'static str,
-    what: &str,
-    buffer: &DeviceBuffer<T>,
-    len: usize,
-) -> Result<(), GpuError> {
-    if buffer.len() == len {
-        Ok(())
-    } else {
-        Err(invalid(
-            op,
-            format!(
-                "{what} holds {} elements, the geometry needs {len}",
-                buffer.len()
-            ),
-        ))
     }
 }
 

@@ -8,33 +8,13 @@
 use std::ops::Range;
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
+use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, check_len, int, invalid};
 
 /// Threads per block: enough to hide memory latency, small enough that several blocks share an SM.
 const THREADS: u32 = 256;
 
 /// The most dimensions a window may keep after merging: the number the slice kernels take.
 pub const WINDOW_DIMS: usize = 4;
-
-/// Checks that `buffer` holds `len` elements; `what` names it.
-fn check_len(
-    op: &'static str,
-    what: &str,
-    buffer: &DeviceBuffer<f32>,
-    len: usize,
-) -> Result<(), GpuError> {
-    if buffer.len() == len {
-        Ok(())
-    } else {
-        Err(invalid(
-            op,
-            format!(
-                "{what} holds {} elements, the shape needs {len}",
-                buffer.len()
-            ),
-        ))
-    }
-}
 
 /// A window of a row-major tensor as the slice kernels take it: merged to [`WINDOW_DIMS`]
 /// dimensions, padded in front with length-1 ones.
