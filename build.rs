@@ -159,9 +159,11 @@ impl CType {
         }
     }
 
-    /// The parameter's type in a typed Rust launcher.
-    fn launcher(self) -> String {
+    /// The parameter's type in a typed Rust launcher (an `Option` of a buffer when `nullable`).
+    fn launcher(self, nullable: bool) -> String {
         match (self.pointee(), self.scalar()) {
+            (Some((t, _, false)), _) if nullable => format!("Option<&DeviceBuffer<{t}>>"),
+            (Some((t, _, true)), _) if nullable => format!("Option<&mut DeviceBuffer<{t}>>"),
             (Some((t, _, false)), _) => format!("&DeviceBuffer<{t}>"),
             (Some((t, _, true)), _) => format!("&mut DeviceBuffer<{t}>"),
             (None, Some((t, _))) => t.to_string(),
@@ -178,6 +180,15 @@ impl CType {
             (None, None) => unreachable!("every C type is a pointer or a scalar"),
         }
     }
+}
+
+/// The suffix of a pointer parameter that may be null: its launcher takes an `Option`, and the
+/// kernel checks for null before using it (an optional input, or an output not wanted).
+const NULLABLE_SUFFIX: &str = "_or_null";
+
+/// Whether the parameter `name` may be passed a null pointer.
+fn nullable(name: &str) -> bool {
+    name.ends_with(NULLABLE_SUFFIX)
 }
 
 /// Rust keywords, and the launcher's own parameter names, which a kernel parameter cannot take.
@@ -322,6 +333,11 @@ fn parse_signature(family: &str, line: &str, location: &str) -> Result<Kernel, S
         if RESERVED.contains(&param_name.as_str()) {
             return Err(format!(
                 "parameter `{param_name}` is a Rust keyword or a launcher parameter; rename it"
+            ));
+        }
+        if nullable(&param_name) && ty.pointee().is_none() {
+            return Err(format!(
+                "parameter `{param_name}`: only a pointer may end in `{NULLABLE_SUFFIX}`"
             ));
         }
         if params.iter().any(|(_, p)| *p == param_name) {
@@ -739,7 +755,7 @@ fn rust_bindings(families: &[Family], ptx_arch: Option<u32>) -> String {
             let list: Vec<String> = k
                 .params
                 .iter()
-                .map(|(t, n)| format!("(\"{n}\", {})", param_kind(*t)))
+                .map(|(t, n)| format!("(\"{n}\", {})", param_kind(*t, nullable(n))))
                 .collect();
             format!("&[{}]", list.join(", "))
         })
@@ -755,12 +771,18 @@ fn rust_bindings(families: &[Family], ptx_arch: Option<u32>) -> String {
         let rust_params: Vec<String> = k
             .params
             .iter()
-            .map(|(t, n)| format!("{n}: {}", t.launcher()))
+            .map(|(t, n)| format!("{n}: {}", t.launcher(nullable(n))))
             .collect();
         let args: Vec<String> = k
             .params
             .iter()
             .map(|(t, n)| match (t.pointee(), t.scalar()) {
+                (Some((_, _, false)), _) if nullable(n) => {
+                    format!("KernelArg::buffer_or_null({n})")
+                }
+                (Some((_, _, true)), _) if nullable(n) => {
+                    format!("KernelArg::buffer_or_null({n}.as_deref())")
+                }
                 (Some(_), _) => format!("KernelArg::buffer({n})"),
                 (None, Some((_, variant))) => format!("KernelArg::{variant}({n})"),
                 (None, None) => unreachable!(),
@@ -858,11 +880,11 @@ fn rust_bindings(families: &[Family], ptx_arch: Option<u32>) -> String {
 }
 
 /// The generated `ParamKind` of a parameter type.
-fn param_kind(t: CType) -> String {
+fn param_kind(t: CType, nullable: bool) -> String {
     match (t.pointee(), t.scalar()) {
-        (Some((_, dtype, writes)), _) => {
-            format!("ParamKind::Buffer {{ dtype: Dtype::{dtype}, writes: {writes} }}")
-        }
+        (Some((_, dtype, writes)), _) => format!(
+            "ParamKind::Buffer {{ dtype: Dtype::{dtype}, writes: {writes}, nullable: {nullable} }}"
+        ),
         (None, Some((_, variant))) => format!("ParamKind::{variant}"),
         (None, None) => unreachable!(),
     }

@@ -50,7 +50,7 @@ fn cases() -> Vec<Case> {
         cases.push(Case {
             name: format!("batchnorm/{c}x{hw}x{hw}"),
             inputs: vec![x.clone()],
-            op: Box::new(|t, v| Ok(batch_norm_train(t, v[0], None, 1e-5)?.0)),
+            op: Box::new(|t, v| Ok(batch_norm_train(t, v[0], None, 1e-5, None)?.0)),
         });
         cases.push(Case {
             name: format!("maxpool3x3_s1/{c}x{hw}x{hw}"),

@@ -100,10 +100,25 @@ extern "C" __global__ void batchnorm_moments_partial_fwd_f32(const float* __rest
     }
 }
 
-// Pass 2 of the statistics. Grid-stride over channels, 1-D blocks of a multiple of 32 threads.
-// Adds channel ch's p partials and writes mean[ch], the unbiased variance m2 / (M - 1) and
-// inv_std[ch] = 1 / sqrt(m2 / M + eps) (the biased variance normalises, as in PyTorch). M >= 2.
-extern "C" __global__ void batchnorm_moments_final_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, float* __restrict__ mean, float* __restrict__ var_unbiased, float* __restrict__ inv_std, int p, int n, int c, int hw, float eps) {
+// The per-channel affine map of y = gamma (x - mean) inv_std + beta = x * scale + shift:
+// scale = gamma * inv_std, shift = beta - mean * scale, with gamma = 1 and beta = 0 where they are
+// null (no affine parameters): the CPU's float expressions, so the CPU's bits.
+__device__ __forceinline__ void write_coefficients(int ch, float mu, float s, const float* gamma_or_null, const float* beta_or_null, float* scale, float* shift) {
+    const float g = gamma_or_null ? gamma_or_null[ch] : 1.0f;
+    const float b = beta_or_null ? beta_or_null[ch] : 0.0f;
+    const float a = g * s;
+    scale[ch] = a;
+    shift[ch] = __fsub_rn(b, __fmul_rn(mu, a));
+}
+
+// Pass 2 of the statistics, and all that follows from them per channel. Grid-stride over
+// channels, 1-D blocks of a multiple of 32 threads. Adds channel ch's p partials and writes
+// mean[ch], inv_std[ch] = 1 / sqrt(m2 / M + eps) (the biased variance normalises, as in PyTorch)
+// and the affine coefficients. With running statistics (all four running pointers given), also
+// PyTorch's update into new buffers, in double as the CPU does it (the old statistics stay as they
+// are, so nothing needs copying first): new = (1 - momentum) running + momentum batch, the
+// variance from the unbiased batch variance m2 / (M - 1) rounded to float. M >= 2.
+extern "C" __global__ void batchnorm_moments_final_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, const float* __restrict__ running_mean_or_null, const float* __restrict__ running_var_or_null, float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ shift, float* __restrict__ new_mean_or_null, float* __restrict__ new_var_or_null, int p, int n, int c, int hw, float eps, float momentum) {
     __shared__ double scratch[WARP_SIZE];
     const double m = double(n) * double(hw);
     for (int ch = blockIdx.x; ch < c; ch += gridDim.x) {
@@ -117,42 +132,43 @@ extern "C" __global__ void batchnorm_moments_final_fwd_f32(const float* __restri
         s1 = block_reduce_sum(s1, scratch);
         s2 = block_reduce_sum(s2, scratch);
         if (threadIdx.x == 0) {
-            const double shift = double(x[size_t(ch) * hw]);
+            const double first = double(x[size_t(ch) * hw]);
             // Rounding can leave a zero-variance channel a hair below zero.
             const double m2 = fmax(s2 - s1 * s1 / m, 0.0);
-            mean[ch] = float(shift + s1 / m);
-            var_unbiased[ch] = float(m2 / (m - 1.0));
-            inv_std[ch] = float(1.0 / sqrt(m2 / m + double(eps)));
+            const float mu = float(first + s1 / m);
+            const float s = float(1.0 / sqrt(m2 / m + double(eps)));
+            mean[ch] = mu;
+            inv_std[ch] = s;
+            write_coefficients(ch, mu, s, gamma_or_null, beta_or_null, scale, shift);
+            if (running_mean_or_null && running_var_or_null && new_mean_or_null && new_var_or_null) {
+                const double keep = 1.0 - double(momentum);
+                const float var_unbiased = float(m2 / (m - 1.0));
+                new_mean_or_null[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_mean_or_null[ch])), __dmul_rn(double(momentum), double(mu))));
+                new_var_or_null[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_var_or_null[ch])), __dmul_rn(double(momentum), double(var_unbiased))));
+            }
         }
     }
 }
 
-// inv_std[ch] = 1 / sqrt(var[ch] + eps), in double (eval mode, from the running variance).
-extern "C" __global__ void batchnorm_inv_std_fwd_f32(const float* __restrict__ var, float* __restrict__ inv_std, int c, float eps) {
+// Eval mode's per-channel numbers, from the running statistics: inv_std[ch] = 1 / sqrt(var[ch] +
+// eps) in double, and the affine coefficients as in training.
+extern "C" __global__ void batchnorm_coefficients_fwd_f32(const float* __restrict__ mean, const float* __restrict__ var, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ shift, int c, float eps) {
     for (size_t ch = global_thread_index(); ch < size_t(c); ch += global_thread_count()) {
-        inv_std[ch] = float(1.0 / sqrt(double(var[ch]) + double(eps)));
+        const float s = float(1.0 / sqrt(double(var[ch]) + double(eps)));
+        inv_std[ch] = s;
+        write_coefficients(int(ch), mean[ch], s, gamma_or_null, beta_or_null, scale, shift);
     }
 }
 
 // ---- Normalisation ----------------------------------------------------------------------------
 
-// The per-channel affine map of y = gamma (x - mean) inv_std + beta = x * scale + shift:
-// scale[ch] = gamma[ch] * inv_std[ch], shift[ch] = beta[ch] - mean[ch] * scale[ch]
-// (without affine parameters gamma = 1 and beta = 0, passed as such).
-extern "C" __global__ void batchnorm_affine_fwd_f32(const float* __restrict__ mean, const float* __restrict__ inv_std, const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ scale, float* __restrict__ shift, int c) {
-    for (size_t ch = global_thread_index(); ch < size_t(c); ch += global_thread_count()) {
-        const float a = gamma[ch] * inv_std[ch];
-        scale[ch] = a;
-        shift[ch] = __fsub_rn(beta[ch], __fmul_rn(mean[ch], a));
-    }
-}
-
 // y = x * scale[ch] + shift[ch] on [N, C, hw] data (count = N C hw elements), ch = (i / hw) % c.
-// The forward normalisation, and with shift = 0 the eval-mode input gradient.
-extern "C" __global__ void batchnorm_scale_shift_fwd_f32(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ shift, float* __restrict__ y, int count, int c, int hw) {
+// The forward normalisation, and with a null (zero) shift the eval-mode input gradient.
+extern "C" __global__ void batchnorm_scale_shift_fwd_f32(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ shift_or_null, float* __restrict__ y, int count, int c, int hw) {
     for (size_t i = global_thread_index(); i < size_t(count); i += global_thread_count()) {
         const unsigned ch = unsigned(i) / unsigned(hw) % unsigned(c);
-        y[i] = __fadd_rn(__fmul_rn(x[i], scale[ch]), shift[ch]);
+        const float b = shift_or_null ? shift_or_null[ch] : 0.0f;
+        y[i] = __fadd_rn(__fmul_rn(x[i], scale[ch]), b);
     }
 }
 
@@ -217,19 +233,5 @@ extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__
         const unsigned ch = unsigned(i) / unsigned(hw) % unsigned(c);
         const float xhat_term = __fmul_rn(__fmul_rn(__fsub_rn(x[i], mean[ch]), inv_std[ch]), mean_dy_xhat[ch]);
         dx[i] = __fmul_rn(k[ch], __fsub_rn(__fsub_rn(dy[i], mean_dy[ch]), xhat_term));
-    }
-}
-
-// ---- Running statistics -----------------------------------------------------------------------
-
-// PyTorch's update, in double as the CPU does it, into new buffers (the old statistics stay as
-// they are, so nothing needs copying first): new = (1 - momentum) running + momentum batch, the
-// variance from the unbiased batch variance.
-extern "C" __global__ void batchnorm_running_stats_fwd_f32(const float* __restrict__ running_mean, const float* __restrict__ running_var, const float* __restrict__ mean, const float* __restrict__ var_unbiased, float* __restrict__ new_mean, float* __restrict__ new_var, int c, float momentum) {
-    const double m = double(momentum);
-    const double keep = 1.0 - m;
-    for (size_t ch = global_thread_index(); ch < size_t(c); ch += global_thread_count()) {
-        new_mean[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_mean[ch])), __dmul_rn(m, double(mean[ch]))));
-        new_var[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_var[ch])), __dmul_rn(m, double(var_unbiased[ch]))));
     }
 }

@@ -340,8 +340,15 @@ fn run(cli: Cli) -> darts::Result<()> {
                 |i, ms| eprintln!("  step {i}: {ms:.1} ms"),
                 args.profile,
             )?;
-            if let Some(launches) = report.launches_per_step {
-                eprintln!("  {launches:.0} kernel launches per step");
+            if let (Some(launches), Some(up), Some(down)) = (
+                report.launches_per_step,
+                report.uploads_per_step,
+                report.downloads_per_step,
+            ) {
+                eprintln!(
+                    "  per step: {launches:.0} kernel launches, {up:.0} host-to-device and \
+                     {down:.0} device-to-host copies"
+                );
             }
             println!(
                 "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device MiB | device | commit |"
@@ -369,6 +376,7 @@ fn run(cli: Cli) -> darts::Result<()> {
                     darts::profile::nvtx_status(),
                     darts::profile::report()
                 );
+                println!("{}", darts::train::bench::launch_table(&report));
             }
             if let Some(path) = args.json {
                 let text = serde_json::to_string_pretty(&report)

@@ -3,7 +3,7 @@ mod common;
 use common::{assert_close, randn};
 use darts::device::cpu::batchnorm::{self as kernels, ChannelLayout, Normalizer};
 use darts::gradcheck::{GradCheck, check_gradients};
-use darts::ops::batchnorm::{self as bn, BatchStats};
+use darts::ops::batchnorm::{self as bn, RunningStats};
 use darts::{Error, Result, Tape, Tensor, Var};
 
 const EPS: f32 = 1e-5;
@@ -67,21 +67,23 @@ fn train_forward_matches_naive_formula() {
             let v = tape.constant(x.clone());
             let params =
                 affine.then(|| (tape.constant(gamma.clone()), tape.constant(beta.clone())));
-            let (y, got) = bn::batch_norm_train(&mut tape, v, params, EPS).unwrap();
+            // Momentum 1 makes the new running statistics the batch's own.
+            let zeros = Tensor::zeros(&[c]).unwrap();
+            let running = RunningStats {
+                mean: &zeros,
+                var: &zeros,
+                momentum: 1.0,
+            };
+            let (y, got) = bn::batch_norm_train(&mut tape, v, params, EPS, Some(running)).unwrap();
+            let (got_mean, got_var) = got.unwrap();
             let expected = naive_normalize(&x, &mv, affine.then_some((gamma.data(), beta.data())));
             let what = format!("train {shape:?} affine={affine}");
             assert_eq!(tape.shape(y), *shape, "{what}");
             assert_close(&what, tape.value(y).data(), &expected, 1e-5, 1e-5);
             let mean: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
             let var: Vec<f32> = stats.iter().map(|s| s.2 as f32).collect();
-            assert_close(&format!("{what} mean"), got.mean.data(), &mean, 1e-6, 1e-6);
-            assert_close(
-                &format!("{what} var"),
-                got.var_unbiased.data(),
-                &var,
-                1e-6,
-                1e-6,
-            );
+            assert_close(&format!("{what} mean"), got_mean.data(), &mean, 1e-6, 1e-6);
+            assert_close(&format!("{what} var"), got_var.data(), &var, 1e-6, 1e-6);
         }
     }
 }
@@ -133,7 +135,7 @@ fn train_check() -> GradCheck {
 /// Batch norm in training mode with inputs `[x]` or `[x, γ, β]`.
 fn train_op(tape: &mut Tape, v: &[Var]) -> Result<Var> {
     let affine = (v.len() == 3).then(|| (v[1], v[2]));
-    Ok(bn::batch_norm_train(tape, v[0], affine, EPS)?.0)
+    Ok(bn::batch_norm_train(tape, v[0], affine, EPS, None)?.0)
 }
 
 #[test]
@@ -261,42 +263,41 @@ fn train_gradient_check_catches_a_missing_term() {
     }
 }
 
-#[test]
-fn running_stats_update_by_hand() {
-    let rm = Tensor::from_vec(vec![0.0, 1.0, -2.0], &[3]).unwrap();
-    let rv = Tensor::from_vec(vec![1.0, 2.0, 0.5], &[3]).unwrap();
-    let stats = BatchStats {
-        mean: Tensor::from_vec(vec![1.0, 3.0, 0.0], &[3]).unwrap(),
-        var_unbiased: Tensor::from_vec(vec![2.0, 0.0, 4.5], &[3]).unwrap(),
-    };
-    let (m, v) = bn::update_running_stats(&rm, &rv, &stats, 0.1).unwrap();
-    // 0.9·running + 0.1·batch.
-    assert_close("mean", m.data(), &[0.1, 1.2, -1.8], 1e-7, 1e-6);
-    assert_close("var", v.data(), &[1.1, 1.8, 0.9], 1e-7, 1e-6);
-    // Momentum 0 keeps the running values, 1 takes the batch's.
-    let (m, v) = bn::update_running_stats(&rm, &rv, &stats, 0.0).unwrap();
-    assert_eq!((m.data(), v.data()), (rm.data(), rv.data()));
-    let (m, v) = bn::update_running_stats(&rm, &rv, &stats, 1.0).unwrap();
-    assert_eq!(
-        (m.data(), v.data()),
-        (stats.mean.data(), stats.var_unbiased.data())
+/// The running statistics after one training forward on `x`, from `(mean, var)` with `momentum`.
+fn updated(x: &Tensor, mean: &[f32], var: &[f32], momentum: f32) -> (Vec<f32>, Vec<f32>) {
+    let c = mean.len();
+    let (mean, var) = (
+        Tensor::from_vec(mean.to_vec(), &[c]).unwrap(),
+        Tensor::from_vec(var.to_vec(), &[c]).unwrap(),
     );
+    let mut tape = Tape::new();
+    let v = tape.constant(x.clone());
+    let running = RunningStats {
+        mean: &mean,
+        var: &var,
+        momentum,
+    };
+    let (_, new) = bn::batch_norm_train(&mut tape, v, None, EPS, Some(running)).unwrap();
+    let (m, v) = new.unwrap();
+    (m.to_vec(), v.to_vec())
 }
 
-/// The running variance takes the unbiased batch variance: one update with momentum 1 from a
-/// training forward holds the batch mean and `Σ (x − mean)² / (M − 1)`.
+/// PyTorch's update, `(1 − momentum)·running + momentum·batch`, with the unbiased batch variance
+/// `Σ (x − mean)² / (M − 1)` for the running variance.
 #[test]
-fn running_stats_take_the_unbiased_variance() {
+fn running_stats_update_by_hand() {
     // Channel 0 holds 1, 2, 3, 6 (mean 3, squared deviations 4 + 1 + 0 + 9 = 14, so 14/3);
     // channel 1 holds 0, 0, 0, 4 (mean 1, deviations 1 + 1 + 1 + 9 = 12, so 4).
     let x = Tensor::from_vec(vec![1.0, 2.0, 0.0, 0.0, 3.0, 6.0, 0.0, 4.0], &[2, 2, 2, 1]).unwrap();
-    let mut tape = Tape::new();
-    let v = tape.constant(x);
-    let (_, stats) = bn::batch_norm_train(&mut tape, v, None, EPS).unwrap();
-    let zeros = Tensor::zeros(&[2]).unwrap();
-    let (m, var) = bn::update_running_stats(&zeros, &zeros, &stats, 1.0).unwrap();
-    assert_close("mean", m.data(), &[3.0, 1.0], 1e-6, 1e-6);
-    assert_close("var", var.data(), &[14.0 / 3.0, 4.0], 1e-6, 1e-6);
+    let (rm, rv) = ([0.0, 1.0], [1.0, 2.0]);
+    let (m, v) = updated(&x, &rm, &rv, 0.1);
+    assert_close("mean", &m, &[0.3, 1.0], 1e-7, 1e-6);
+    assert_close("var", &v, &[0.9 + 1.4 / 3.0, 2.2], 1e-7, 1e-6);
+    // Momentum 0 keeps the running values, 1 takes the batch's.
+    assert_eq!(updated(&x, &rm, &rv, 0.0), (rm.to_vec(), rv.to_vec()));
+    let (m, v) = updated(&x, &rm, &rv, 1.0);
+    assert_close("batch mean", &m, &[3.0, 1.0], 1e-6, 1e-6);
+    assert_close("batch var", &v, &[14.0 / 3.0, 4.0], 1e-6, 1e-6);
 }
 
 #[test]
@@ -312,7 +313,7 @@ fn bad_arguments_are_errors() {
     let c4 = randn(&[4], 8).map(f32::abs);
 
     let train_err = |tape: &mut Tape, x: Var, affine: Option<(Var, Var)>, eps: f32| {
-        bn::batch_norm_train(tape, x, affine, eps).err()
+        bn::batch_norm_train(tape, x, affine, eps, None).err()
     };
     assert!(matches!(
         train_err(&mut tape, x3, None, EPS),
@@ -367,22 +368,27 @@ fn bad_arguments_are_errors() {
         ));
     }
 
-    let stats = BatchStats {
-        mean: Tensor::zeros(&[3]).unwrap(),
-        var_unbiased: Tensor::full(&[3], 1.0).unwrap(),
+    // Running statistics of the wrong shape, or a momentum outside [0, 1].
+    let running = |mean, var, momentum| RunningStats {
+        mean,
+        var,
+        momentum,
     };
-    let short = BatchStats {
-        mean: Tensor::zeros(&[3]).unwrap(),
-        var_unbiased: Tensor::full(&[2], 1.0).unwrap(),
-    };
-    assert!(bn::update_running_stats(&c4, &c3, &stats, 0.1).is_err());
-    assert!(bn::update_running_stats(&c3, &c4, &stats, 0.1).is_err());
-    assert!(bn::update_running_stats(&c3, &c3, &short, 0.1).is_err());
-    for momentum in [-0.1, 1.5, f32::NAN] {
+    for bad in [running(&c4, &c3, 0.1), running(&c3, &c4, 0.1)] {
         assert!(matches!(
-            bn::update_running_stats(&c3, &c3, &stats, momentum),
-            Err(Error::InvalidArgument {
-                op: "update_running_stats",
+            bn::batch_norm_train(&mut tape, x, None, EPS, Some(bad)).err(),
+            Some(Error::ShapeMismatch {
+                op: "batch_norm_train",
+                ..
+            })
+        ));
+    }
+    for momentum in [-0.1, 1.5, f32::NAN] {
+        let bad = running(&c3, &c3, momentum);
+        assert!(matches!(
+            bn::batch_norm_train(&mut tape, x, None, EPS, Some(bad)).err(),
+            Some(Error::InvalidArgument {
+                op: "batch_norm_train",
                 ..
             })
         ));

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{assert_close, randn, randn_away_from_zero, uniform};
-use darts::ops::batchnorm::{batch_norm_eval, batch_norm_train, update_running_stats};
+use darts::ops::batchnorm::{RunningStats, batch_norm_eval, batch_norm_train};
 use darts::ops::conv::{Conv2dParams, conv2d};
 use darts::ops::dropout::{drop_path, dropout, variational_dropout};
 use darts::ops::elementwise::{add, mul, relu, scale, sigmoid, sub, tanh, weighted_sum};
@@ -157,38 +157,53 @@ fn batch_norm() {
     check(
         "bn train affine",
         vec![x.clone(), gamma.clone(), beta.clone()],
-        |t, v| Ok(batch_norm_train(t, v[0], Some((v[1], v[2])), 1e-5)?.0),
+        |t, v| Ok(batch_norm_train(t, v[0], Some((v[1], v[2])), 1e-5, None)?.0),
     );
     check("bn train plain", vec![x.clone()], |t, v| {
-        Ok(batch_norm_train(t, v[0], None, 1e-5)?.0)
+        Ok(batch_norm_train(t, v[0], None, 1e-5, None)?.0)
     });
     check("bn train [N, C]", vec![randn(&[7, 5], 12)], |t, v| {
-        Ok(batch_norm_train(t, v[0], None, 1e-5)?.0)
+        Ok(batch_norm_train(t, v[0], None, 1e-5, None)?.0)
     });
     let mean_ = randn(&[5], 13);
     let var_ = uniform(&[5], 0.5, 2.0, 14);
-    check("bn eval", vec![x.clone(), gamma, beta], |t, v| {
-        let device = t.value(v[0]).device();
-        let (m, s) = (
-            mean_.to_device(device).unwrap(),
-            var_.to_device(device).unwrap(),
-        );
-        batch_norm_eval(t, v[0], Some((v[1], v[2])), &m, &s, 1e-5)
-    });
-    // The running statistics after one training forward.
+    let eval_check = |name, inputs, affine: bool| {
+        check(name, inputs, |t, v| {
+            let device = t.value(v[0]).device();
+            let (m, s) = (
+                mean_.to_device(device).unwrap(),
+                var_.to_device(device).unwrap(),
+            );
+            let params = affine.then(|| (v[1], v[2]));
+            batch_norm_eval(t, v[0], params, &m, &s, 1e-5)
+        })
+    };
+    eval_check(
+        "bn eval affine",
+        vec![x.clone(), gamma.clone(), beta.clone()],
+        true,
+    );
+    eval_check("bn eval plain", vec![x.clone()], false);
+    // The running statistics after one training forward, with and without affine parameters.
     let stats_on = |device: Device| -> Vec<Vec<f32>> {
         let mut tape = Tape::new();
-        let xv = tape.constant(x.to_device(device).unwrap());
-        let (_, stats) = batch_norm_train(&mut tape, xv, None, 1e-5).unwrap();
-        let (m, s) = update_running_stats(
-            &mean_.to_device(device).unwrap(),
-            &var_.to_device(device).unwrap(),
-            &stats,
-            0.1,
-        )
-        .unwrap();
-        [m, s]
-            .iter()
+        let on = |t: &Tensor| t.to_device(device).unwrap();
+        let xv = tape.constant(on(&x));
+        let (g, b) = (tape.constant(on(&gamma)), tape.constant(on(&beta)));
+        let (m, s) = (on(&mean_), on(&var_));
+        let running = RunningStats {
+            mean: &m,
+            var: &s,
+            momentum: 0.1,
+        };
+        [None, Some((g, b))]
+            .into_iter()
+            .flat_map(|affine| {
+                let (_, new) =
+                    batch_norm_train(&mut tape, xv, affine, 1e-5, Some(running)).unwrap();
+                let (m, s) = new.unwrap();
+                [m, s]
+            })
             .map(|t| t.to_host().unwrap().to_vec())
             .collect()
     };

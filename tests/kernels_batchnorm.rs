@@ -13,9 +13,9 @@ use common::gpu::{Bits, EXACT, Tolerance, check, cpu_reference_tests, random};
 use darts::device::cpu::batchnorm::{
     self as reference, ChannelLayout, Normalizer as CpuNormalizer,
 };
-use darts::device::gpu::batchnorm::{self as ops, GradSums, Normalizer};
+use darts::device::gpu::batchnorm::{self as ops, Coefficients, GradSums, Normalizer, Running};
 use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
-use darts::ops::batchnorm::{self as bn, BatchStats};
+use darts::ops::batchnorm::{self as bn, RunningStats};
 use darts::{Tape, Tensor};
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
@@ -23,13 +23,11 @@ use darts::{Tape, Tensor};
 const COVERED: &[KernelId] = &[
     KernelId::BatchnormMomentsPartialFwdF32,
     KernelId::BatchnormMomentsFinalFwdF32,
-    KernelId::BatchnormInvStdFwdF32,
-    KernelId::BatchnormAffineFwdF32,
+    KernelId::BatchnormCoefficientsFwdF32,
     KernelId::BatchnormScaleShiftFwdF32,
     KernelId::BatchnormGradPartialBwdF32,
     KernelId::BatchnormGradFinalBwdF32,
     KernelId::BatchnormNormalizeBwdF32,
-    KernelId::BatchnormRunningStatsFwdF32,
 ];
 
 const EPS: f32 = 1e-5;
@@ -93,6 +91,33 @@ fn cpu_coefficients(norm: &CpuNormalizer, gamma: &[f32], beta: &[f32]) -> (Vec<f
     (scale, shift)
 }
 
+/// Checks `got`'s scale and shift against the CPU's from `norm` (what the kernel itself computed
+/// for the mean and `1/σ`, or the CPU's where it was fed those), with γ, β or without (`None`).
+fn check_coefficients(
+    e: &dyn Executor,
+    what: &str,
+    got: &Coefficients,
+    norm: &CpuNormalizer,
+    affine: Option<(&[f32], &[f32])>,
+) {
+    let c = norm.mean.len();
+    let (ones, zeros) = (vec![1.0; c], vec![0.0; c]);
+    let (gamma, beta) = affine.unwrap_or((&ones, &zeros));
+    let (scale, shift) = cpu_coefficients(norm, gamma, beta);
+    check(e, &format!("{what} scale"), &got.scale, &scale, EXACT);
+    check(e, &format!("{what} shift"), &got.shift, &shift, EXACT);
+}
+
+/// The per-channel blend of PyTorch's running-statistics update, as `ops::batchnorm` computes it.
+fn cpu_blend(running: &[f32], batch: &[f32], momentum: f32) -> Vec<f32> {
+    let m = momentum as f64;
+    running
+        .iter()
+        .zip(batch)
+        .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b as f64) as f32)
+        .collect()
+}
+
 /// Each kernel on its own, against the CPU function it mirrors, fed the CPU's own inputs.
 fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     let what = |op: &str| format!("{op} {l:?}");
@@ -103,9 +128,20 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     let (dx, ddy) = (e.to_device(&x).unwrap(), e.to_device(&dy).unwrap());
     let (dgamma, dbeta) = (e.to_device(&gamma).unwrap(), e.to_device(&beta).unwrap());
 
-    // Batch statistics.
+    // Batch statistics, the affine coefficients from them, and the running statistics.
     let (mean, m2) = reference::channel_moments(&x, l);
-    let stats = ops::batch_stats(e, &dx, l, EPS).unwrap();
+    let running_mean = random(c, seed + 4);
+    let running_var: Vec<f32> = random(c, seed + 5).iter().map(|v| v * v).collect();
+    let (rm, rv) = (
+        e.to_device(&running_mean).unwrap(),
+        e.to_device(&running_var).unwrap(),
+    );
+    let running = Running {
+        mean: &rm,
+        var: &rv,
+        momentum: 0.1,
+    };
+    let stats = ops::train_stats(e, &dx, l, EPS, Some((&dgamma, &dbeta)), Some(running)).unwrap();
     check(
         e,
         &what("batch mean"),
@@ -113,23 +149,50 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
         &to_f32(&mean),
         REDUCTION,
     );
-    let var: Vec<f64> = m2.iter().map(|s| s / (m - 1.0)).collect();
-    let want = to_f32(&var);
-    check(
-        e,
-        &what("unbiased variance"),
-        &stats.var_unbiased,
-        &want,
-        REDUCTION,
-    );
     let want = cpu_inv_std(m2.iter().map(|s| s / m));
-    check(e, &what("batch inv_std"), &stats.inv_std, &want, REDUCTION);
+    let got = &stats.coefficients.inv_std;
+    check(e, &what("batch inv_std"), got, &want, REDUCTION);
+    let own = CpuNormalizer {
+        mean: e.to_host(&stats.mean).unwrap(),
+        inv_std: e.to_host(&stats.coefficients.inv_std).unwrap(),
+    };
+    let affine = Some((&gamma[..], &beta[..]));
+    check_coefficients(e, &what("batch"), &stats.coefficients, &own, affine);
+    let (new_mean, new_var) = stats.running.as_ref().unwrap();
+    let want = cpu_blend(&running_mean, &own.mean, 0.1);
+    check(e, &what("running mean"), new_mean, &want, EXACT);
+    let var: Vec<f64> = m2.iter().map(|s| s / (m - 1.0)).collect();
+    let want = cpu_blend(&running_var, &to_f32(&var), 0.1);
+    check(e, &what("running var"), new_var, &want, REDUCTION);
+    // The old statistics are inputs only.
+    check(e, &what("old running mean"), &rm, &running_mean, Bits);
+    // Without γ, β and running statistics (null pointers): the same statistics, plain
+    // coefficients, no running statistics.
+    let plain = ops::train_stats(e, &dx, l, EPS, None, None).unwrap();
+    assert!(plain.running.is_none());
+    check(e, &what("plain batch mean"), &plain.mean, &own.mean, Bits);
+    let got = &plain.coefficients.inv_std;
+    check(e, &what("plain batch inv_std"), got, &own.inv_std, Bits);
+    check_coefficients(e, &what("plain batch"), &plain.coefficients, &own, None);
 
-    // Eval-mode inv_std from a running variance.
-    let running_var: Vec<f32> = random(c, seed + 4).iter().map(|v| v * v).collect();
-    let got = ops::inv_std(e, &e.to_device(&running_var).unwrap(), EPS).unwrap();
-    let want = cpu_inv_std(running_var.iter().map(|&v| v as f64));
-    check(e, &what("inv_std"), &got, &want, EXACT);
+    // Eval mode's coefficients from the running statistics.
+    let running_norm = CpuNormalizer {
+        mean: running_mean.clone(),
+        inv_std: cpu_inv_std(running_var.iter().map(|&v| v as f64)),
+    };
+    for affine in [Some((&gamma[..], &beta[..])), None] {
+        let buffers = affine.map(|_| (&dgamma, &dbeta));
+        let got = ops::eval_coefficients(e, &rm, &rv, EPS, buffers).unwrap();
+        let what = what(&format!("eval affine {}", affine.is_some()));
+        check(
+            e,
+            &format!("{what} inv_std"),
+            &got.inv_std,
+            &running_norm.inv_std,
+            EXACT,
+        );
+        check_coefficients(e, &what, &got, &running_norm, affine);
+    }
 
     // From here on the CPU's normalisation, so that every kernel sees the CPU's inputs.
     let norm = CpuNormalizer {
@@ -145,34 +208,14 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
         inv_std: &dinv,
     };
     let (scale, shift) = cpu_coefficients(&norm, &gamma, &beta);
-    let (got_scale, got_shift) =
-        ops::affine_coefficients(e, gpu_norm, Some((&dgamma, &dbeta))).unwrap();
-    check(e, &what("scale"), &got_scale, &scale, EXACT);
-    check(e, &what("shift"), &got_shift, &shift, EXACT);
-    let (plain_scale, plain_shift) = cpu_coefficients(&norm, &vec![1.0; c], &vec![0.0; c]);
-    let (got_plain_scale, got_plain_shift) = ops::affine_coefficients(e, gpu_norm, None).unwrap();
-    check(
-        e,
-        &what("scale without affine"),
-        &got_plain_scale,
-        &plain_scale,
-        EXACT,
-    );
-    check(
-        e,
-        &what("shift without affine"),
-        &got_plain_shift,
-        &plain_shift,
-        EXACT,
-    );
+    let (dscale, dshift) = (e.to_device(&scale).unwrap(), e.to_device(&shift).unwrap());
 
     // The normalisation, and the eval-mode input gradient (a zero shift).
     let want = reference::scale_shift(&x, l, &scale, &shift);
-    let got = ops::scale_shift(e, &dx, l, &got_scale, &got_shift).unwrap();
+    let got = ops::scale_shift(e, &dx, l, &dscale, Some(&dshift)).unwrap();
     check(e, &what("scale_shift"), &got, &want, EXACT);
-    let zeros = vec![0.0; c];
-    let want = reference::scale_shift(&dy, l, &scale, &zeros);
-    let got = ops::scale_shift(e, &ddy, l, &got_scale, &e.to_device(&zeros).unwrap()).unwrap();
+    let want = reference::scale_shift(&dy, l, &scale, &vec![0.0; c]);
+    let got = ops::scale_shift(e, &ddy, l, &dscale, None).unwrap();
     check(e, &what("scale_shift of dy"), &got, &want, EXACT);
 
     // The gradient sums and the training-mode input gradient.
@@ -209,33 +252,8 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
         mean_dy_xhat: e.to_device(&mean_dy_xhat).unwrap(),
     };
     let want = reference::normalize_backward(&x, &dy, l, &norm, &scale, &mean_dy, &mean_dy_xhat);
-    let got = ops::normalize_backward(e, &dx, &ddy, l, gpu_norm, &got_scale, &cpu_sums).unwrap();
+    let got = ops::normalize_backward(e, &dx, &ddy, l, gpu_norm, &dscale, &cpu_sums).unwrap();
     check(e, &what("normalize_backward"), &got, &want, EXACT);
-
-    // The running statistics, against ops::batchnorm::update_running_stats.
-    let running_mean = random(c, seed + 5);
-    let batch = BatchStats {
-        mean: Tensor::from_vec(norm.mean.clone(), &[c]).unwrap(),
-        var_unbiased: Tensor::from_vec(to_f32(&var), &[c]).unwrap(),
-    };
-    let (want_mean, want_var) = bn::update_running_stats(
-        &Tensor::from_vec(running_mean.clone(), &[c]).unwrap(),
-        &Tensor::from_vec(running_var.clone(), &[c]).unwrap(),
-        &batch,
-        0.1,
-    )
-    .unwrap();
-    let rm = e.to_device(&running_mean).unwrap();
-    let rv = e.to_device(&running_var).unwrap();
-    let (bm, bv) = (
-        e.to_device(batch.mean.data()).unwrap(),
-        e.to_device(batch.var_unbiased.data()).unwrap(),
-    );
-    let (new_mean, new_var) = ops::update_running_stats(e, &rm, &rv, &bm, &bv, 0.1).unwrap();
-    check(e, &what("running mean"), &new_mean, want_mean.data(), EXACT);
-    check(e, &what("running var"), &new_var, want_var.data(), EXACT);
-    // The old statistics are inputs only.
-    check(e, &what("old running mean"), &rm, &running_mean, Bits);
 }
 
 /// The tensor shape of a layout: `[N, C, HW, 1]`, or `[N, C]` when HW = 1.
@@ -263,7 +281,18 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
             tape.leaf(Tensor::from_vec(beta.clone(), &[l.c]).unwrap()),
         )
     });
-    let (y, stats) = bn::batch_norm_train(&mut tape, xv, params, EPS).unwrap();
+    let (running_mean, running_var) = (random(l.c, seed + 4), random(l.c, seed + 5));
+    let (rm, rv) = (
+        Tensor::from_vec(running_mean.clone(), &[l.c]).unwrap(),
+        Tensor::from_vec(running_var.clone(), &[l.c]).unwrap(),
+    );
+    let running = RunningStats {
+        mean: &rm,
+        var: &rv,
+        momentum: 0.1,
+    };
+    let (y, new) = bn::batch_norm_train(&mut tape, xv, params, EPS, Some(running)).unwrap();
+    let (want_mean, want_var) = new.unwrap();
     let want_y = tape.value(y).to_vec();
     let wrt: Vec<_> = std::iter::once(xv)
         .chain(params.into_iter().flat_map(|(g, b)| [g, b]))
@@ -273,24 +302,40 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
 
     let (dx, ddy) = (e.to_device(&x).unwrap(), e.to_device(&dy).unwrap());
     let (dgamma, dbeta) = (e.to_device(&gamma).unwrap(), e.to_device(&beta).unwrap());
-    let gpu_stats = ops::batch_stats(e, &dx, l, EPS).unwrap();
+    let (drm, drv) = (
+        e.to_device(&running_mean).unwrap(),
+        e.to_device(&running_var).unwrap(),
+    );
+    let running = Running {
+        mean: &drm,
+        var: &drv,
+        momentum: 0.1,
+    };
+    let gpu_stats = ops::train_stats(
+        e,
+        &dx,
+        l,
+        EPS,
+        affine.then_some((&dgamma, &dbeta)),
+        Some(running),
+    )
+    .unwrap();
     let norm = gpu_stats.normalizer();
-    let (scale, shift) =
-        ops::affine_coefficients(e, norm, affine.then_some((&dgamma, &dbeta))).unwrap();
-    let got_y = ops::scale_shift(e, &dx, l, &scale, &shift).unwrap();
+    let Coefficients { scale, shift, .. } = &gpu_stats.coefficients;
+    let got_y = ops::scale_shift(e, &dx, l, scale, Some(shift)).unwrap();
     check(e, &what("y"), &got_y, &want_y, PIPELINE);
+    let (got_mean, got_var) = gpu_stats.running.as_ref().unwrap();
     check(
         e,
-        &what("mean"),
-        &gpu_stats.mean,
-        stats.mean.data(),
+        &what("running mean"),
+        got_mean,
+        want_mean.data(),
         REDUCTION,
     );
-    let want = stats.var_unbiased.data();
-    check(e, &what("var"), &gpu_stats.var_unbiased, want, REDUCTION);
+    check(e, &what("running var"), got_var, want_var.data(), REDUCTION);
 
     let sums = ops::channel_grad_sums(e, &dx, &ddy, l, norm).unwrap();
-    let got_dx = ops::normalize_backward(e, &dx, &ddy, l, norm, &scale, &sums).unwrap();
+    let got_dx = ops::normalize_backward(e, &dx, &ddy, l, norm, scale, &sums).unwrap();
     check(e, &what("dx"), &got_dx, grads[0].data(), PIPELINE);
     if affine {
         check(
@@ -327,16 +372,17 @@ fn check_eval_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     let (dx, ddy) = (e.to_device(&x).unwrap(), e.to_device(&dy).unwrap());
     let (dgamma, dbeta) = (e.to_device(&gamma).unwrap(), e.to_device(&beta).unwrap());
     let dmean = e.to_device(&running_mean).unwrap();
-    let dinv = ops::inv_std(e, &e.to_device(&running_var).unwrap(), EPS).unwrap();
+    let dvar = e.to_device(&running_var).unwrap();
+    let coefficients =
+        ops::eval_coefficients(e, &dmean, &dvar, EPS, Some((&dgamma, &dbeta))).unwrap();
     let norm = Normalizer {
         mean: &dmean,
-        inv_std: &dinv,
+        inv_std: &coefficients.inv_std,
     };
-    let (scale, shift) = ops::affine_coefficients(e, norm, Some((&dgamma, &dbeta))).unwrap();
-    let got_y = ops::scale_shift(e, &dx, l, &scale, &shift).unwrap();
+    let got_y =
+        ops::scale_shift(e, &dx, l, &coefficients.scale, Some(&coefficients.shift)).unwrap();
     check(e, &what("y"), &got_y, &want_y, EXACT);
-    let zeros = e.to_device(&vec![0.0f32; l.c]).unwrap();
-    let got_dx = ops::scale_shift(e, &ddy, l, &scale, &zeros).unwrap();
+    let got_dx = ops::scale_shift(e, &ddy, l, &coefficients.scale, None).unwrap();
     check(e, &what("dx"), &got_dx, grads[0].data(), EXACT);
     let sums = ops::channel_grad_sums(e, &dx, &ddy, l, norm).unwrap();
     check(
@@ -380,12 +426,13 @@ fn reductions_are_deterministic() {
     };
     let runs: Vec<Vec<u32>> = (0..2)
         .map(|_| {
-            let stats = ops::batch_stats(e, &x, &l, EPS).unwrap();
+            let stats = ops::train_stats(e, &x, &l, EPS, None, None).unwrap();
             let sums = ops::channel_grad_sums(e, &x, &dy, &l, stats.normalizer()).unwrap();
             [
                 &stats.mean,
-                &stats.var_unbiased,
-                &stats.inv_std,
+                &stats.coefficients.inv_std,
+                &stats.coefficients.scale,
+                &stats.coefficients.shift,
                 &sums.sum_dy,
                 &sums.sum_dy_xhat,
                 &sums.mean_dy,
@@ -414,30 +461,43 @@ fn bad_arguments_are_errors() {
     let two = e.to_device(&[1.0f32; 2]).unwrap();
     let other = e.to_device(&[1.0f32; 3]).unwrap();
     let wrong = ChannelLayout { n: 3, ..l };
+    let train = |x, l: &ChannelLayout, eps, affine, running| {
+        ops::train_stats(e, x, l, eps, affine, running)
+    };
     assert!(matches!(
-        ops::batch_stats(e, &x, &wrong, EPS),
+        train(&x, &wrong, EPS, None, None),
         Err(GpuError::Argument {
-            op: "batch_stats",
+            op: "train_stats",
             ..
         })
     ));
-    assert!(ops::batch_stats(e, &x, &ChannelLayout { n: 0, ..l }, EPS).is_err());
-    assert!(ops::batch_stats(e, &x, &l, f32::NAN).is_err());
-    assert!(ops::batch_stats(e, &x, &l, -1.0).is_err());
+    assert!(train(&x, &ChannelLayout { n: 0, ..l }, EPS, None, None).is_err());
+    assert!(train(&x, &l, f32::NAN, None, None).is_err());
+    assert!(train(&x, &l, -1.0, None, None).is_err());
     let single = ChannelLayout { n: 1, c: 12, hw: 1 };
-    assert!(ops::batch_stats(e, &x, &single, EPS).is_err());
-    assert!(ops::inv_std(e, &three, f32::INFINITY).is_err());
+    assert!(train(&x, &single, EPS, None, None).is_err());
+    assert!(train(&x, &l, EPS, Some((&three, &two)), None).is_err());
+    let running = |mean, var, momentum| {
+        Some(Running {
+            mean,
+            var,
+            momentum,
+        })
+    };
+    assert!(train(&x, &l, EPS, None, running(&two, &three, 0.1)).is_err());
+    assert!(train(&x, &l, EPS, None, running(&three, &two, 0.1)).is_err());
+    assert!(train(&x, &l, EPS, None, running(&three, &other, 1.5)).is_err());
+    assert!(train(&x, &l, EPS, None, running(&three, &other, 0.5)).is_ok());
+    assert!(ops::eval_coefficients(e, &three, &three, f32::INFINITY, None).is_err());
+    assert!(ops::eval_coefficients(e, &three, &two, EPS, None).is_err());
+    assert!(ops::eval_coefficients(e, &three, &three, EPS, Some((&two, &three))).is_err());
 
-    let stats = ops::batch_stats(e, &x, &l, EPS).unwrap();
+    let stats = train(&x, &l, EPS, None, None).unwrap();
     let norm = stats.normalizer();
-    assert!(ops::affine_coefficients(e, norm, Some((&three, &two))).is_err());
-    assert!(ops::scale_shift(e, &x, &l, &three, &two).is_err());
-    assert!(ops::scale_shift(e, &x, &wrong, &three, &three).is_err());
+    assert!(ops::scale_shift(e, &x, &l, &three, Some(&two)).is_err());
+    assert!(ops::scale_shift(e, &x, &l, &two, None).is_err());
+    assert!(ops::scale_shift(e, &x, &wrong, &three, Some(&three)).is_err());
     assert!(ops::channel_grad_sums(e, &x, &three, &l, norm).is_err());
     let sums = ops::channel_grad_sums(e, &x, &x, &l, norm).unwrap();
     assert!(ops::normalize_backward(e, &x, &x, &l, norm, &two, &sums).is_err());
-    assert!(ops::update_running_stats(e, &two, &other, &three, &three, 0.1).is_err());
-    let mean = e.to_device(&[0.0f32; 3]).unwrap();
-    assert!(ops::update_running_stats(e, &mean, &other, &three, &three, 1.5).is_err());
-    assert!(ops::update_running_stats(e, &mean, &other, &three, &three, 0.5).is_ok());
 }

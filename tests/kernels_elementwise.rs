@@ -270,6 +270,16 @@ fn launches_that_do_not_fit_the_kernel_are_refused() {
         launch(ok, &swapped),
         Err(GpuError::BadLaunch { .. })
     ));
+    // Only a parameter named `..._or_null` takes a null pointer.
+    let null_input = [
+        KernelArg::buffer_or_null::<f32>(None),
+        KernelArg::buffer(&y),
+        KernelArg::I32(4),
+    ];
+    assert!(matches!(
+        launch(ok, &null_input),
+        Err(GpuError::BadLaunch { .. })
+    ));
     // The same launch with the right arguments runs.
     // SAFETY: relu reads x[0..4) and writes y[0..4), and both hold 4 elements.
     unsafe { darts::device::gpu::kernels::elementwise_relu_fwd_f32(e, ok, &x, &mut y, 4) }.unwrap();

@@ -3,7 +3,7 @@
 use crate::Result;
 use crate::autograd::Var;
 use crate::nn::{Ctx, ParamId, ParamStore, join_name};
-use crate::ops::batchnorm::{batch_norm_eval, batch_norm_train, update_running_stats};
+use crate::ops::batchnorm::{RunningStats, batch_norm_eval, batch_norm_train};
 use crate::tensor::Tensor;
 
 /// PyTorch's BatchNorm2d epsilon.
@@ -52,20 +52,21 @@ impl BatchNorm2d {
     /// Eval mode: normalise with the running buffers.
     pub fn forward(&self, ctx: &mut Ctx, x: Var) -> Result<Var> {
         let affine = self.affine.map(|(g, b)| (ctx.param(g), ctx.param(b)));
+        let mean = ctx.buffer(self.running_mean).clone();
+        let var = ctx.buffer(self.running_var).clone();
         if ctx.training() {
-            let (y, stats) = batch_norm_train(&mut ctx.tape, x, affine, BN_EPS)?;
-            let (mean, var) = update_running_stats(
-                ctx.buffer(self.running_mean),
-                ctx.buffer(self.running_var),
-                &stats,
-                BN_MOMENTUM,
-            )?;
+            let running = RunningStats {
+                mean: &mean,
+                var: &var,
+                momentum: BN_MOMENTUM,
+            };
+            let (y, new_running) =
+                batch_norm_train(&mut ctx.tape, x, affine, BN_EPS, Some(running))?;
+            let (mean, var) = new_running.expect("running statistics were given");
             ctx.set_buffer(self.running_mean, mean)?;
             ctx.set_buffer(self.running_var, var)?;
             Ok(y)
         } else {
-            let mean = ctx.buffer(self.running_mean).clone();
-            let var = ctx.buffer(self.running_var).clone();
             batch_norm_eval(&mut ctx.tape, x, affine, &mean, &var, BN_EPS)
         }
     }

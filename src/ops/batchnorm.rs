@@ -11,20 +11,22 @@
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::batchnorm::{self as k, ChannelLayout, Normalizer};
-use crate::device::gpu::{self, Executor, batchnorm as g};
+use crate::device::gpu::{Executor, batchnorm as g};
 use crate::ops::{buffer, common_device};
 use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
 
-/// Batch statistics of one training-mode forward, per channel (`[C]` tensors on the input's
-/// device): the mean and the unbiased variance (`Σ (x − μ)² / (M − 1)`, what PyTorch folds into
-/// the running variance).
-#[derive(Debug, Clone)]
-pub struct BatchStats {
-    /// Per-channel batch mean.
-    pub mean: Tensor,
-    /// Per-channel unbiased batch variance.
-    pub var_unbiased: Tensor,
+/// Running statistics (`[C]` each, on the input's device) that a training-mode forward folds its
+/// batch statistics into, as PyTorch does: `new = (1 − momentum)·running + momentum·batch`, the
+/// variance blended with the unbiased batch variance `Σ (x − μ)² / (M − 1)`.
+#[derive(Debug, Clone, Copy)]
+pub struct RunningStats<'a> {
+    /// The running mean.
+    pub mean: &'a Tensor,
+    /// The running variance.
+    pub var: &'a Tensor,
+    /// The weight of the batch, in `[0, 1]` (PyTorch's default is 0.1).
+    pub momentum: f32,
 }
 
 /// The layout of a `[N, C, H, W]` or `[N, C]` input.
@@ -69,31 +71,50 @@ fn inv_std(var: impl Iterator<Item = f64>, eps: f32) -> Vec<f32> {
         .collect()
 }
 
-/// The normalisation of one forward, on the input's device: the per-channel mean and `1/σ`.
+/// The normalisation of one forward, on the input's device: the per-channel mean and `1/σ`, and
+/// on a GPU the affine coefficients computed with them.
 enum Norm {
     Cpu(Normalizer),
     Gpu {
-        /// Shared with the batch statistics (train) or the running mean (eval), not copied.
+        /// The running mean (eval), shared rather than copied, or the batch mean (train).
         mean: Tensor,
-        inv_std: gpu::DeviceBuffer<f32>,
+        coefficients: Box<g::Coefficients>,
     },
 }
 
-/// The affine parameters' values, if any, after their shapes are checked.
+/// The affine parameters γ, β: their variables on the tape and their values.
+struct Affine {
+    vars: (Var, Var),
+    values: (Tensor, Tensor),
+}
+
+/// The affine parameters, if any, after their shapes and devices are checked.
 fn affine_values(
     tape: &Tape,
     op: &'static str,
+    x: Var,
     affine: Option<(Var, Var)>,
     c: usize,
-) -> Result<Option<(Tensor, Tensor)>> {
+) -> Result<Option<Affine>> {
     match affine {
         Some((g, b)) => {
             check_channels(op, "gamma", tape.shape(g), c)?;
             check_channels(op, "beta", tape.shape(b), c)?;
-            Ok(Some((tape.value(g).clone(), tape.value(b).clone())))
+            common_device(op, &[tape.value(x), tape.value(g), tape.value(b)])?;
+            Ok(Some(Affine {
+                vars: (g, b),
+                values: (tape.value(g).clone(), tape.value(b).clone()),
+            }))
         }
         None => Ok(None),
     }
+}
+
+/// The GPU buffers of the affine parameters' values.
+fn affine_buffers(affine: &Option<Affine>) -> g::Affine<'_> {
+    affine
+        .as_ref()
+        .map(|a| (buffer(&a.values.0), buffer(&a.values.1)))
 }
 
 /// Applies `y = γ·(x − μ)·inv_std + β` with the given normalisation and records the backward;
@@ -104,32 +125,30 @@ fn normalize(
     op: &'static str,
     x: Var,
     l: ChannelLayout,
-    affine: Option<(Var, Var)>,
+    affine: Option<Affine>,
     norm: Norm,
     train: bool,
 ) -> Result<Var> {
-    let params = affine_values(tape, op, affine, l.c)?;
     let xv = tape.value(x).clone();
-    let inputs: Vec<Var> = match affine {
-        Some((g, b)) => vec![x, g, b],
-        None => vec![x],
+    let (inputs, params) = match affine {
+        Some(Affine {
+            vars: (g, b),
+            values,
+        }) => (vec![x, g, b], Some(values)),
+        None => (vec![x], None),
     };
-    match norm {
-        Norm::Cpu(norm) => {
-            let (y, backward) = normalize_cpu(xv, l, params, norm, train)?;
-            Ok(tape.record(op, y, &inputs, backward))
-        }
-        Norm::Gpu { mean, inv_std } => {
+    let (y, backward) = match norm {
+        Norm::Cpu(norm) => normalize_cpu(xv, l, params, norm, train)?,
+        Norm::Gpu { mean, coefficients } => {
             let exec = xv
                 .device()
                 .executor()?
                 .ok_or_else(|| Error::invalid(op, "GPU statistics for an input on the CPU"))?;
-            let (y, backward) = normalize_gpu(exec, xv, l, params, mean, inv_std, train)?;
-            Ok(tape.record(op, y, &inputs, backward))
+            normalize_gpu(exec, xv, l, mean, *coefficients, train)?
         }
-    }
+    };
+    Ok(tape.record(op, y, &inputs, backward))
 }
-
 /// A backward closure of [`normalize`].
 type Backward = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
 
@@ -209,19 +228,17 @@ fn normalize_gpu(
     exec: &'static dyn Executor,
     xv: Tensor,
     l: ChannelLayout,
-    params: Option<(Tensor, Tensor)>,
     mean: Tensor,
-    inv_std: gpu::DeviceBuffer<f32>,
+    coefficients: g::Coefficients,
     train: bool,
 ) -> Result<(Tensor, Backward)> {
     let device = xv.device();
-    let norm = g::Normalizer {
-        mean: buffer(&mean),
-        inv_std: &inv_std,
-    };
-    let affine = params.as_ref().map(|(g, b)| (buffer(g), buffer(b)));
-    let (scale, shift) = g::affine_coefficients(exec, norm, affine)?;
-    let y = g::scale_shift(exec, buffer(&xv), &l, &scale, &shift)?;
+    let g::Coefficients {
+        inv_std,
+        scale,
+        shift,
+    } = coefficients;
+    let y = g::scale_shift(exec, buffer(&xv), &l, &scale, Some(&shift))?;
     let y = Tensor::from_buffer(y, xv.shape(), device)?;
     let backward = move |dy: &Tensor, needs: &[bool]| {
         common_device("batch_norm backward", &[&xv, dy])?;
@@ -244,14 +261,11 @@ fn normalize_gpu(
                 xv.shape(),
                 device,
             )?),
-            (true, _) => {
-                let zero = gpu::shape::fill(exec, l.c, 0.0)?;
-                Some(Tensor::from_buffer(
-                    g::scale_shift(exec, d, &l, &scale, &zero)?,
-                    xv.shape(),
-                    device,
-                )?)
-            }
+            (true, _) => Some(Tensor::from_buffer(
+                g::scale_shift(exec, d, &l, &scale, None)?,
+                xv.shape(),
+                device,
+            )?),
         });
         if let (3, Some(sums)) = (needs.len(), sums) {
             for (need, sum) in [(needs[1], sums.sum_dy_xhat), (needs[2], sums.sum_dy)] {
@@ -269,16 +283,44 @@ fn normalize_gpu(
     Ok((y, Box::new(backward)))
 }
 
+/// Checks `running` against `c` channels and `x`'s device.
+fn check_running(op: &'static str, x: &Tensor, running: &RunningStats<'_>, c: usize) -> Result<()> {
+    check_channels(op, "running_mean", running.mean.shape(), c)?;
+    check_channels(op, "running_var", running.var.shape(), c)?;
+    common_device(op, &[x, running.mean, running.var])?;
+    if !(0.0..=1.0).contains(&running.momentum) {
+        return Err(Error::invalid(
+            op,
+            format!("momentum must lie in [0, 1], got {}", running.momentum),
+        ));
+    }
+    Ok(())
+}
+
+/// PyTorch's blend `(1 − momentum)·running + momentum·batch`, in f64, on the CPU.
+fn blend(running: &Tensor, batch: &[f32], momentum: f32) -> Result<Tensor> {
+    let m = momentum as f64;
+    let data = running
+        .data()
+        .iter()
+        .zip(batch)
+        .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b as f64) as f32)
+        .collect();
+    Tensor::from_vec(data, running.shape())
+}
+
 /// Training-mode batch norm over (N, H, W) per channel with the biased batch variance:
 /// `y = (x − mean)/√(var + eps)·γ + β`, where `affine` is `Some((γ [C], β [C]))` or `None`
 /// (γ = 1, β = 0). Accepts `[N, C, H, W]` or `[N, C]`; each channel needs more than one value.
-/// Returns the output and the batch statistics, for the layer to update its running buffers.
+/// With `running`, also returns the new running `(mean, var)` ([`RunningStats`]); the layer that
+/// owns them keeps them.
 pub fn batch_norm_train(
     tape: &mut Tape,
     x: Var,
     affine: Option<(Var, Var)>,
     eps: f32,
-) -> Result<(Var, BatchStats)> {
+    running: Option<RunningStats<'_>>,
+) -> Result<(Var, Option<(Tensor, Tensor)>)> {
     const OP: &str = "batch_norm_train";
     let l = layout(tape, OP, x)?;
     check_eps(OP, eps)?;
@@ -292,42 +334,58 @@ pub fn batch_norm_train(
             ),
         ));
     }
+    let affine = affine_values(tape, OP, x, affine, l.c)?;
     let xv = tape.value(x);
+    if let Some(r) = &running {
+        check_running(OP, xv, r, l.c)?;
+    }
     let device = xv.device();
-    let (norm, stats) = match xv.storage() {
+    let (norm, new_running) = match xv.storage() {
         Data::Cpu(data) => {
             let (mean, m2) = k::channel_moments(data, &l);
             let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-            let var_unbiased = m2
-                .iter()
-                .map(|&s| (s / (count - 1) as f64) as f32)
-                .collect();
-            let stats = BatchStats {
-                mean: Tensor::from_vec(mean.clone(), &[l.c])?,
-                var_unbiased: Tensor::from_vec(var_unbiased, &[l.c])?,
+            let new_running = match running {
+                Some(r) => {
+                    let var_unbiased: Vec<f32> = m2
+                        .iter()
+                        .map(|&s| (s / (count - 1) as f64) as f32)
+                        .collect();
+                    Some((
+                        blend(r.mean, &mean, r.momentum)?,
+                        blend(r.var, &var_unbiased, r.momentum)?,
+                    ))
+                }
+                None => None,
             };
             let norm = Normalizer {
                 mean,
                 inv_std: inv_std(m2.iter().map(|&s| s / count as f64), eps),
             };
-            (Norm::Cpu(norm), stats)
+            (Norm::Cpu(norm), new_running)
         }
         Data::Gpu(exec, data) => {
-            let g::BatchStats {
-                mean,
-                var_unbiased,
-                inv_std,
-            } = g::batch_stats(exec, data, &l, eps)?;
-            let mean = Tensor::from_buffer(mean, &[l.c], device)?;
-            let stats = BatchStats {
-                mean: mean.clone(),
-                var_unbiased: Tensor::from_buffer(var_unbiased, &[l.c], device)?,
+            let running = running.map(|r| g::Running {
+                mean: buffer(r.mean),
+                var: buffer(r.var),
+                momentum: r.momentum,
+            });
+            let stats = g::train_stats(exec, data, &l, eps, affine_buffers(&affine), running)?;
+            let new_running = match stats.running {
+                Some((m, v)) => Some((
+                    Tensor::from_buffer(m, &[l.c], device)?,
+                    Tensor::from_buffer(v, &[l.c], device)?,
+                )),
+                None => None,
             };
-            (Norm::Gpu { mean, inv_std }, stats)
+            let norm = Norm::Gpu {
+                mean: Tensor::from_buffer(stats.mean, &[l.c], device)?,
+                coefficients: Box::new(stats.coefficients),
+            };
+            (norm, new_running)
         }
     };
     let y = normalize(tape, OP, x, l, affine, norm, true)?;
-    Ok((y, stats))
+    Ok((y, new_running))
 }
 
 /// Eval-mode batch norm with the given running statistics (`[C]` each):
@@ -347,6 +405,7 @@ pub fn batch_norm_eval(
     check_channels(OP, "running_mean", running_mean.shape(), l.c)?;
     check_channels(OP, "running_var", running_var.shape(), l.c)?;
     common_device(OP, &[tape.value(x), running_mean, running_var])?;
+    let affine = affine_values(tape, OP, x, affine, l.c)?;
     let norm = match running_var.storage() {
         Data::Cpu(var) => Norm::Cpu(Normalizer {
             mean: running_mean.to_vec(),
@@ -354,67 +413,14 @@ pub fn batch_norm_eval(
         }),
         Data::Gpu(exec, var) => Norm::Gpu {
             mean: running_mean.clone(),
-            inv_std: g::inv_std(exec, var, eps)?,
+            coefficients: Box::new(g::eval_coefficients(
+                exec,
+                buffer(running_mean),
+                var,
+                eps,
+                affine_buffers(&affine),
+            )?),
         },
     };
     normalize(tape, OP, x, l, affine, norm, false)
-}
-
-/// PyTorch's running-statistics update, `running ← (1 − momentum)·running + momentum·batch`, with
-/// the unbiased batch variance for the running variance (computed in f64). Returns the new
-/// (mean, var) tensors.
-pub fn update_running_stats(
-    running_mean: &Tensor,
-    running_var: &Tensor,
-    stats: &BatchStats,
-    momentum: f32,
-) -> Result<(Tensor, Tensor)> {
-    const OP: &str = "update_running_stats";
-    let c = stats.mean.numel();
-    check_channels(OP, "the batch mean", stats.mean.shape(), c)?;
-    check_channels(OP, "running_mean", running_mean.shape(), c)?;
-    check_channels(OP, "running_var", running_var.shape(), c)?;
-    check_channels(OP, "the batch variance", stats.var_unbiased.shape(), c)?;
-    if !(0.0..=1.0).contains(&momentum) {
-        return Err(Error::invalid(
-            OP,
-            format!("momentum must lie in [0, 1], got {momentum}"),
-        ));
-    }
-    let device = common_device(
-        OP,
-        &[running_mean, running_var, &stats.mean, &stats.var_unbiased],
-    )?;
-    match device.executor()? {
-        None => {
-            let m = momentum as f64;
-            let blend = |running: &Tensor, batch: &Tensor| -> Result<Tensor> {
-                let data = running
-                    .data()
-                    .iter()
-                    .zip(batch.data())
-                    .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b as f64) as f32)
-                    .collect();
-                Tensor::from_vec(data, &[c])
-            };
-            Ok((
-                blend(running_mean, &stats.mean)?,
-                blend(running_var, &stats.var_unbiased)?,
-            ))
-        }
-        Some(exec) => {
-            let (mean, var) = g::update_running_stats(
-                exec,
-                buffer(running_mean),
-                buffer(running_var),
-                buffer(&stats.mean),
-                buffer(&stats.var_unbiased),
-                momentum,
-            )?;
-            Ok((
-                Tensor::from_buffer(mean, &[c], device)?,
-                Tensor::from_buffer(var, &[c], device)?,
-            ))
-        }
-    }
 }

@@ -11,6 +11,7 @@ use crate::darts::architect::{Architect, ArchitectConfig, Batch};
 use crate::darts::cnn::search::{SearchConfig, SearchNetwork, init_alphas};
 use crate::darts::searcher::Searcher;
 use crate::device::Device;
+use crate::device::gpu::{Counters, KernelId};
 use crate::nn::ParamStore;
 use crate::optim::sgd::Sgd;
 use crate::rng::Rng;
@@ -74,6 +75,13 @@ pub struct BenchReport {
     pub peak_device_bytes: Option<u64>,
     /// Kernel launches per timed step; `None` on the CPU.
     pub launches_per_step: Option<f64>,
+    /// The launches per timed step of each kernel that ran, most launched first; empty on the
+    /// CPU.
+    pub launches_by_kernel: Vec<(&'static str, f64)>,
+    /// Copies from host to device per timed step; `None` on the CPU.
+    pub uploads_per_step: Option<f64>,
+    /// Copies from device to host per timed step (each waits for the device); `None` on the CPU.
+    pub downloads_per_step: Option<f64>,
     pub device: String,
     pub commit: String,
 }
@@ -138,10 +146,11 @@ pub fn bench_search(
     };
     let exec = config.device.executor()?;
     let mut times = Vec::with_capacity(config.steps);
-    let mut launches_before = 0;
+    let snapshot = || exec.map(|e| Snapshot::of(e.counters()));
+    let mut before = None;
     for i in 0..config.warmup + config.steps {
         if i == config.warmup {
-            launches_before = exec.map_or(0, |e| e.launches());
+            before = snapshot();
         }
         if profile && i == config.warmup {
             crate::profile::enable();
@@ -161,6 +170,22 @@ pub fn bench_search(
     if let (true, Some(exec)) = (profile, exec) {
         exec.profiler_capture(false)?;
     }
+    let per_step = |n: u64| n as f64 / config.steps as f64;
+    let (launches_by_kernel, uploads, downloads) = match (before, snapshot()) {
+        (Some(before), Some(after)) => {
+            let mut launches: Vec<(&'static str, f64)> = KernelId::ALL
+                .iter()
+                .zip(after.launches.iter().zip(&before.launches))
+                .filter(|(_, (after, before))| after > before)
+                .map(|(kernel, (after, before))| (kernel.name(), per_step(after - before)))
+                .collect();
+            launches.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+            let uploads = per_step(after.uploads - before.uploads);
+            let downloads = per_step(after.downloads - before.downloads);
+            (launches, Some(uploads), Some(downloads))
+        }
+        _ => (Vec::new(), None, None),
+    };
     times.sort_by(f64::total_cmp);
     let median = if times.len() % 2 == 1 {
         times[times.len() / 2]
@@ -182,11 +207,43 @@ pub fn bench_search(
         images_per_s: config.batch_size as f64 / (median / 1e3),
         peak_host_bytes: peak_memory_bytes(),
         peak_device_bytes: exec.and_then(|e| e.reserved_bytes()),
-        launches_per_step: exec
-            .map(|e| (e.launches() - launches_before) as f64 / config.steps as f64),
+        launches_per_step: exec.map(|_| launches_by_kernel.iter().map(|(_, n)| n).sum()),
+        launches_by_kernel,
+        uploads_per_step: uploads,
+        downloads_per_step: downloads,
         device: config.device.describe()?,
         commit: current_commit(),
     })
+}
+
+/// An executor's [`Counters`] at one moment.
+struct Snapshot {
+    launches: Vec<u64>,
+    uploads: u64,
+    downloads: u64,
+}
+
+impl Snapshot {
+    fn of(counters: &Counters) -> Snapshot {
+        Snapshot {
+            launches: counters.launches_per_kernel(),
+            uploads: counters.uploads(),
+            downloads: counters.downloads(),
+        }
+    }
+}
+
+/// The launches per step of each kernel, most launched first, as a Markdown table (empty on
+/// the CPU): which kernels fusing would pay for.
+pub fn launch_table(report: &BenchReport) -> String {
+    if report.launches_by_kernel.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("| kernel | launches per step |\n| --- | --- |\n");
+    for (kernel, launches) in &report.launches_by_kernel {
+        out += &format!("| {kernel} | {launches:.0} |\n");
+    }
+    out
 }
 
 /// The commit of the checkout this binary was built from: `DARTS_COMMIT` when set (for a binary

@@ -1,6 +1,7 @@
 //! The batch-norm family on a GPU executor (`kernels/batchnorm.cu`), on data laid out as
-//! `[N, C, HW]`: the batch statistics, the per-channel affine map, the gradient sums and the
-//! training-mode input gradient, and the running-statistics update. Each function mirrors a CPU
+//! `[N, C, HW]`: the batch statistics (with the affine coefficients and the running-statistics
+//! update in the same launches), the eval-mode coefficients, the per-channel affine map, and the
+//! gradient sums and training-mode input gradient of the backward. Each function mirrors a CPU
 //! reference in `device::cpu::batchnorm`, or the per-channel arithmetic of `ops::batchnorm`
 //! (same arguments, same result), checks lengths, allocates its outputs and launches.
 //!
@@ -31,7 +32,7 @@ const MAX_PARTIALS: usize = 256;
 const MAX_CHANNEL_BLOCKS: usize = 65535;
 
 /// The per-channel normalisation `x̂ = (x − mean[c]) · inv_std[c]`, borrowed from wherever the
-/// statistics live (a [`BatchStats`] in training, the running mean and [`inv_std`] in eval).
+/// statistics live (a [`TrainStats`] in training, the running mean and [`Coefficients`] in eval).
 #[derive(Debug, Clone, Copy)]
 pub struct Normalizer<'a> {
     /// The mean subtracted, per channel.
@@ -40,23 +41,51 @@ pub struct Normalizer<'a> {
     pub inv_std: &'a DeviceBuffer<f32>,
 }
 
-/// The batch statistics of a training-mode forward, per channel (`[C]` each).
+/// The affine parameters `(γ, β)`, `[C]` each, or none (γ = 1, β = 0).
+pub type Affine<'a> = Option<(&'a DeviceBuffer<f32>, &'a DeviceBuffer<f32>)>;
+
+/// The per-channel numbers a forward normalises with (`[C]` each), `y = x · scale + shift`.
 #[derive(Debug)]
-pub struct BatchStats {
-    /// The batch mean.
-    pub mean: DeviceBuffer<f32>,
-    /// The unbiased batch variance `Σ (x − mean)² / (M − 1)`, for the running variance.
-    pub var_unbiased: DeviceBuffer<f32>,
-    /// `1 / √(var + eps)` with the biased variance `Σ (x − mean)² / M`, which normalises.
+pub struct Coefficients {
+    /// `1 / √(var + eps)`: of the batch's biased variance in training, of the running variance
+    /// in eval.
     pub inv_std: DeviceBuffer<f32>,
+    /// `γ · inv_std`; also the factor `k` of the input gradient.
+    pub scale: DeviceBuffer<f32>,
+    /// `β − mean · scale`.
+    pub shift: DeviceBuffer<f32>,
 }
 
-impl BatchStats {
+/// Running statistics (`[C]` each) that a training-mode forward folds its batch statistics into,
+/// as PyTorch does: `new = (1 − momentum) · running + momentum · batch`.
+#[derive(Debug, Clone, Copy)]
+pub struct Running<'a> {
+    /// The running mean.
+    pub mean: &'a DeviceBuffer<f32>,
+    /// The running (unbiased) variance.
+    pub var: &'a DeviceBuffer<f32>,
+    /// The weight of the batch, in `[0, 1]`.
+    pub momentum: f32,
+}
+
+/// What a training-mode forward computes per channel (`[C]` each).
+#[derive(Debug)]
+pub struct TrainStats {
+    /// The batch mean.
+    pub mean: DeviceBuffer<f32>,
+    /// The normalisation with the batch statistics.
+    pub coefficients: Coefficients,
+    /// The new running `(mean, var)`, when running statistics were given: the variance blended
+    /// with the unbiased batch variance `Σ (x − mean)² / (M − 1)`.
+    pub running: Option<(DeviceBuffer<f32>, DeviceBuffer<f32>)>,
+}
+
+impl TrainStats {
     /// The normalisation these statistics define.
     pub fn normalizer(&self) -> Normalizer<'_> {
         Normalizer {
             mean: &self.mean,
-            inv_std: &self.inv_std,
+            inv_std: &self.coefficients.inv_std,
         }
     }
 }
@@ -193,35 +222,68 @@ fn check_eps(op: &'static str, eps: f32) -> Result<(), GpuError> {
     }
 }
 
-/// The training-mode batch statistics of `x` per channel, as `ops::batchnorm::batch_norm_train`
-/// derives them from the CPU's `channel_moments`: the mean, the unbiased variance, and
-/// `1 / √(biased variance + eps)`. Summed in f64 in one pass over `x`, shifted by the channel's
-/// first value so that a large mean does not cancel (see `kernels/batchnorm.cu`), and rounded once
-/// to f32. Each channel needs at least two values.
-pub fn batch_stats(
+/// Checks the affine parameters, if any, against `c` channels.
+fn check_affine(op: &'static str, c: usize, affine: Affine<'_>) -> Result<(), GpuError> {
+    match affine {
+        Some((gamma, beta)) => check_channels(op, c, &[("gamma", gamma), ("beta", beta)]),
+        None => Ok(()),
+    }
+}
+
+/// The training-mode forward's per-channel numbers for `x`, as `ops::batchnorm::batch_norm_train`
+/// derives them from the CPU's `channel_moments`: the batch mean, `1 / √(biased variance + eps)`,
+/// the affine coefficients, and with `running` the new running statistics. Summed in f64 in one
+/// pass over `x`, shifted by the channel's first value so that a large mean does not cancel (see
+/// `kernels/batchnorm.cu`), and rounded once to f32; all of it in two launches. Each channel needs
+/// at least two values.
+pub fn train_stats(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
     l: &ChannelLayout,
     eps: f32,
-) -> Result<BatchStats, GpuError> {
-    let op = "batch_stats";
+    affine: Affine<'_>,
+    running: Option<Running<'_>>,
+) -> Result<TrainStats, GpuError> {
+    let op = "train_stats";
     let d = Dims::new(op, l, "x", x)?;
     check_eps(op, eps)?;
+    check_affine(op, l.c, affine)?;
     if d.m < 2 {
         return Err(invalid(
             op,
             format!("training needs more than 1 value per channel, got layout {l:?}"),
         ));
     }
+    if let Some(r) = running {
+        check_channels(op, l.c, &[("running mean", r.mean), ("running var", r.var)])?;
+        if !(0.0..=1.0).contains(&r.momentum) {
+            return Err(invalid(
+                op,
+                format!("momentum must lie in [0, 1], got {}", r.momentum),
+            ));
+        }
+    }
     let mut workspace = d.workspace(exec)?;
     let mut mean = exec.alloc(l.c)?;
-    let mut var_unbiased = exec.alloc(l.c)?;
-    let mut inv_std = exec.alloc(l.c)?;
+    let mut coefficients = Coefficients {
+        inv_std: exec.alloc(l.c)?,
+        scale: exec.alloc(l.c)?,
+        shift: exec.alloc(l.c)?,
+    };
+    let mut new_running = match running {
+        Some(_) => Some((exec.alloc(l.c)?, exec.alloc(l.c)?)),
+        None => None,
+    };
+    let (new_mean, new_var) = match &mut new_running {
+        Some((m, v)) => (Some(m), Some(v)),
+        None => (None, None),
+    };
     let p = int(op, d.partials())?;
     // SAFETY: pass 1 reads x[0..N·C·HW) (checked) and writes workspace words [0..4·P·C) (block
     // (b, ch) writes the 2 doubles at 2(ch·P + b)), with P its grid's x; pass 2 reads x at the
-    // start of each channel and those 4·P·C words, and writes mean, var_unbiased and inv_std at
-    // [0..C). Each buffer holds that many elements; both passes run on one queue, in order.
+    // start of each channel, those 4·P·C words, and γ, β and the running statistics where given,
+    // and writes mean, the three coefficients and, where given, the new running statistics, all
+    // at [0..C). Each buffer holds that many elements; both passes run on one queue, in order.
     unsafe {
         kernels::batchnorm_moments_partial_fwd_f32(
             exec,
@@ -237,102 +299,90 @@ pub fn batch_stats(
             d.pass2(),
             x,
             &workspace,
+            affine.map(|(gamma, _)| gamma),
+            affine.map(|(_, beta)| beta),
+            running.map(|r| r.mean),
+            running.map(|r| r.var),
             &mut mean,
-            &mut var_unbiased,
-            &mut inv_std,
+            &mut coefficients.inv_std,
+            &mut coefficients.scale,
+            &mut coefficients.shift,
+            new_mean,
+            new_var,
             p,
             d.n,
             d.c,
             d.hw,
             eps,
+            running.map_or(0.0, |r| r.momentum),
         )?;
     }
-    Ok(BatchStats {
+    Ok(TrainStats {
         mean,
-        var_unbiased,
-        inv_std,
+        coefficients,
+        running: new_running,
     })
 }
 
-/// `1 / √(var + eps)` per channel, in f64 (eval mode, from the running variance).
-pub fn inv_std(
+/// Eval mode's per-channel numbers, from the running statistics (`[C]` each):
+/// `inv_std = 1 / √(var + eps)` in f64, and the affine coefficients. One launch.
+pub fn eval_coefficients(
     exec: &dyn Executor,
+    mean: &DeviceBuffer<f32>,
     var: &DeviceBuffer<f32>,
     eps: f32,
-) -> Result<DeviceBuffer<f32>, GpuError> {
-    let op = "inv_std";
+    affine: Affine<'_>,
+) -> Result<Coefficients, GpuError> {
+    let op = "eval_coefficients";
     check_eps(op, eps)?;
-    let c = int(op, var.len())?;
-    let mut out = exec.alloc(var.len())?;
-    let config = LaunchConfig::grid_stride(var.len(), THREADS);
-    // SAFETY: the kernel reads var[0..c) and writes out[0..c); both hold c elements.
-    unsafe { kernels::batchnorm_inv_std_fwd_f32(exec, config, var, &mut out, c, eps) }?;
+    let c = mean.len();
+    check_channels(op, c, &[("var", var)])?;
+    check_affine(op, c, affine)?;
+    let channels = int(op, c)?;
+    let mut out = Coefficients {
+        inv_std: exec.alloc(c)?,
+        scale: exec.alloc(c)?,
+        shift: exec.alloc(c)?,
+    };
+    let config = LaunchConfig::grid_stride(c, THREADS);
+    // SAFETY: the kernel reads mean, var and (where given) γ, β, and writes the three
+    // coefficients, all at [0..c); every buffer holds c elements (checked, or allocated here).
+    unsafe {
+        kernels::batchnorm_coefficients_fwd_f32(
+            exec,
+            config,
+            mean,
+            var,
+            affine.map(|(gamma, _)| gamma),
+            affine.map(|(_, beta)| beta),
+            &mut out.inv_std,
+            &mut out.scale,
+            &mut out.shift,
+            channels,
+            eps,
+        )
+    }?;
     Ok(out)
 }
 
-/// The per-channel affine map of the normalisation, `y = x · scale + shift`:
-/// `scale = γ · inv_std` and `shift = β − mean · scale`, with `affine` = `Some((γ, β))` or `None`
-/// (γ = 1, β = 0). Returns `(scale, shift)`; `scale` is also the factor `k` of the input gradient.
-pub fn affine_coefficients(
-    exec: &dyn Executor,
-    norm: Normalizer<'_>,
-    affine: Option<(&DeviceBuffer<f32>, &DeviceBuffer<f32>)>,
-) -> Result<(DeviceBuffer<f32>, DeviceBuffer<f32>), GpuError> {
-    let op = "affine_coefficients";
-    let c = norm.mean.len();
-    let defaults;
-    let (gamma, beta) = match affine {
-        Some(pair) => pair,
-        None => {
-            defaults = (
-                exec.to_device(&vec![1.0f32; c])?,
-                exec.to_device(&vec![0.0f32; c])?,
-            );
-            (&defaults.0, &defaults.1)
-        }
-    };
-    check_channels(
-        op,
-        c,
-        &[("inv_std", norm.inv_std), ("gamma", gamma), ("beta", beta)],
-    )?;
-    let channels = int(op, c)?;
-    let mut scale = exec.alloc(c)?;
-    let mut shift = exec.alloc(c)?;
-    let config = LaunchConfig::grid_stride(c, THREADS);
-    // SAFETY: the kernel reads mean, inv_std, gamma, beta and writes scale, shift at [0..c); all
-    // six hold c elements (checked, or allocated here).
-    unsafe {
-        kernels::batchnorm_affine_fwd_f32(
-            exec,
-            config,
-            norm.mean,
-            norm.inv_std,
-            gamma,
-            beta,
-            &mut scale,
-            &mut shift,
-            channels,
-        )
-    }?;
-    Ok((scale, shift))
-}
-
-/// The per-channel affine map `y = x · scale[c] + shift[c]` (the normalisation, and with a zero
-/// shift the eval-mode input gradient).
+/// The per-channel affine map `y = x · scale[c] + shift[c]` (the normalisation, and with no
+/// shift, `None`, the eval-mode input gradient).
 pub fn scale_shift(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
     l: &ChannelLayout,
     scale: &DeviceBuffer<f32>,
-    shift: &DeviceBuffer<f32>,
+    shift: Option<&DeviceBuffer<f32>>,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let op = "scale_shift";
     let d = Dims::new(op, l, "x", x)?;
-    check_channels(op, l.c, &[("scale", scale), ("shift", shift)])?;
+    check_channels(op, l.c, &[("scale", scale)])?;
+    if let Some(shift) = shift {
+        check_channels(op, l.c, &[("shift", shift)])?;
+    }
     let mut y = exec.alloc(x.len())?;
-    // SAFETY: the kernel reads x and writes y at [0..N·C·HW) and reads scale, shift at [0..C);
-    // the buffers hold that many elements (checked, or allocated here).
+    // SAFETY: the kernel reads x and writes y at [0..N·C·HW) and reads scale and any shift at
+    // [0..C); the buffers hold that many elements (checked, or allocated here).
     unsafe {
         kernels::batchnorm_scale_shift_fwd_f32(
             exec,
@@ -404,7 +454,7 @@ pub fn channel_grad_sums(
 }
 
 /// Training-mode input gradient, `dx = k[c] · (dy − mean_dy[c] − x̂ · mean_dy_xhat[c])` with
-/// `k = γ · inv_std` (the `scale` of [`affine_coefficients`]) and the means of
+/// `k = γ · inv_std` (the `scale` of [`Coefficients`]) and the means of
 /// [`channel_grad_sums`]; the derivation is in `ops::batchnorm`.
 pub fn normalize_backward(
     exec: &dyn Executor,
@@ -450,54 +500,4 @@ pub fn normalize_backward(
         )
     }?;
     Ok(dx)
-}
-
-/// PyTorch's running-statistics update, in f64 as the CPU computes it, into new buffers (mean,
-/// var): `(1 − momentum) · running + momentum · batch`, with the unbiased batch variance for the
-/// running variance.
-pub fn update_running_stats(
-    exec: &dyn Executor,
-    running_mean: &DeviceBuffer<f32>,
-    running_var: &DeviceBuffer<f32>,
-    mean: &DeviceBuffer<f32>,
-    var_unbiased: &DeviceBuffer<f32>,
-    momentum: f32,
-) -> Result<(DeviceBuffer<f32>, DeviceBuffer<f32>), GpuError> {
-    let op = "update_running_stats";
-    let c = mean.len();
-    check_channels(
-        op,
-        c,
-        &[
-            ("running_mean", running_mean),
-            ("running_var", running_var),
-            ("var_unbiased", var_unbiased),
-        ],
-    )?;
-    if !(0.0..=1.0).contains(&momentum) {
-        return Err(invalid(
-            op,
-            format!("momentum must lie in [0, 1], got {momentum}"),
-        ));
-    }
-    let channels = int(op, c)?;
-    let (mut new_mean, mut new_var) = (exec.alloc(c)?, exec.alloc(c)?);
-    let config = LaunchConfig::grid_stride(c, THREADS);
-    // SAFETY: the kernel reads running_mean, running_var, mean, var_unbiased and writes new_mean,
-    // new_var at [0..c); all six hold c elements (checked, or allocated so).
-    unsafe {
-        kernels::batchnorm_running_stats_fwd_f32(
-            exec,
-            config,
-            running_mean,
-            running_var,
-            mean,
-            var_unbiased,
-            &mut new_mean,
-            &mut new_var,
-            channels,
-            momentum,
-        )
-    }?;
-    Ok((new_mean, new_var))
 }

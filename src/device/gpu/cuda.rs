@@ -7,7 +7,7 @@
 //! [`CudaExecutor::new`] probes for it before any other cudarc call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUresult;
@@ -18,7 +18,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::kernels::{Family, HAS_PTX, KernelId, PTX_ARCH};
 use super::{
-    ConvWindow, DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg,
+    ConvWindow, Counters, DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg,
     LaunchConfig, Storage, check_args,
 };
 
@@ -79,8 +79,8 @@ pub struct CudaExecutor {
     compute_capability: u32,
     /// Which GEMM kernel runs.
     gemm: GemmSetting,
-    /// Kernels launched so far.
-    launches: AtomicU64,
+    /// Launches and copies so far.
+    counters: Counters,
     /// Bytes taken from the driver so far (live buffers plus the pool); the pool never hands
     /// memory back before [`CudaExecutor::trim`], so this is the high-water mark.
     reserved: AtomicUsize,
@@ -130,7 +130,7 @@ impl CudaExecutor {
             pool: Arc::new(Mutex::new(HashMap::new())),
             compute_capability: (major * 10 + minor) as u32,
             gemm: GemmSetting::new(),
-            launches: AtomicU64::new(0),
+            counters: Counters::new(),
             reserved: AtomicUsize::new(0),
         })
     }
@@ -234,6 +234,7 @@ impl Executor for CudaExecutor {
         };
         // From pageable memory the driver stages `src` before returning, so it may go away.
         self.stream.memcpy_htod(src, slice)?;
+        self.counters.record_upload();
         Ok(())
     }
 
@@ -249,6 +250,7 @@ impl Executor for CudaExecutor {
         // A copy into pageable memory is complete when the call returns; the explicit wait makes
         // that independent of the driver's staging rules.
         self.stream.synchronize()?;
+        self.counters.record_download();
         Ok(())
     }
 
@@ -266,6 +268,8 @@ impl Executor for CudaExecutor {
         for arg in args {
             match arg {
                 KernelArg::Buffer(memory, _) => builder.arg(device(memory)?.slice()),
+                // A device pointer is 64 bits wide, so a zero u64 passes a null pointer.
+                KernelArg::Null(_) => builder.arg(&0u64),
                 KernelArg::I32(v) => builder.arg(v),
                 KernelArg::U32(v) => builder.arg(v),
                 KernelArg::F32(v) => builder.arg(v),
@@ -284,7 +288,7 @@ impl Executor for CudaExecutor {
         // live allocation of this executor's context, and the caller promised the kernel stays
         // inside them.
         unsafe { builder.launch(cfg) }?;
-        self.launches.fetch_add(1, Ordering::Relaxed);
+        self.counters.record_launch(kernel);
         Ok(())
     }
 
@@ -293,8 +297,8 @@ impl Executor for CudaExecutor {
         Ok(())
     }
 
-    fn launches(&self) -> u64 {
-        self.launches.load(Ordering::Relaxed)
+    fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     fn gemm_precision(&self) -> GemmPrecision {

@@ -3,11 +3,10 @@
 //! thread, one fiber per CUDA thread. Slow and exact; CI runs every kernel here.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::kernels::{self, KernelId};
 use super::{
-    ConvWindow, DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg,
+    ConvWindow, Counters, DeviceMemory, Executor, GemmPrecision, GemmSetting, GpuError, KernelArg,
     LaunchConfig, Storage, check_args,
 };
 
@@ -16,7 +15,7 @@ use super::{
 #[derive(Debug, Default)]
 pub struct EmuExecutor {
     gemm: GemmSetting,
-    launches: AtomicU64,
+    counters: Counters,
 }
 
 impl EmuExecutor {
@@ -24,7 +23,7 @@ impl EmuExecutor {
     pub const fn new() -> EmuExecutor {
         EmuExecutor {
             gemm: GemmSetting::new(),
-            launches: AtomicU64::new(0),
+            counters: Counters::new(),
         }
     }
 }
@@ -192,6 +191,7 @@ impl Executor for EmuExecutor {
             )));
         }
         host(dst)?.write(src);
+        self.counters.record_upload();
         Ok(())
     }
 
@@ -204,6 +204,7 @@ impl Executor for EmuExecutor {
             )));
         }
         host(src)?.read(dst);
+        self.counters.record_download();
         Ok(())
     }
 
@@ -215,12 +216,13 @@ impl Executor for EmuExecutor {
     ) -> Result<(), GpuError> {
         config.check(kernel)?;
         check_args(kernel, args)?;
-        self.launches.fetch_add(1, Ordering::Relaxed);
+        self.counters.record_launch(kernel);
         let args = args
             .iter()
             .map(|arg| {
                 Ok(match *arg {
                     KernelArg::Buffer(memory, _) => EmuArg::Pointer(host(memory)?.pointer()),
+                    KernelArg::Null(_) => EmuArg::Pointer(std::ptr::null_mut()),
                     KernelArg::I32(v) => EmuArg::I32(v),
                     KernelArg::U32(v) => EmuArg::U32(v),
                     KernelArg::F32(v) => EmuArg::F32(v),
@@ -250,8 +252,8 @@ impl Executor for EmuExecutor {
         Ok(())
     }
 
-    fn launches(&self) -> u64 {
-        self.launches.load(Ordering::Relaxed)
+    fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     fn gemm_precision(&self) -> GemmPrecision {

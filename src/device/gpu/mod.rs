@@ -35,6 +35,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use conv::{ConvAxis, ConvWindow};
 pub use cuda::CudaExecutor;
@@ -210,8 +211,13 @@ impl<T: Element> DeviceBuffer<T> {
 /// How a kernel parameter is passed, as declared in the `.cu` file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamKind {
-    /// A pointer to device memory; `writes` when declared without `const`.
-    Buffer { dtype: Dtype, writes: bool },
+    /// A pointer to device memory; `writes` when declared without `const`, `nullable` when its
+    /// name ends in `_or_null` (the kernel accepts a null pointer there).
+    Buffer {
+        dtype: Dtype,
+        writes: bool,
+        nullable: bool,
+    },
     /// `int`.
     I32,
     /// `unsigned`.
@@ -230,6 +236,8 @@ pub enum ParamKind {
 pub enum KernelArg<'a> {
     /// A device buffer of the given element type.
     Buffer(&'a DeviceMemory, Dtype),
+    /// A null pointer, for a nullable parameter of the given element type.
+    Null(Dtype),
     /// An `int`.
     I32(i32),
     /// An `unsigned`.
@@ -248,9 +256,22 @@ impl<'a> KernelArg<'a> {
         KernelArg::Buffer(&buffer.memory, T::DTYPE)
     }
 
+    /// The argument for an optional typed buffer: a null pointer for `None`.
+    pub fn buffer_or_null<T: Element>(buffer: Option<&'a DeviceBuffer<T>>) -> KernelArg<'a> {
+        buffer.map_or(KernelArg::Null(T::DTYPE), KernelArg::buffer)
+    }
+
     fn fits(&self, kind: ParamKind) -> bool {
         match (self, kind) {
             (KernelArg::Buffer(_, dtype), ParamKind::Buffer { dtype: d, .. }) => *dtype == d,
+            (
+                KernelArg::Null(dtype),
+                ParamKind::Buffer {
+                    dtype: d,
+                    nullable: true,
+                    ..
+                },
+            ) => *dtype == d,
             (KernelArg::I32(_), ParamKind::I32)
             | (KernelArg::U32(_), ParamKind::U32)
             | (KernelArg::F32(_), ParamKind::F32)
@@ -358,6 +379,73 @@ impl LaunchConfig {
     }
 }
 
+/// What an executor has done so far, for reports: kernel launches per kernel, and copies
+/// between host and device. On a GPU each launch costs a few microseconds of host time, which
+/// bounds a step's speed when its kernels are small, so the launches (and which kernels make them
+/// up) say where fusing would pay; and a copy from the device makes the host wait for the GPU,
+/// so a training step should copy little more than its batch in and a few scalars out.
+#[derive(Debug)]
+pub struct Counters {
+    launches: [AtomicU64; KernelId::ALL.len()],
+    uploads: AtomicU64,
+    downloads: AtomicU64,
+}
+
+impl Counters {
+    /// All counts at zero.
+    pub const fn new() -> Counters {
+        Counters {
+            launches: [const { AtomicU64::new(0) }; KernelId::ALL.len()],
+            uploads: AtomicU64::new(0),
+            downloads: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one launch of `kernel`.
+    pub fn record_launch(&self, kernel: KernelId) {
+        self.launches[kernel as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one copy from host to device.
+    pub fn record_upload(&self) {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one copy from device to host.
+    pub fn record_download(&self) {
+        self.downloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Launches of every kernel so far, at index `KernelId as usize`.
+    pub fn launches_per_kernel(&self) -> Vec<u64> {
+        self.launches
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Launches of all kernels so far.
+    pub fn launches(&self) -> u64 {
+        self.launches_per_kernel().iter().sum()
+    }
+
+    /// Copies from host to device so far.
+    pub fn uploads(&self) -> u64 {
+        self.uploads.load(Ordering::Relaxed)
+    }
+
+    /// Copies from device to host so far.
+    pub fn downloads(&self) -> u64 {
+        self.downloads.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters::new()
+    }
+}
+
 /// What a GPU backend does: hold memory, copy it, run kernels. Implemented by [`CudaExecutor`]
 /// and [`EmuExecutor`]; the family modules are written against `&dyn Executor`. The typed
 /// helpers (`alloc`, `to_device`, `write`, `to_host`) are methods of `dyn Executor` itself.
@@ -391,9 +479,8 @@ pub trait Executor: Send + Sync {
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<(), GpuError>;
 
-    /// Kernels launched so far, for reports: on a GPU each launch costs a few microseconds of
-    /// host time, which bounds a step's speed when its kernels are small.
-    fn launches(&self) -> u64;
+    /// Launches and copies so far, for reports.
+    fn counters(&self) -> &Counters;
 
     /// The kernel this executor's GEMMs run.
     fn gemm_precision(&self) -> GemmPrecision;
@@ -534,8 +621,8 @@ impl Executor for TestExecutor {
         self.inner.synchronize()
     }
 
-    fn launches(&self) -> u64 {
-        self.inner.launches()
+    fn counters(&self) -> &Counters {
+        self.inner.counters()
     }
 
     fn gemm_precision(&self) -> GemmPrecision {

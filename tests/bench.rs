@@ -1,0 +1,50 @@
+//! `darts bench search-cnn`'s report on a GPU executor (the emulator, which runs the same launch
+//! code as CUDA): the launches per step add up kernel by kernel, and a step copies between host
+//! and device only at the edges. In its own test binary because the emulator's counters are
+//! process-wide.
+
+use darts::Device;
+use darts::train::bench::{SearchBench, bench_search, launch_table};
+
+/// A search step small enough for the emulator.
+fn tiny(device: Device) -> SearchBench {
+    SearchBench {
+        batch_size: 2,
+        init_channels: 2,
+        layers: 2,
+        image_size: 8,
+        warmup: 1,
+        steps: 1,
+        device,
+        ..SearchBench::default()
+    }
+}
+
+#[test]
+fn a_gpu_step_reports_its_launches_and_copies() {
+    let report = bench_search(tiny(Device::Emu), |_, _| {}, false).unwrap();
+    let launches = report.launches_per_step.unwrap();
+    let by_kernel: f64 = report.launches_by_kernel.iter().map(|(_, n)| n).sum();
+    assert!(launches > 0.0);
+    assert_eq!(launches, by_kernel);
+    let counts: Vec<f64> = report.launches_by_kernel.iter().map(|(_, n)| *n).collect();
+    assert!(counts.windows(2).all(|w| w[0] >= w[1]), "{counts:?}");
+    // Every cell has batch norms, and the weight step one SGD update per parameter tensor.
+    let launched = |name| report.launches_by_kernel.iter().any(|(k, _)| *k == name);
+    assert!(launched("batchnorm_moments_partial_fwd_f32"));
+    assert!(launched("optim_sgd_momentum_fwd_f32"));
+    assert!(launch_table(&report).contains("| batchnorm_moments_partial_fwd_f32 | "));
+    // The only uploads are the labels of the two batches (the images stay on the device); the
+    // downloads are the two losses and predictions and the gradient norm.
+    assert!(report.uploads_per_step.unwrap() <= 2.0, "{report:?}");
+    assert!(report.downloads_per_step.unwrap() <= 5.0, "{report:?}");
+}
+
+#[test]
+fn a_cpu_step_reports_no_launches() {
+    let report = bench_search(tiny(Device::Cpu), |_, _| {}, false).unwrap();
+    assert_eq!(report.launches_per_step, None);
+    assert!(report.launches_by_kernel.is_empty());
+    assert_eq!(report.uploads_per_step, None);
+    assert_eq!(launch_table(&report), "");
+}
