@@ -93,6 +93,8 @@ enum CType {
     I32Ptr,
     ConstU32Ptr,
     U32Ptr,
+    /// A table of 64-bit words (a multi-tensor launch's buffer addresses and lengths).
+    ConstU64Ptr,
     Int,
     Unsigned,
     Float,
@@ -102,13 +104,14 @@ enum CType {
 }
 
 impl CType {
-    const ALL: [CType; 11] = [
+    const ALL: [CType; 12] = [
         CType::ConstF32Ptr,
         CType::F32Ptr,
         CType::ConstI32Ptr,
         CType::I32Ptr,
         CType::ConstU32Ptr,
         CType::U32Ptr,
+        CType::ConstU64Ptr,
         CType::Int,
         CType::Unsigned,
         CType::Float,
@@ -125,6 +128,7 @@ impl CType {
             CType::I32Ptr => "int*",
             CType::ConstU32Ptr => "const unsigned*",
             CType::U32Ptr => "unsigned*",
+            CType::ConstU64Ptr => "const unsigned long long*",
             CType::Int => "int",
             CType::Unsigned => "unsigned",
             CType::Float => "float",
@@ -142,6 +146,7 @@ impl CType {
             CType::I32Ptr => Some(("i32", "I32", true)),
             CType::ConstU32Ptr => Some(("u32", "U32", false)),
             CType::U32Ptr => Some(("u32", "U32", true)),
+            CType::ConstU64Ptr => Some(("u64", "U64", false)),
             _ => None,
         }
     }

@@ -58,6 +58,37 @@ __device__ __forceinline__ size_t global_thread_count() {
     return static_cast<size_t>(blockDim.x) * gridDim.x;
 }
 
+// ---- Multi-tensor launches --------------------------------------------------------------------
+// One launch over many buffers (every parameter of a network) instead of one launch each. The
+// table (src/device/gpu/multi.rs builds it) holds MULTI_SLOTS 64-bit words per tensor: the
+// addresses of up to MULTI_SLOTS - 1 buffers (0 for a slot not in use) and the tensor's length;
+// then one word per block, (tensor << 32) | chunk. Block b handles elements
+// [chunk * chunk_len, min((chunk + 1) * chunk_len, n)) of its tensor, in every slot at once:
+//     const MultiChunk c = multi_chunk(table, tensors, chunk_len);
+//     for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) { ... }
+// The chunks depend only on the lengths, so a reduction over them adds in a fixed order.
+#define MULTI_SLOTS 4
+
+struct MultiChunk {
+    const unsigned long long* slots;
+    size_t begin;
+    size_t end;
+};
+
+__device__ __forceinline__ MultiChunk multi_chunk(const unsigned long long* table, int tensors, int chunk_len) {
+    const unsigned long long entry = table[size_t(MULTI_SLOTS) * size_t(tensors) + blockIdx.x];
+    const unsigned long long* slots = table + size_t(MULTI_SLOTS) * size_t(entry >> 32);
+    const size_t n = size_t(slots[MULTI_SLOTS - 1]);
+    const size_t begin = size_t(entry & 0xffffffffull) * size_t(chunk_len);
+    return MultiChunk{slots, begin, begin + size_t(chunk_len) < n ? begin + size_t(chunk_len) : n};
+}
+
+// Buffer `slot` of the chunk's tensor, as a T* (null where the slot is not in use).
+template <class T>
+__device__ __forceinline__ T* multi_buffer(const MultiChunk& c, int slot) {
+    return reinterpret_cast<T*>(c.slots[slot]);
+}
+
 // ---- Reductions -------------------------------------------------------------------------------
 // Sum over the 32 lanes of a warp with a fixed tree: lane i adds lane i+16, then i+8, ... so the
 // order of additions never changes. The full sum lands in lane 0 (the other lanes hold partials).

@@ -26,37 +26,41 @@
 //
 // The global gradient norm
 // ------------------------
-// clip_grad_norm needs sqrt(sum of g^2) over every element of every gradient. The gradients are
-// separate buffers, so pass 1 runs once per buffer: buffer k's P_k blocks each reduce their share
-// of g^2 in double with the fixed tree of block_reduce_sum (common.cuh) and write a partial (as
-// hi + lo floats, ~48 bits of the double) into slots offset_k .. offset_k + P_k - 1 of one shared
-// workspace. Pass 2, one block, adds all the partials in a fixed tree and writes float(sqrt(s)).
-// P_k depends only on the buffer's length, so the order of additions never changes: the same bits
-// on every run and every GPU, and no float atomics.
+// clip_grad_norm needs sqrt(sum of g^2) over every element of every gradient. Pass 1 is one
+// multi-tensor launch (common.cuh) over all the gradients: each block reduces the g^2 of its chunk
+// of one gradient in double with the fixed tree of block_reduce_sum and writes a partial (as
+// hi + lo floats, ~48 bits of the double) into its slot of one workspace. Pass 2, one block, adds
+// all the partials in a fixed tree and writes float(sqrt(s)). The chunks depend only on the
+// buffers' lengths, so the order of additions never changes: the same bits on every run and every
+// GPU, and no float atomics. The clipping itself (coef = max_norm / (norm + 1e-6), as the CPU
+// computes it on the host from the norm it returns) is one more multi-tensor launch.
 //
-// The clipping itself reads that norm from device memory (no copy to the host, so the stream never
-// stalls), computes coef = max_norm / (norm + 1e-6) as the CPU does, and scales a gradient in place
-// when coef < 1.
+// Why multi-tensor
+// ----------------
+// A DARTS search network has about 1,400 parameter tensors, most of them small. One launch per
+// tensor for the update, the norm and the clipping was 4,200 launches a step, each costing a few
+// microseconds of host time whatever its size; with a table of the buffers' addresses, it is three.
+// SGD, which every CNN search and evaluation step runs, takes the table; Adam and ASGD (a handful
+// of tensors in the recurrent searches) stay one launch per tensor.
 #include "common.cuh"
 
 // ---- SGD (PyTorch: dampening 0, no Nesterov) ---------------------------------------------------
 
-// Without momentum: w <- w - lr (g + wd w).
-extern "C" __global__ void optim_sgd_fwd_f32(float* __restrict__ w, const float* __restrict__ g, float lr, float weight_decay, int n) {
-    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
+// Every parameter in one launch (a multi-tensor table, common.cuh; slots w, g, b): d = g + wd w;
+// with momentum mu (b not null): b <- d on the first step, else b <- mu b + d, and d = b; then
+// w <- w - lr d.
+extern "C" __global__ void optim_sgd_fwd_f32(const unsigned long long* __restrict__ table, int tensors, int chunk_len, float lr, float momentum, float weight_decay, int first) {
+    const MultiChunk c = multi_chunk(table, tensors, chunk_len);
+    float* w = multi_buffer<float>(c, 0);
+    const float* g = multi_buffer<const float>(c, 1);
+    float* b = multi_buffer<float>(c, 2);
+    for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
         float d = g[i];
         if (weight_decay != 0.0f) d = __fadd_rn(d, __fmul_rn(weight_decay, w[i]));
-        w[i] = __fadd_rn(w[i], __fmul_rn(-lr, d));
-    }
-}
-
-// With momentum mu: d = g + wd w; b <- d on the first step, else b <- mu b + d; w <- w - lr b.
-extern "C" __global__ void optim_sgd_momentum_fwd_f32(float* __restrict__ w, const float* __restrict__ g, float* __restrict__ b, float lr, float momentum, float weight_decay, int first, int n) {
-    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
-        float d = g[i];
-        if (weight_decay != 0.0f) d = __fadd_rn(d, __fmul_rn(weight_decay, w[i]));
-        if (!first) d = __fadd_rn(__fmul_rn(momentum, b[i]), d);
-        b[i] = d;
+        if (b) {
+            if (!first) d = __fadd_rn(__fmul_rn(momentum, b[i]), d);
+            b[i] = d;
+        }
         w[i] = __fadd_rn(w[i], __fmul_rn(-lr, d));
     }
 }
@@ -102,18 +106,21 @@ extern "C" __global__ void optim_asgd_fwd_f32(float* __restrict__ w, const float
 
 // ---- Gradient clipping by the global norm ------------------------------------------------------
 
-// Pass 1 for one gradient buffer: block b writes the sum of g^2 over its grid-stride share to
-// partials[2 (offset + b)] (hi) and the next slot (lo). 1-D blocks of a multiple of 32 threads.
-extern "C" __global__ void optim_grad_norm_partial_fwd_f32(const float* __restrict__ g, float* __restrict__ partials, int n, int offset) {
+// Pass 1 over every gradient in one launch (a multi-tensor table, common.cuh; slot 0 is g): block
+// b writes the sum of g^2 over its chunk to partials[2 b] (hi) and the next slot (lo). 1-D blocks
+// of a multiple of 32 threads.
+extern "C" __global__ void optim_grad_norm_partial_fwd_f32(const unsigned long long* __restrict__ table, float* __restrict__ partials, int tensors, int chunk_len) {
     __shared__ double scratch[WARP_SIZE];
+    const MultiChunk c = multi_chunk(table, tensors, chunk_len);
+    const float* g = multi_buffer<const float>(c, 0);
     double s = 0.0;
-    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
+    for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
         const double v = double(g[i]);
         s += v * v;  // the square of a float is exact in double
     }
     s = block_reduce_sum(s, scratch);
     if (threadIdx.x == 0) {
-        const size_t slot = 2 * (size_t(offset) + blockIdx.x);
+        const size_t slot = 2 * size_t(blockIdx.x);
         const float hi = float(s);
         partials[slot] = hi;
         partials[slot + 1] = float(s - double(hi));
@@ -131,11 +138,13 @@ extern "C" __global__ void optim_grad_norm_final_fwd_f32(const float* __restrict
     if (threadIdx.x == 0 && blockIdx.x == 0) norm[0] = float(sqrt(s));
 }
 
-// g <- g * coef in place when coef = max_norm / (norm[0] + 1e-6) is below 1; else g is untouched.
-extern "C" __global__ void optim_clip_scale_fwd_f32(const float* __restrict__ norm, float* __restrict__ g, float max_norm, int n) {
-    const float coef = __fdiv_rn(max_norm, __fadd_rn(norm[0], 1e-6f));
-    if (!(coef < 1.0f)) return;
-    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
-        g[i] = __fmul_rn(g[i], coef);
+// The clipping: y = x * factor for every gradient in one launch (a multi-tensor table; slots x,
+// y), rounded once as the CPU's Tensor::scaled.
+extern "C" __global__ void optim_scale_fwd_f32(const unsigned long long* __restrict__ table, int tensors, int chunk_len, float factor) {
+    const MultiChunk c = multi_chunk(table, tensors, chunk_len);
+    const float* x = multi_buffer<const float>(c, 0);
+    float* y = multi_buffer<float>(c, 1);
+    for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
+        y[i] = __fmul_rn(x[i], factor);
     }
 }

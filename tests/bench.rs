@@ -29,14 +29,18 @@ fn a_gpu_step_reports_its_launches_and_copies() {
     assert_eq!(launches, by_kernel);
     let counts: Vec<f64> = report.launches_by_kernel.iter().map(|(_, n)| *n).collect();
     assert!(counts.windows(2).all(|w| w[0] >= w[1]), "{counts:?}");
-    // Every cell has batch norms, and the weight step one SGD update per parameter tensor.
-    let launched = |name| report.launches_by_kernel.iter().any(|(k, _)| *k == name);
-    assert!(launched("batchnorm_moments_partial_fwd_f32"));
-    assert!(launched("optim_sgd_momentum_fwd_f32"));
+    // Every cell has batch norms; the weight step updates every parameter in one launch.
+    let launches_of = |name| {
+        let found = report.launches_by_kernel.iter().find(|(k, _)| *k == name);
+        found.map_or(0.0, |(_, n)| *n)
+    };
+    assert!(launches_of("batchnorm_moments_partial_fwd_f32") > 0.0);
+    assert_eq!(launches_of("optim_sgd_fwd_f32"), 1.0);
     assert!(launch_table(&report).contains("| batchnorm_moments_partial_fwd_f32 | "));
-    // The only uploads are the labels of the two batches (the images stay on the device); the
-    // downloads are the two losses and predictions and the gradient norm.
-    assert!(report.uploads_per_step.unwrap() <= 2.0, "{report:?}");
+    // The only uploads are the labels of the two batches (the images stay on the device) and
+    // the tables of the three multi-tensor launches (norm, clipping, SGD); the downloads are the
+    // two losses and predictions and the gradient norm.
+    assert!(report.uploads_per_step.unwrap() <= 5.0, "{report:?}");
     assert!(report.downloads_per_step.unwrap() <= 5.0, "{report:?}");
 }
 

@@ -9,6 +9,7 @@ mod common;
 
 use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests};
 use darts::Rng;
+use darts::device::gpu::multi::{Entry, Table};
 use darts::device::gpu::optim::{self as ops, AdamParams, AsgdParams, SgdParams};
 use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 use darts::optim::adam::Adam;
@@ -22,15 +23,15 @@ use darts::tensor::Tensor;
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
 const COVERED: &[KernelId] = &[
     KernelId::OptimSgdFwdF32,
-    KernelId::OptimSgdMomentumFwdF32,
     KernelId::OptimAdamFwdF32,
     KernelId::OptimAsgdFwdF32,
     KernelId::OptimGradNormPartialFwdF32,
     KernelId::OptimGradNormFinalFwdF32,
-    KernelId::OptimClipScaleFwdF32,
+    KernelId::OptimScaleFwdF32,
 ];
 
-/// Parameter shapes: a scalar, odd sizes, and one that spans several norm partial sums.
+/// Parameter shapes: a scalar, odd sizes, and one that spans several chunks of a multi-tensor
+/// launch (and so several norm partial sums).
 const SHAPES: [&[usize]; 4] = [&[1], &[33], &[5, 7], &[4099]];
 
 /// Optimizer steps compared.
@@ -111,10 +112,12 @@ fn check_sgd(e: &dyn Executor, hyper: SgdParams) {
         let grads = gradients(step);
         let g = upload(e, &grads);
         cpu.step(&mut params, &grads).unwrap();
-        for ((w, g), b) in w.iter_mut().zip(&g).zip(buffers.iter_mut()) {
-            let b = (hyper.momentum != 0.0).then_some(b);
-            ops::sgd_step(e, &hyper, w, g, b, step == 0).unwrap();
-        }
+        // Every parameter in one launch.
+        let mut ws: Vec<_> = w.iter_mut().collect();
+        let gs: Vec<_> = g.iter().collect();
+        let mut bs: Vec<_> = buffers.iter_mut().collect();
+        let b = (hyper.momentum != 0.0).then_some(&mut bs[..]);
+        ops::sgd_step(e, &hyper, &mut ws, &gs, b, step == 0).unwrap();
         let what = format!("{hyper:?}, step {}", step + 1);
         check_all(e, &format!("weights after {what}"), &w, &params, EXACT);
         if hyper.momentum != 0.0 {
@@ -215,11 +218,24 @@ fn check_clip(e: &dyn Executor) {
     for max_norm in [1.0, 1e4] {
         let grads = gradients(7);
         let (clipped, total) = clip_grad_norm(&grads, max_norm).unwrap();
-        let mut g = upload(e, &grads);
-        let norm = ops::clip_grad_norm(e, &mut g, max_norm).unwrap();
+        let g = upload(e, &grads);
+        let gs: Vec<_> = g.iter().collect();
+        let norm = ops::grad_norm(e, &gs).unwrap();
         check(e, &format!("norm, max {max_norm}"), &norm, &[total], NORM);
-        let tol = if max_norm > total { EXACT } else { CLIPPED };
-        check_all(e, &format!("clipped to {max_norm}"), &g, &clipped, tol);
+        // The coefficient as `clip_grad_norm` computes it, from the device's norm.
+        let coef = max_norm / (e.to_host(&norm).unwrap()[0] + 1e-6);
+        if coef < 1.0 {
+            let got = ops::scale_all(e, &gs, coef).unwrap();
+            check_all(
+                e,
+                &format!("clipped to {max_norm}"),
+                &got,
+                &clipped,
+                CLIPPED,
+            );
+        } else {
+            check_all(e, &format!("unclipped at {max_norm}"), &g, &clipped, EXACT);
+        }
     }
 }
 
@@ -278,6 +294,7 @@ fn bad_arguments_are_errors() {
     let exec = EmuExecutor::new();
     let e: &dyn Executor = &exec;
     let mut w = e.to_device(&[1.0f32; 5]).unwrap();
+    let mut w2 = e.to_device(&[1.0f32; 5]).unwrap();
     let g5 = e.to_device(&[1.0f32; 5]).unwrap();
     let g6 = e.to_device(&[1.0f32; 6]).unwrap();
     let mut m = e.to_device(&[0.0f32; 5]).unwrap();
@@ -288,10 +305,15 @@ fn bad_arguments_are_errors() {
         weight_decay: 0.0,
     };
     assert!(matches!(
-        ops::sgd_step(e, &sgd, &mut w, &g5, None, true),
+        ops::sgd_step(e, &sgd, &mut [&mut w], &[&g5], None, true),
         Err(GpuError::Argument { op: "sgd_step", .. })
     ));
-    assert!(ops::sgd_step(e, &sgd, &mut w, &g6, Some(&mut m), true).is_err());
+    assert!(ops::sgd_step(e, &sgd, &mut [&mut w], &[&g6], Some(&mut [&mut m]), true).is_err());
+    // One gradient for two parameters, and one momentum buffer for two.
+    assert!(ops::sgd_step(e, &sgd, &mut [&mut w, &mut w2], &[&g5], None, true).is_err());
+    let (ws, gs) = (&mut [&mut w, &mut w2], &[&g5, &g5]);
+    assert!(ops::sgd_step(e, &sgd, ws, gs, Some(&mut [&mut m]), true).is_err());
+    assert!(ops::sgd_step(e, &sgd, &mut [], &[], Some(&mut []), true).is_err());
     let adam = AdamParams {
         lr: 1e-3,
         betas: (0.9, 0.999),
@@ -308,8 +330,8 @@ fn bad_arguments_are_errors() {
     };
     assert!(ops::asgd_step(e, &asgd, &mut w, &g6, &mut m).is_err());
     assert!(ops::grad_norm(e, &[]).is_err());
-    let mut grads = vec![g5];
-    assert!(ops::clip_grad_norm(e, &mut grads, 0.0).is_err());
-    assert!(ops::clip_grad_norm(e, &mut grads, f32::NAN).is_err());
-    assert!(ops::clip_scale(e, &g6, &mut grads, 1.0).is_err());
+    assert!(ops::scale_all(e, &[], 0.5).is_err());
+    // A table entry longer than its buffer.
+    let entry = Entry::new([Some(&g5), None, None], 6);
+    assert!(Table::new::<f32>(e, "test", &[entry]).is_err());
 }

@@ -18,10 +18,7 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f32) -> Result<(Vec<Tensor>, f
     let total = Tensor::global_norm(grads)?;
     let coef = max_norm / (total + 1e-6);
     let clipped = if coef < 1.0 {
-        grads
-            .iter()
-            .map(|g| g.scaled(coef))
-            .collect::<Result<_>>()?
+        Tensor::scaled_all(grads, coef)?
     } else {
         grads.to_vec()
     };

@@ -71,27 +71,27 @@ impl Optimizer for Sgd {
                 check_state(OP, "momentum buffer", &self.buffers, params)?;
             }
         }
-        for (i, (w, g)) in params.iter_mut().zip(grads).enumerate() {
-            common_device(OP, &[w, g])?;
-            let b = self.buffers.get_mut(i);
-            match w.device().executor()? {
-                None => cpu::sgd_step(
-                    &hyper,
-                    w.host_mut()?,
-                    g.data(),
-                    b.map(Tensor::host_mut).transpose()?,
-                    first,
-                ),
-                Some(exec) => gpu::sgd_step(
-                    exec,
-                    &hyper,
-                    w.device_mut()?,
-                    buffer(g),
-                    b.map(Tensor::device_mut).transpose()?,
-                    first,
-                )?,
+        let tensors: Vec<&Tensor> = params.iter().chain(grads).chain(&self.buffers).collect();
+        let Some(exec) = common_device(OP, &tensors)?.executor()? else {
+            for (i, (w, g)) in params.iter_mut().zip(grads).enumerate() {
+                let b = self.buffers.get_mut(i).map(Tensor::host_mut).transpose()?;
+                cpu::sgd_step(&hyper, w.host_mut()?, g.data(), b, first);
             }
-        }
+            return Ok(());
+        };
+        // On a GPU, every parameter in one launch.
+        let mut w = params
+            .iter_mut()
+            .map(Tensor::device_mut)
+            .collect::<Result<Vec<_>>>()?;
+        let g: Vec<_> = grads.iter().map(buffer).collect();
+        let mut b = self
+            .buffers
+            .iter_mut()
+            .map(Tensor::device_mut)
+            .collect::<Result<Vec<_>>>()?;
+        let b = (hyper.momentum != 0.0).then_some(&mut b[..]);
+        gpu::sgd_step(exec, &hyper, &mut w, &g, b, first)?;
         Ok(())
     }
 

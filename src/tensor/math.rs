@@ -4,7 +4,7 @@
 
 use super::{Data, Tensor};
 use crate::device::cpu::{self, elementwise as k};
-use crate::device::gpu::{elementwise as g, optim};
+use crate::device::gpu::{DeviceBuffer, Executor, elementwise as g, optim};
 use crate::{Error, Result};
 
 /// Checks that `a` and `b` have one shape and one device; `op` names the caller for the error.
@@ -64,20 +64,10 @@ impl Tensor {
     /// The global L2 norm `√(Σ t²)` over every element of every tensor (all on one device),
     /// accumulated in f64 in a fixed order. An empty list has norm 0.
     pub fn global_norm(tensors: &[Tensor]) -> Result<f32> {
-        let Some(first) = tensors.first() else {
+        if tensors.is_empty() {
             return Ok(0.0);
-        };
-        let device = first.device();
-        if let Some(other) = tensors.iter().find(|t| t.device() != device) {
-            return Err(Error::invalid(
-                "Tensor::global_norm",
-                format!(
-                    "tensors on {device} and {} cannot be combined",
-                    other.device()
-                ),
-            ));
         }
-        match device.executor()? {
+        match gpu_buffers("Tensor::global_norm", tensors)? {
             None => {
                 let squares: f64 = tensors
                     .iter()
@@ -85,17 +75,55 @@ impl Tensor {
                     .sum();
                 Ok(squares.sqrt() as f32)
             }
-            Some(exec) => {
-                let buffers: Vec<_> = tensors
-                    .iter()
-                    .map(|t| match t.storage() {
-                        Data::Gpu(_, b) => b,
-                        Data::Cpu(_) => unreachable!("every tensor is on {device}"),
-                    })
-                    .collect();
+            Some((exec, buffers)) => {
                 let norm = optim::grad_norm(exec, &buffers)?;
                 Ok(exec.to_host(&norm)?[0])
             }
         }
     }
+
+    /// `s · t` for every tensor (all on one device), as [`Tensor::scaled`] each: on a GPU in one
+    /// launch, however many tensors.
+    pub fn scaled_all(tensors: &[Tensor], s: f32) -> Result<Vec<Tensor>> {
+        if tensors.is_empty() {
+            return Ok(Vec::new());
+        }
+        match gpu_buffers("Tensor::scaled_all", tensors)? {
+            None => tensors.iter().map(|t| t.scaled(s)).collect(),
+            Some((exec, buffers)) => optim::scale_all(exec, &buffers, s)?
+                .into_iter()
+                .zip(tensors)
+                .map(|(y, t)| Tensor::from_buffer(y, t.shape(), t.device()))
+                .collect(),
+        }
+    }
+}
+
+/// A list of tensors' device buffers, with the executor they live on.
+type OnGpu<'a> = (&'static dyn Executor, Vec<&'a DeviceBuffer<f32>>);
+
+/// The executor and device buffers of `tensors` (not empty), or `None` on the CPU; an error when
+/// they are not all on one device.
+fn gpu_buffers<'a>(op: &'static str, tensors: &'a [Tensor]) -> Result<Option<OnGpu<'a>>> {
+    let device = tensors[0].device();
+    if let Some(other) = tensors.iter().find(|t| t.device() != device) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "tensors on {device} and {} cannot be combined",
+                other.device()
+            ),
+        ));
+    }
+    let Some(exec) = device.executor()? else {
+        return Ok(None);
+    };
+    let buffers = tensors
+        .iter()
+        .map(|t| match t.storage() {
+            Data::Gpu(_, b) => b,
+            Data::Cpu(_) => unreachable!("every tensor is on {device}"),
+        })
+        .collect();
+    Ok(Some((exec, buffers)))
 }

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
+    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -295,6 +296,13 @@ impl Executor for CudaExecutor {
     fn synchronize(&self) -> Result<(), GpuError> {
         self.stream.synchronize()?;
         Ok(())
+    }
+
+    fn address(&self, memory: &DeviceMemory) -> Result<u64, GpuError> {
+        // Every launch and copy goes to `self.stream`, in order, and event tracking is off, so
+        // the guard that would order other streams after this use has nothing to do.
+        let (address, _guard) = device(memory)?.slice().device_ptr(&self.stream);
+        Ok(address)
     }
 
     fn counters(&self) -> &Counters {

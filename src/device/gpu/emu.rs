@@ -252,6 +252,10 @@ impl Executor for EmuExecutor {
         Ok(())
     }
 
+    fn address(&self, memory: &DeviceMemory) -> Result<u64, GpuError> {
+        Ok(host(memory)?.pointer() as u64)
+    }
+
     fn counters(&self) -> &Counters {
         &self.counters
     }

@@ -24,6 +24,7 @@ pub mod emu;
 pub mod kernels;
 pub mod matmul;
 pub mod mixed;
+pub mod multi;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
@@ -128,6 +129,8 @@ pub enum Dtype {
     I32,
     /// `unsigned`.
     U32,
+    /// `unsigned long long`.
+    U64,
 }
 
 mod sealed {
@@ -135,9 +138,10 @@ mod sealed {
     impl Sealed for f32 {}
     impl Sealed for i32 {}
     impl Sealed for u32 {}
+    impl Sealed for u64 {}
 }
 
-/// A Rust type that a device buffer can hold: `f32`, `i32` or `u32`.
+/// A Rust type that a device buffer can hold: `f32`, `i32`, `u32` or `u64`.
 pub trait Element: bytemuck::Pod + sealed::Sealed {
     /// The matching kernel element type.
     const DTYPE: Dtype;
@@ -151,6 +155,9 @@ impl Element for i32 {
 }
 impl Element for u32 {
     const DTYPE: Dtype = Dtype::U32;
+}
+impl Element for u64 {
+    const DTYPE: Dtype = Dtype::U64;
 }
 
 /// Untyped device memory owned by one executor: host memory on the emulator, a pooled
@@ -489,6 +496,10 @@ pub trait Executor: Send + Sync {
     /// the device cannot run it (TF32 needs sm_80 or newer, and PTX built for it).
     fn set_gemm_precision(&self, precision: GemmPrecision) -> Result<(), GpuError>;
 
+    /// The device address of `memory`, for tables of buffers that a kernel reads (a multi-tensor
+    /// launch, [`multi`]). A kernel may only use it while `memory` lives.
+    fn address(&self, memory: &DeviceMemory) -> Result<u64, GpuError>;
+
     /// Device memory this executor holds (live buffers and its reuse pool), for reports; `None`
     /// where device memory is host memory (the emulator).
     fn reserved_bytes(&self) -> Option<u64> {
@@ -631,6 +642,10 @@ impl Executor for TestExecutor {
 
     fn set_gemm_precision(&self, precision: GemmPrecision) -> Result<(), GpuError> {
         self.inner.set_gemm_precision(precision)
+    }
+
+    fn address(&self, memory: &DeviceMemory) -> Result<u64, GpuError> {
+        self.inner.address(memory)
     }
 
     fn reserved_bytes(&self) -> Option<u64> {

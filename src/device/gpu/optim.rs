@@ -1,20 +1,16 @@
 //! The optim family on a GPU executor (`kernels/optim.cu`): fused in-place updates for SGD, Adam
 //! and ASGD, and gradient clipping by the global norm. Each step mirrors the CPU optimizer in
-//! `optim` (PyTorch semantics) for one parameter buffer, on the same state; these functions check
-//! lengths and launch, and the caller keeps the state (momentum, moments, averages, step counts)
-//! as the CPU optimizers do.
+//! `optim` (PyTorch semantics) on the same state: SGD, the norm and the clipping for every
+//! parameter at once (multi-tensor launches, [`super::multi`]), Adam and ASGD for one parameter
+//! buffer. These functions check lengths and launch, and the caller keeps the state (momentum,
+//! moments, averages, step counts) as the CPU optimizers do.
 
 use super::kernels;
+use super::multi::{Entry, Table};
 use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 
 /// Threads per block: a multiple of 32 (the norm reduction needs it).
 const THREADS: u32 = 256;
-
-/// Elements each thread of the norm's pass 1 sums before the block tree, at least.
-const ELEMENTS_PER_THREAD: usize = 8;
-
-/// The most partial sums of squares per gradient buffer.
-const MAX_PARTIALS: usize = 256;
 
 /// SGD's hyperparameters, as `optim::sgd::Sgd` takes them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,46 +60,67 @@ fn same_lengths(op: &'static str, w: usize, others: &[usize]) -> Result<i32, Gpu
     int(op, w)
 }
 
-/// One SGD step on parameter `w` with gradient `g`: `d = g + wd·w`; with momentum
-/// `b = μ·b + d` (`b = d` when `first`, as PyTorch on its first step) and `d = b`; then
-/// `w ← w − lr·d`. `momentum_buffer` is required when `μ ≠ 0` and ignored (with `first`) when
-/// `μ = 0`.
+/// One SGD step on every parameter `w[i]` with gradient `g[i]`, in one launch: `d = g + wd·w`;
+/// with momentum `b = μ·b + d` (`b = d` when `first`, as PyTorch on its first step) and `d = b`;
+/// then `w ← w − lr·d`. `momentum_buffers` (one per parameter) are required when `μ ≠ 0` and
+/// ignored (with `first`) when `μ = 0`.
 pub fn sgd_step(
     exec: &dyn Executor,
     params: &SgdParams,
-    w: &mut DeviceBuffer<f32>,
-    g: &DeviceBuffer<f32>,
-    momentum_buffer: Option<&mut DeviceBuffer<f32>>,
+    w: &mut [&mut DeviceBuffer<f32>],
+    g: &[&DeviceBuffer<f32>],
+    momentum_buffers: Option<&mut [&mut DeviceBuffer<f32>]>,
     first: bool,
 ) -> Result<(), GpuError> {
     let op = "sgd_step";
-    let config = LaunchConfig::grid_stride(w.len(), THREADS);
     let SgdParams {
         lr,
         momentum,
         weight_decay,
     } = *params;
-    if momentum == 0.0 {
-        let n = same_lengths(op, w.len(), &[g.len()])?;
-        // SAFETY: the kernel touches w and g at [0..n), and both hold n elements.
-        return unsafe { kernels::optim_sgd_fwd_f32(exec, config, w, g, lr, weight_decay, n) };
+    let b: Option<&[&mut DeviceBuffer<f32>]> = match momentum_buffers {
+        Some(b) if momentum != 0.0 => Some(b),
+        None if momentum != 0.0 => {
+            return Err(invalid(op, "momentum needs momentum buffers".into()));
+        }
+        _ => None,
+    };
+    if g.len() != w.len() || b.is_some_and(|b| b.len() != w.len()) {
+        return Err(invalid(
+            op,
+            format!(
+                "{} parameters, {} gradients and {} momentum buffers",
+                w.len(),
+                g.len(),
+                b.map_or(0, <[_]>::len)
+            ),
+        ));
     }
-    let b =
-        momentum_buffer.ok_or_else(|| invalid(op, "momentum needs a momentum buffer".into()))?;
-    let n = same_lengths(op, w.len(), &[g.len(), b.len()])?;
-    // SAFETY: the kernel touches w, g and b at [0..n), and all three hold n elements.
+    let mut entries = Vec::with_capacity(w.len());
+    for (i, (w, g)) in w.iter().zip(g).enumerate() {
+        let b = b.map(|b| &*b[i]);
+        same_lengths(
+            op,
+            w.len(),
+            &[g.len(), b.map_or(w.len(), DeviceBuffer::len)],
+        )?;
+        entries.push(Entry::new([Some(&**w), Some(*g), b], w.len()));
+    }
+    let table = Table::new::<f32>(exec, op, &entries)?;
+    // SAFETY: block k touches elements [chunk·CHUNK, min(…, n)) of its tensor's w, g and b, and
+    // `Table::new` checked that each buffer holds n elements. The written buffers (w, b) are
+    // borrowed mutably, so no two entries share one and nothing else reads them meanwhile.
     unsafe {
-        kernels::optim_sgd_momentum_fwd_f32(
+        kernels::optim_sgd_fwd_f32(
             exec,
-            config,
-            w,
-            g,
-            b,
+            table.config(),
+            &table.words,
+            table.tensors,
+            table.chunk_len(),
             lr,
             momentum,
             weight_decay,
             i32::from(first),
-            n,
         )
     }
 }
@@ -178,99 +195,73 @@ pub fn asgd_step(
 }
 
 /// The global L2 norm `√(Σ g²)` over every element of every buffer in `grads`, as a 1-element
-/// buffer: a partial pass per buffer into one workspace, then one block adds the partials, all in
-/// f64 and in an order fixed by the buffers' lengths, so every run gives the same bits.
+/// buffer: one multi-tensor pass of partial sums, then one block adds the partials, all in f64 and
+/// in an order fixed by the buffers' lengths, so every run gives the same bits.
 pub fn grad_norm(
     exec: &dyn Executor,
     grads: &[&DeviceBuffer<f32>],
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let op = "grad_norm";
-    if grads.is_empty() {
-        return Err(invalid(op, "no gradients".into()));
-    }
-    let blocks: Vec<usize> = grads
+    let entries: Vec<Entry<'_>> = grads
         .iter()
-        .map(|g| {
-            g.len()
-                .div_ceil(THREADS as usize * ELEMENTS_PER_THREAD)
-                .clamp(1, MAX_PARTIALS)
-        })
+        .map(|g| Entry::new([Some(*g), None, None], g.len()))
         .collect();
-    let total: usize = blocks.iter().sum();
-    let p = int(op, total)?;
-    let mut workspace = exec.alloc(2 * total)?;
+    let table = Table::new::<f32>(exec, op, &entries)?;
+    let p = int(op, table.blocks)?;
+    let mut workspace = exec.alloc(2 * table.blocks)?;
     let mut norm = exec.alloc(1)?;
-    let mut offset = 0;
-    for (g, &b) in grads.iter().zip(&blocks) {
-        let n = int(op, g.len())?;
-        let config = LaunchConfig::linear(b as u32, THREADS);
-        // SAFETY: the kernel reads g[0..n) and writes workspace slots 2·(offset + j) and the next
-        // for its b blocks j, all below 2·total, the workspace's length.
-        unsafe {
-            kernels::optim_grad_norm_partial_fwd_f32(
-                exec,
-                config,
-                g,
-                &mut workspace,
-                n,
-                int(op, offset)?,
-            )
-        }?;
-        offset += b;
-    }
-    let config = LaunchConfig::linear(1, THREADS);
-    // SAFETY: the kernel reads workspace[0..2p) and writes norm[0]; the buffers hold 2p and 1
-    // elements. It runs after the partial passes, on the same queue.
-    unsafe { kernels::optim_grad_norm_final_fwd_f32(exec, config, &workspace, &mut norm, p) }?;
+    // SAFETY: pass 1's block k reads its chunk of its gradient (each holds its length: checked by
+    // `Table::new`) and writes workspace[2k] and [2k + 1], below 2p; pass 2 reads workspace[0..2p)
+    // and writes norm[0]. Both run on one queue, in order.
+    unsafe {
+        kernels::optim_grad_norm_partial_fwd_f32(
+            exec,
+            table.config(),
+            &table.words,
+            &mut workspace,
+            table.tensors,
+            table.chunk_len(),
+        )?;
+        kernels::optim_grad_norm_final_fwd_f32(
+            exec,
+            LaunchConfig::linear(1, THREADS),
+            &workspace,
+            &mut norm,
+            p,
+        )
+    }?;
     Ok(norm)
 }
 
-fn check_max_norm(op: &'static str, max_norm: f32) -> Result<(), GpuError> {
-    if max_norm.is_finite() && max_norm > 0.0 {
-        Ok(())
-    } else {
-        Err(invalid(
-            op,
-            format!("max_norm must be finite and positive, got {max_norm}"),
-        ))
-    }
-}
-
-/// Scales every buffer in `grads` in place by `coef = max_norm / (norm + 1e−6)` when `coef < 1`,
-/// reading `norm` (1 element, from [`grad_norm`]) on the device; leaves them alone otherwise.
-pub fn clip_scale(
+/// `x · factor` for every buffer in `xs`, each product rounded once (as the CPU's
+/// `Tensor::scaled`), in one launch: the clipping of `clip_grad_norm`.
+pub fn scale_all(
     exec: &dyn Executor,
-    norm: &DeviceBuffer<f32>,
-    grads: &mut [DeviceBuffer<f32>],
-    max_norm: f32,
-) -> Result<(), GpuError> {
-    let op = "clip_scale";
-    if norm.len() != 1 {
-        return Err(invalid(
-            op,
-            format!("the norm has {} elements, not 1", norm.len()),
-        ));
-    }
-    check_max_norm(op, max_norm)?;
-    for g in grads.iter_mut() {
-        let n = int(op, g.len())?;
-        let config = LaunchConfig::grid_stride(g.len(), THREADS);
-        // SAFETY: the kernel reads norm[0] and touches g[0..n); the buffers hold 1 and n elements.
-        unsafe { kernels::optim_clip_scale_fwd_f32(exec, config, norm, g, max_norm, n) }?;
-    }
-    Ok(())
-}
-
-/// Gradient clipping as PyTorch's `clip_grad_norm_`, on the device: the global norm
-/// ([`grad_norm`]), then [`clip_scale`] in place. Returns the norm before clipping, as a
-/// 1-element buffer; nothing is copied to the host.
-pub fn clip_grad_norm(
-    exec: &dyn Executor,
-    grads: &mut [DeviceBuffer<f32>],
-    max_norm: f32,
-) -> Result<DeviceBuffer<f32>, GpuError> {
-    check_max_norm("clip_grad_norm", max_norm)?;
-    let norm = grad_norm(exec, &grads.iter().collect::<Vec<_>>())?;
-    clip_scale(exec, &norm, grads, max_norm)?;
-    Ok(norm)
+    xs: &[&DeviceBuffer<f32>],
+    factor: f32,
+) -> Result<Vec<DeviceBuffer<f32>>, GpuError> {
+    let op = "scale_all";
+    let ys = xs
+        .iter()
+        .map(|x| exec.alloc(x.len()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let entries: Vec<Entry<'_>> = xs
+        .iter()
+        .zip(&ys)
+        .map(|(x, y)| Entry::new([Some(*x), Some(y), None], x.len()))
+        .collect();
+    let table = Table::new::<f32>(exec, op, &entries)?;
+    // SAFETY: block k reads its chunk of its x and writes the same chunk of its y, each holding
+    // the tensor's length (checked by `Table::new`); every y is a fresh allocation of its own.
+    unsafe {
+        kernels::optim_scale_fwd_f32(
+            exec,
+            table.config(),
+            &table.words,
+            table.tensors,
+            table.chunk_len(),
+            factor,
+        )
+    }?;
+    Ok(ys)
 }
