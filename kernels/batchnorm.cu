@@ -9,18 +9,26 @@
 // ------------------------------------------------------------
 // Channel c of the batch is not one contiguous run: it is N runs of HW elements, one per sample,
 // at x[(s * C + c) * HW ...]. Batch norm needs two kinds of passes over it:
-// - elementwise maps (y = x * scale[c] + shift[c], and the input gradient): one thread per element,
-//   grid-stride, memory-bound, trivially parallel;
 // - per-channel reductions over M = N * HW elements (the mean and variance in the forward, sum(dy)
-//   and sum(dy * xhat) in the backward). With DARTS' C = 16 channels and M = 64 * 32 * 32 = 65536,
-//   one block per channel would leave most of a 132-SM GPU idle, so each channel is split over P
-//   blocks and reduced in two passes, llm.c style but without float atomics:
+//   and sum(dy * xhat) in the backward);
+// - elementwise maps that need the reduction's result (y = x * scale[c] + shift[c], and the input
+//   gradient).
+// With DARTS' C = 16 channels and M = 64 * 32 * 32 = 65536, one block per channel would leave most
+// of a 132-SM GPU idle, so each channel is split over P blocks, in two passes (two launches),
+// llm.c style but without float atomics:
 //
 //     pass 1, grid (P, C): block (b, c) sums its grid-stride share of channel c in double, reduces
 //                          over the block with the fixed tree of common.cuh, and stores the block's
 //                          partial sums, as doubles, in a workspace;
-//     pass 2, grid C:      block c adds its P partials (in double, fixed tree) and finishes the
-//                          channel's arithmetic on thread 0.
+//     pass 2, grid (P, C): every block (b, c) adds channel c's P partials (in double, the same
+//                          fixed tree in every block, so they all agree to the bit), finishes the
+//                          channel's arithmetic, and applies the elementwise map to its share;
+//                          block 0 also writes the per-channel results.
+//
+// Adding P partials again in each of P blocks costs P^2 reads of the workspace per channel, about
+// a thousand for M = 65536 (P = 32), against M reads of the data: it saves a launch (one per batch
+// norm and direction, a few thousand per search step) for next to nothing. The eval-mode forward,
+// with nothing to reduce, is a per-channel kernel and an elementwise one.
 //
 // Kernel buffers are declared with 32-bit element types (build.rs generates the launchers from
 // them), so the workspace is an `unsigned*` holding each double as two words; allocations are
@@ -49,8 +57,8 @@
 // In training mode, with xhat = (x - mean) * inv_std and k = gamma * inv_std,
 //     dx = k * (dy - mean(dy) - xhat * mean(dy * xhat)),     dgamma = sum(dy * xhat),   dbeta = sum(dy),
 // the sums and means over the channel's M elements. The two sums are one two-pass reduction (the
-// same shape as the statistics, now summing two products per element), and dx is then an
-// elementwise pass. In eval mode dx = k * dy, the forward's map with a zero shift.
+// same shape as the statistics, now summing two products per element) whose second pass writes
+// dx. In eval mode dx = k * dy, the forward's map with a zero shift.
 //
 // Matching the CPU bit for bit where we can
 // -----------------------------------------
@@ -103,49 +111,75 @@ extern "C" __global__ void batchnorm_moments_partial_fwd_f32(const float* __rest
 // The per-channel affine map of y = gamma (x - mean) inv_std + beta = x * scale + shift:
 // scale = gamma * inv_std, shift = beta - mean * scale, with gamma = 1 and beta = 0 where they are
 // null (no affine parameters): the CPU's float expressions, so the CPU's bits.
-__device__ __forceinline__ void write_coefficients(int ch, float mu, float s, const float* gamma_or_null, const float* beta_or_null, float* scale, float* shift) {
+__device__ __forceinline__ void affine_coefficients(int ch, float mu, float s, const float* gamma_or_null, const float* beta_or_null, float& scale, float& shift) {
     const float g = gamma_or_null ? gamma_or_null[ch] : 1.0f;
     const float b = beta_or_null ? beta_or_null[ch] : 0.0f;
-    const float a = g * s;
-    scale[ch] = a;
-    shift[ch] = __fsub_rn(b, __fmul_rn(mu, a));
+    scale = g * s;
+    shift = __fsub_rn(b, __fmul_rn(mu, scale));
 }
 
-// Pass 2 of the statistics, and all that follows from them per channel. Grid-stride over
-// channels, 1-D blocks of a multiple of 32 threads. Adds channel ch's p partials and writes
-// mean[ch], inv_std[ch] = 1 / sqrt(m2 / M + eps) (the biased variance normalises, as in PyTorch)
-// and the affine coefficients. With running statistics (all four running pointers given), also
-// PyTorch's update into new buffers, in double as the CPU does it (the old statistics stay as they
-// are, so nothing needs copying first): new = (1 - momentum) running + momentum batch, the
-// variance from the unbiased batch variance m2 / (M - 1) rounded to float. M >= 2.
-extern "C" __global__ void batchnorm_moments_final_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, const float* __restrict__ running_mean_or_null, const float* __restrict__ running_var_or_null, float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ shift, float* __restrict__ new_mean_or_null, float* __restrict__ new_var_or_null, int p, int n, int c, int hw, float eps, float momentum) {
+// Adds channel ch's p partial (sum, sum of squares) pairs of a pass 1, in the same fixed tree in
+// every block, and hands the two totals to every thread of the block (through `shared`).
+__device__ __forceinline__ void channel_totals(const unsigned* partials, int p, int ch, double* scratch, double* shared, double& s1, double& s2) {
+    const double* mine = as_doubles(partials) + 2 * size_t(ch) * p;
+    double a = 0.0;
+    double b = 0.0;
+    for (int k = threadIdx.x; k < p; k += blockDim.x) {
+        a += mine[2 * k];
+        b += mine[2 * k + 1];
+    }
+    a = block_reduce_sum(a, scratch);
+    b = block_reduce_sum(b, scratch);
+    if (threadIdx.x == 0) {
+        shared[0] = a;
+        shared[1] = b;
+    }
+    __syncthreads();
+    s1 = shared[0];
+    s2 = shared[1];
+    __syncthreads();  // before the next channel overwrites `shared`
+}
+
+// Pass 2 of the training forward: the statistics and all that follows from them, and the
+// normalisation itself. Grid (P, C') and blocks as pass 1. Every block adds channel ch's p partials
+// (the same tree in each, so the same bits) and computes mean = K + sum(d) / M,
+// inv_std = 1 / sqrt(m2 / M + eps) (the biased variance normalises, as in PyTorch) and the affine
+// coefficients; then it writes y = x * scale + shift over its grid-stride share of the channel.
+// Block 0 of the channel also writes mean[ch], inv_std[ch] and scale[ch] (what the backward
+// needs) and, with running statistics (all four running pointers given), PyTorch's update into
+// new buffers, in double as the CPU does it (the old statistics stay as they are, so nothing needs
+// copying first): new = (1 - momentum) running + momentum batch, the variance from the unbiased
+// batch variance m2 / (M - 1) rounded to float. M >= 2.
+extern "C" __global__ void batchnorm_normalize_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, const float* __restrict__ running_mean_or_null, const float* __restrict__ running_var_or_null, float* __restrict__ y, float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ new_mean_or_null, float* __restrict__ new_var_or_null, int p, int n, int c, int hw, float eps, float momentum) {
     __shared__ double scratch[WARP_SIZE];
+    __shared__ double totals[2];
     const double m = double(n) * double(hw);
-    for (int ch = blockIdx.x; ch < c; ch += gridDim.x) {
-        const double* mine = as_doubles(partials) + 2 * size_t(ch) * p;
-        double s1 = 0.0;
-        double s2 = 0.0;
-        for (int b = threadIdx.x; b < p; b += blockDim.x) {
-            s1 += mine[2 * b];
-            s2 += mine[2 * b + 1];
-        }
-        s1 = block_reduce_sum(s1, scratch);
-        s2 = block_reduce_sum(s2, scratch);
-        if (threadIdx.x == 0) {
-            const double first = double(x[size_t(ch) * hw]);
-            // Rounding can leave a zero-variance channel a hair below zero.
-            const double m2 = fmax(s2 - s1 * s1 / m, 0.0);
-            const float mu = float(first + s1 / m);
-            const float s = float(1.0 / sqrt(m2 / m + double(eps)));
+    for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        double s1;
+        double s2;
+        channel_totals(partials, p, ch, scratch, totals, s1, s2);
+        const double first = double(x[size_t(ch) * hw]);
+        // Rounding can leave a zero-variance channel a hair below zero.
+        const double m2 = fmax(s2 - s1 * s1 / m, 0.0);
+        const float mu = float(first + s1 / m);
+        const float s = float(1.0 / sqrt(m2 / m + double(eps)));
+        float a;
+        float shift;
+        affine_coefficients(ch, mu, s, gamma_or_null, beta_or_null, a, shift);
+        if (blockIdx.x == 0 && threadIdx.x == 0) {
             mean[ch] = mu;
             inv_std[ch] = s;
-            write_coefficients(ch, mu, s, gamma_or_null, beta_or_null, scale, shift);
+            scale[ch] = a;
             if (running_mean_or_null && running_var_or_null && new_mean_or_null && new_var_or_null) {
                 const double keep = 1.0 - double(momentum);
                 const float var_unbiased = float(m2 / (m - 1.0));
                 new_mean_or_null[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_mean_or_null[ch])), __dmul_rn(double(momentum), double(mu))));
                 new_var_or_null[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_var_or_null[ch])), __dmul_rn(double(momentum), double(var_unbiased))));
             }
+        }
+        for (size_t j = global_thread_index(); j < size_t(m); j += global_thread_count()) {
+            const size_t at = channel_element(unsigned(j), c, hw, ch);
+            y[at] = __fadd_rn(__fmul_rn(x[at], a), shift);
         }
     }
 }
@@ -156,7 +190,7 @@ extern "C" __global__ void batchnorm_coefficients_fwd_f32(const float* __restric
     for (size_t ch = global_thread_index(); ch < size_t(c); ch += global_thread_count()) {
         const float s = float(1.0 / sqrt(double(var[ch]) + double(eps)));
         inv_std[ch] = s;
-        write_coefficients(int(ch), mean[ch], s, gamma_or_null, beta_or_null, scale, shift);
+        affine_coefficients(int(ch), mean[ch], s, gamma_or_null, beta_or_null, scale[ch], shift[ch]);
     }
 }
 
@@ -202,36 +236,50 @@ extern "C" __global__ void batchnorm_grad_partial_bwd_f32(const float* __restric
     }
 }
 
-// Pass 2 of the gradient sums. Grid-stride over channels, 1-D blocks of a multiple of 32 threads.
-// Writes dbeta = sum(dy), dgamma = sum(dy * xhat) and their means over the m elements of the
-// channel (what the training-mode dx needs).
-extern "C" __global__ void batchnorm_grad_final_bwd_f32(const unsigned* __restrict__ partials, float* __restrict__ sum_dy, float* __restrict__ sum_dy_xhat, float* __restrict__ mean_dy, float* __restrict__ mean_dy_xhat, int p, int c, int m) {
+// Pass 2 of the gradient sums alone (eval mode, or when only dgamma and dbeta are wanted).
+// Grid-stride over channels, 1-D blocks of a multiple of 32 threads. Writes dbeta = sum(dy) and
+// dgamma = sum(dy * xhat).
+extern "C" __global__ void batchnorm_grad_final_bwd_f32(const unsigned* __restrict__ partials, float* __restrict__ sum_dy, float* __restrict__ sum_dy_xhat, int p, int c) {
     __shared__ double scratch[WARP_SIZE];
+    __shared__ double totals[2];
     for (int ch = blockIdx.x; ch < c; ch += gridDim.x) {
-        const double* mine = as_doubles(partials) + 2 * size_t(ch) * p;
-        double s1 = 0.0;
-        double s2 = 0.0;
-        for (int b = threadIdx.x; b < p; b += blockDim.x) {
-            s1 += mine[2 * b];
-            s2 += mine[2 * b + 1];
-        }
-        s1 = block_reduce_sum(s1, scratch);
-        s2 = block_reduce_sum(s2, scratch);
+        double s1;
+        double s2;
+        channel_totals(partials, p, ch, scratch, totals, s1, s2);
         if (threadIdx.x == 0) {
             sum_dy[ch] = float(s1);
             sum_dy_xhat[ch] = float(s2);
-            mean_dy[ch] = float(s1 / double(m));
-            mean_dy_xhat[ch] = float(s2 / double(m));
         }
     }
 }
 
-// Training-mode input gradient, dx = k[ch] * (dy - mean_dy[ch] - xhat * mean_dy_xhat[ch]) with
-// xhat = (x - mean[ch]) * inv_std[ch], on [N, C, hw] data (count elements), in the CPU's order.
-extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ mean, const float* __restrict__ inv_std, const float* __restrict__ k, const float* __restrict__ mean_dy, const float* __restrict__ mean_dy_xhat, float* __restrict__ dx, int count, int c, int hw) {
-    for (size_t i = global_thread_index(); i < size_t(count); i += global_thread_count()) {
-        const unsigned ch = unsigned(i) / unsigned(hw) % unsigned(c);
-        const float xhat_term = __fmul_rn(__fmul_rn(__fsub_rn(x[i], mean[ch]), inv_std[ch]), mean_dy_xhat[ch]);
-        dx[i] = __fmul_rn(k[ch], __fsub_rn(__fsub_rn(dy[i], mean_dy[ch]), xhat_term));
+// Pass 2 of the training backward: the input gradient, and the gradient sums where wanted. Grid
+// (P, C') and blocks as pass 1. Every block adds channel ch's p partials (the same tree in each)
+// and writes dx = k[ch] * (dy - mean_dy - xhat * mean_dy_xhat) over its grid-stride share of the
+// channel, with xhat = (x - mean[ch]) * inv_std[ch] and the means float(sum / M), in the CPU's
+// order. Block 0 of the channel also writes dbeta = sum(dy) and dgamma = sum(dy * xhat) where
+// given.
+extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const unsigned* __restrict__ partials, const float* __restrict__ mean, const float* __restrict__ inv_std, const float* __restrict__ k, float* __restrict__ dx, float* __restrict__ sum_dy_or_null, float* __restrict__ sum_dy_xhat_or_null, int p, int n, int c, int hw) {
+    __shared__ double scratch[WARP_SIZE];
+    __shared__ double totals[2];
+    const double m = double(n) * double(hw);
+    for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        double s1;
+        double s2;
+        channel_totals(partials, p, ch, scratch, totals, s1, s2);
+        if (blockIdx.x == 0 && threadIdx.x == 0) {
+            if (sum_dy_or_null) sum_dy_or_null[ch] = float(s1);
+            if (sum_dy_xhat_or_null) sum_dy_xhat_or_null[ch] = float(s2);
+        }
+        const float mean_dy = float(s1 / m);
+        const float mean_dy_xhat = float(s2 / m);
+        const float mu = mean[ch];
+        const float s = inv_std[ch];
+        const float kc = k[ch];
+        for (size_t j = global_thread_index(); j < size_t(m); j += global_thread_count()) {
+            const size_t at = channel_element(unsigned(j), c, hw, ch);
+            const float xhat_term = __fmul_rn(__fmul_rn(__fsub_rn(x[at], mu), s), mean_dy_xhat);
+            dx[at] = __fmul_rn(kc, __fsub_rn(__fsub_rn(dy[at], mean_dy), xhat_term));
+        }
     }
 }

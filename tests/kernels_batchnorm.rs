@@ -13,7 +13,7 @@ use common::gpu::{Bits, EXACT, Tolerance, check, cpu_reference_tests, random};
 use darts::device::cpu::batchnorm::{
     self as reference, ChannelLayout, Normalizer as CpuNormalizer,
 };
-use darts::device::gpu::batchnorm::{self as ops, Coefficients, GradSums, Normalizer, Running};
+use darts::device::gpu::batchnorm::{self as ops, Normalizer, Running};
 use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 use darts::ops::batchnorm::{self as bn, RunningStats};
 use darts::{Tape, Tensor};
@@ -22,7 +22,7 @@ use darts::{Tape, Tensor};
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
 const COVERED: &[KernelId] = &[
     KernelId::BatchnormMomentsPartialFwdF32,
-    KernelId::BatchnormMomentsFinalFwdF32,
+    KernelId::BatchnormNormalizeFwdF32,
     KernelId::BatchnormCoefficientsFwdF32,
     KernelId::BatchnormScaleShiftFwdF32,
     KernelId::BatchnormGradPartialBwdF32,
@@ -91,21 +91,25 @@ fn cpu_coefficients(norm: &CpuNormalizer, gamma: &[f32], beta: &[f32]) -> (Vec<f
     (scale, shift)
 }
 
-/// Checks `got`'s scale and shift against the CPU's from `norm` (what the kernel itself computed
-/// for the mean and `1/σ`, or the CPU's where it was fed those), with γ, β or without (`None`).
+/// Checks a scale (and a shift, where one was computed) against the CPU's from `norm` (what the
+/// kernel itself computed for the mean and `1/σ`, or the CPU's where it was fed those), with γ, β
+/// or without (`None`); returns the CPU's `(scale, shift)`.
 fn check_coefficients(
     e: &dyn Executor,
     what: &str,
-    got: &Coefficients,
+    (scale, shift): (&DeviceBuffer<f32>, Option<&DeviceBuffer<f32>>),
     norm: &CpuNormalizer,
     affine: Option<(&[f32], &[f32])>,
-) {
+) -> (Vec<f32>, Vec<f32>) {
     let c = norm.mean.len();
     let (ones, zeros) = (vec![1.0; c], vec![0.0; c]);
     let (gamma, beta) = affine.unwrap_or((&ones, &zeros));
-    let (scale, shift) = cpu_coefficients(norm, gamma, beta);
-    check(e, &format!("{what} scale"), &got.scale, &scale, EXACT);
-    check(e, &format!("{what} shift"), &got.shift, &shift, EXACT);
+    let (want_scale, want_shift) = cpu_coefficients(norm, gamma, beta);
+    check(e, &format!("{what} scale"), scale, &want_scale, EXACT);
+    if let Some(shift) = shift {
+        check(e, &format!("{what} shift"), shift, &want_shift, EXACT);
+    }
+    (want_scale, want_shift)
 }
 
 /// The per-channel blend of PyTorch's running-statistics update, as `ops::batchnorm` computes it.
@@ -141,24 +145,20 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
         var: &rv,
         momentum: 0.1,
     };
-    let stats = ops::train_stats(e, &dx, l, EPS, Some((&dgamma, &dbeta)), Some(running)).unwrap();
-    check(
-        e,
-        &what("batch mean"),
-        &stats.mean,
-        &to_f32(&mean),
-        REDUCTION,
-    );
+    let out = ops::train_forward(e, &dx, l, EPS, Some((&dgamma, &dbeta)), Some(running)).unwrap();
+    check(e, &what("batch mean"), &out.mean, &to_f32(&mean), REDUCTION);
     let want = cpu_inv_std(m2.iter().map(|s| s / m));
-    let got = &stats.coefficients.inv_std;
-    check(e, &what("batch inv_std"), got, &want, REDUCTION);
+    check(e, &what("batch inv_std"), &out.inv_std, &want, REDUCTION);
+    // From the kernel's own statistics: the coefficients and the output, exactly.
     let own = CpuNormalizer {
-        mean: e.to_host(&stats.mean).unwrap(),
-        inv_std: e.to_host(&stats.coefficients.inv_std).unwrap(),
+        mean: e.to_host(&out.mean).unwrap(),
+        inv_std: e.to_host(&out.inv_std).unwrap(),
     };
     let affine = Some((&gamma[..], &beta[..]));
-    check_coefficients(e, &what("batch"), &stats.coefficients, &own, affine);
-    let (new_mean, new_var) = stats.running.as_ref().unwrap();
+    let (scale, shift) = check_coefficients(e, &what("batch"), (&out.scale, None), &own, affine);
+    let want = reference::scale_shift(&x, l, &scale, &shift);
+    check(e, &what("train y"), &out.y, &want, EXACT);
+    let (new_mean, new_var) = out.running.as_ref().unwrap();
     let want = cpu_blend(&running_mean, &own.mean, 0.1);
     check(e, &what("running mean"), new_mean, &want, EXACT);
     let var: Vec<f64> = m2.iter().map(|s| s / (m - 1.0)).collect();
@@ -168,12 +168,20 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     check(e, &what("old running mean"), &rm, &running_mean, Bits);
     // Without γ, β and running statistics (null pointers): the same statistics, plain
     // coefficients, no running statistics.
-    let plain = ops::train_stats(e, &dx, l, EPS, None, None).unwrap();
+    let plain = ops::train_forward(e, &dx, l, EPS, None, None).unwrap();
     assert!(plain.running.is_none());
     check(e, &what("plain batch mean"), &plain.mean, &own.mean, Bits);
-    let got = &plain.coefficients.inv_std;
-    check(e, &what("plain batch inv_std"), got, &own.inv_std, Bits);
-    check_coefficients(e, &what("plain batch"), &plain.coefficients, &own, None);
+    check(
+        e,
+        &what("plain inv_std"),
+        &plain.inv_std,
+        &own.inv_std,
+        Bits,
+    );
+    let plain_what = what("plain batch");
+    let (scale, shift) = check_coefficients(e, &plain_what, (&plain.scale, None), &own, None);
+    let want = reference::scale_shift(&x, l, &scale, &shift);
+    check(e, &what("plain train y"), &plain.y, &want, EXACT);
 
     // Eval mode's coefficients from the running statistics.
     let running_norm = CpuNormalizer {
@@ -191,7 +199,8 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
             &running_norm.inv_std,
             EXACT,
         );
-        check_coefficients(e, &what, &got, &running_norm, affine);
+        let got_coefficients = (&got.scale, Some(&got.shift));
+        check_coefficients(e, &what, got_coefficients, &running_norm, affine);
     }
 
     // From here on the CPU's normalisation, so that every kernel sees the CPU's inputs.
@@ -235,25 +244,35 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
         &to_f32(&sum_dy_xhat),
         REDUCTION,
     );
+    // The training-mode input gradient, with the same sums on the way.
     let mean_of = |s: &[f64]| -> Vec<f32> { s.iter().map(|v| (v / m) as f32).collect() };
     let (mean_dy, mean_dy_xhat) = (mean_of(&sum_dy), mean_of(&sum_dy_xhat));
-    check(e, &what("mean dy"), &sums.mean_dy, &mean_dy, REDUCTION);
-    check(
-        e,
-        &what("mean dy·x̂"),
-        &sums.mean_dy_xhat,
-        &mean_dy_xhat,
-        REDUCTION,
-    );
-    let cpu_sums = GradSums {
-        sum_dy: e.to_device(&to_f32(&sum_dy)).unwrap(),
-        sum_dy_xhat: e.to_device(&to_f32(&sum_dy_xhat)).unwrap(),
-        mean_dy: e.to_device(&mean_dy).unwrap(),
-        mean_dy_xhat: e.to_device(&mean_dy_xhat).unwrap(),
-    };
     let want = reference::normalize_backward(&x, &dy, l, &norm, &scale, &mean_dy, &mean_dy_xhat);
-    let got = ops::normalize_backward(e, &dx, &ddy, l, gpu_norm, &dscale, &cpu_sums).unwrap();
-    check(e, &what("normalize_backward"), &got, &want, EXACT);
+    for with_sums in [true, false] {
+        let (got, sums) =
+            ops::train_backward(e, &dx, &ddy, l, gpu_norm, &dscale, with_sums).unwrap();
+        // The means come from the kernel's own sums, which may differ from the CPU's in the
+        // last bit of a double, and so (rarely) move a mean by one f32 rounding.
+        check(e, &what("train_backward dx"), &got, &want, PIPELINE);
+        assert_eq!(sums.is_some(), with_sums);
+        if let Some(sums) = sums {
+            check(
+                e,
+                &what("train_backward sum dy"),
+                &sums.sum_dy,
+                &to_f32(&sum_dy),
+                REDUCTION,
+            );
+            let want = to_f32(&sum_dy_xhat);
+            check(
+                e,
+                &what("train_backward sum dy·x̂"),
+                &sums.sum_dy_xhat,
+                &want,
+                REDUCTION,
+            );
+        }
+    }
 }
 
 /// The tensor shape of a layout: `[N, C, HW, 1]`, or `[N, C]` when HW = 1.
@@ -311,7 +330,7 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
         var: &drv,
         momentum: 0.1,
     };
-    let gpu_stats = ops::train_stats(
+    let out = ops::train_forward(
         e,
         &dx,
         l,
@@ -320,11 +339,8 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
         Some(running),
     )
     .unwrap();
-    let norm = gpu_stats.normalizer();
-    let Coefficients { scale, shift, .. } = &gpu_stats.coefficients;
-    let got_y = ops::scale_shift(e, &dx, l, scale, Some(shift)).unwrap();
-    check(e, &what("y"), &got_y, &want_y, PIPELINE);
-    let (got_mean, got_var) = gpu_stats.running.as_ref().unwrap();
+    check(e, &what("y"), &out.y, &want_y, PIPELINE);
+    let (got_mean, got_var) = out.running.as_ref().unwrap();
     check(
         e,
         &what("running mean"),
@@ -334,10 +350,10 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
     );
     check(e, &what("running var"), got_var, want_var.data(), REDUCTION);
 
-    let sums = ops::channel_grad_sums(e, &dx, &ddy, l, norm).unwrap();
-    let got_dx = ops::normalize_backward(e, &dx, &ddy, l, norm, scale, &sums).unwrap();
+    let (got_dx, sums) =
+        ops::train_backward(e, &dx, &ddy, l, out.normalizer(), &out.scale, affine).unwrap();
     check(e, &what("dx"), &got_dx, grads[0].data(), PIPELINE);
-    if affine {
+    if let Some(sums) = sums {
         check(
             e,
             &what("dgamma"),
@@ -426,17 +442,18 @@ fn reductions_are_deterministic() {
     };
     let runs: Vec<Vec<u32>> = (0..2)
         .map(|_| {
-            let stats = ops::train_stats(e, &x, &l, EPS, None, None).unwrap();
-            let sums = ops::channel_grad_sums(e, &x, &dy, &l, stats.normalizer()).unwrap();
+            let out = ops::train_forward(e, &x, &l, EPS, None, None).unwrap();
+            let (dx, sums) =
+                ops::train_backward(e, &x, &dy, &l, out.normalizer(), &out.scale, true).unwrap();
+            let sums = sums.unwrap();
             [
-                &stats.mean,
-                &stats.coefficients.inv_std,
-                &stats.coefficients.scale,
-                &stats.coefficients.shift,
+                &out.y,
+                &out.mean,
+                &out.inv_std,
+                &out.scale,
+                &dx,
                 &sums.sum_dy,
                 &sums.sum_dy_xhat,
-                &sums.mean_dy,
-                &sums.mean_dy_xhat,
             ]
             .iter()
             .flat_map(|b| bits(b))
@@ -462,12 +479,12 @@ fn bad_arguments_are_errors() {
     let other = e.to_device(&[1.0f32; 3]).unwrap();
     let wrong = ChannelLayout { n: 3, ..l };
     let train = |x, l: &ChannelLayout, eps, affine, running| {
-        ops::train_stats(e, x, l, eps, affine, running)
+        ops::train_forward(e, x, l, eps, affine, running)
     };
     assert!(matches!(
         train(&x, &wrong, EPS, None, None),
         Err(GpuError::Argument {
-            op: "train_stats",
+            op: "train_forward",
             ..
         })
     ));
@@ -498,6 +515,7 @@ fn bad_arguments_are_errors() {
     assert!(ops::scale_shift(e, &x, &l, &two, None).is_err());
     assert!(ops::scale_shift(e, &x, &wrong, &three, Some(&three)).is_err());
     assert!(ops::channel_grad_sums(e, &x, &three, &l, norm).is_err());
-    let sums = ops::channel_grad_sums(e, &x, &x, &l, norm).unwrap();
-    assert!(ops::normalize_backward(e, &x, &x, &l, norm, &two, &sums).is_err());
+    assert!(ops::channel_grad_sums(e, &x, &x, &l, norm).is_ok());
+    assert!(ops::train_backward(e, &x, &x, &l, norm, &two, false).is_err());
+    assert!(ops::train_backward(e, &x, &three, &l, norm, &three, false).is_err());
 }

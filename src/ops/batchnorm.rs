@@ -11,7 +11,7 @@
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::batchnorm::{self as k, ChannelLayout, Normalizer};
-use crate::device::gpu::{Executor, batchnorm as g};
+use crate::device::gpu::{self, Executor, batchnorm as g};
 use crate::ops::{buffer, common_device};
 use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
@@ -71,15 +71,23 @@ fn inv_std(var: impl Iterator<Item = f64>, eps: f32) -> Vec<f32> {
         .collect()
 }
 
-/// The normalisation of one forward, on the input's device: the per-channel mean and `1/σ`, and
-/// on a GPU the affine coefficients computed with them.
+/// The normalisation of one forward, on the input's device: the per-channel mean and `1/σ`; on a
+/// GPU also the output, computed with them.
 enum Norm {
     Cpu(Normalizer),
-    Gpu {
-        /// The running mean (eval), shared rather than copied, or the batch mean (train).
-        mean: Tensor,
-        coefficients: Box<g::Coefficients>,
-    },
+    Gpu(Box<GpuNorm>),
+}
+
+/// A forward on a GPU: its output, and what its backward needs.
+struct GpuNorm {
+    /// The normalised output.
+    y: gpu::DeviceBuffer<f32>,
+    /// The running mean (eval), shared rather than copied, or the batch mean (train).
+    mean: Tensor,
+    /// `1/σ` per channel.
+    inv_std: gpu::DeviceBuffer<f32>,
+    /// `γ/σ` per channel: the factor of the input gradient.
+    scale: gpu::DeviceBuffer<f32>,
 }
 
 /// The affine parameters γ, β: their variables on the tape and their values.
@@ -139,12 +147,12 @@ fn normalize(
     };
     let (y, backward) = match norm {
         Norm::Cpu(norm) => normalize_cpu(xv, l, params, norm, train)?,
-        Norm::Gpu { mean, coefficients } => {
+        Norm::Gpu(norm) => {
             let exec = xv
                 .device()
                 .executor()?
                 .ok_or_else(|| Error::invalid(op, "GPU statistics for an input on the CPU"))?;
-            normalize_gpu(exec, xv, l, mean, *coefficients, train)?
+            normalize_gpu(exec, xv, l, *norm, train)?
         }
     };
     Ok(tape.record(op, y, &inputs, backward))
@@ -222,23 +230,23 @@ fn normalize_cpu(
     Ok((y, Box::new(backward)))
 }
 
-/// [`normalize`] on a GPU executor: the same arithmetic as [`normalize_cpu`], kernel by kernel
-/// (`kernels/batchnorm.cu`), with the statistics and coefficients kept on the device.
+/// [`normalize`] on a GPU executor, where the forward already ran: the same arithmetic as
+/// [`normalize_cpu`], kernel by kernel (`kernels/batchnorm.cu`), with the statistics and
+/// coefficients kept on the device.
 fn normalize_gpu(
     exec: &'static dyn Executor,
     xv: Tensor,
     l: ChannelLayout,
-    mean: Tensor,
-    coefficients: g::Coefficients,
+    norm: GpuNorm,
     train: bool,
 ) -> Result<(Tensor, Backward)> {
     let device = xv.device();
-    let g::Coefficients {
+    let GpuNorm {
+        y,
+        mean,
         inv_std,
         scale,
-        shift,
-    } = coefficients;
-    let y = g::scale_shift(exec, buffer(&xv), &l, &scale, Some(&shift))?;
+    } = norm;
     let y = Tensor::from_buffer(y, xv.shape(), device)?;
     let backward = move |dy: &Tensor, needs: &[bool]| {
         common_device("batch_norm backward", &[&xv, dy])?;
@@ -247,36 +255,38 @@ fn normalize_gpu(
             inv_std: &inv_std,
         };
         let (x, d) = (buffer(&xv), buffer(dy));
-        let sums_needed = (train && needs[0]) || (needs.len() == 3 && (needs[1] || needs[2]));
-        let sums = if sums_needed {
-            Some(g::channel_grad_sums(exec, x, d, &l, norm)?)
-        } else {
-            None
-        };
-        let mut grads = Vec::with_capacity(needs.len());
-        grads.push(match (needs[0], &sums) {
-            (false, _) => None,
-            (true, Some(sums)) if train => Some(Tensor::from_buffer(
-                g::normalize_backward(exec, x, d, &l, norm, &scale, sums)?,
-                xv.shape(),
-                device,
-            )?),
-            (true, _) => Some(Tensor::from_buffer(
-                g::scale_shift(exec, d, &l, &scale, None)?,
-                xv.shape(),
-                device,
-            )?),
-        });
-        if let (3, Some(sums)) = (needs.len(), sums) {
-            for (need, sum) in [(needs[1], sums.sum_dy_xhat), (needs[2], sums.sum_dy)] {
-                grads.push(if need {
-                    Some(Tensor::from_buffer(sum, &[l.c], device)?)
-                } else {
-                    None
-                });
+        let affine_needed = needs.len() == 3 && (needs[1] || needs[2]);
+        let as_tensor = |b| Tensor::from_buffer(b, xv.shape(), device);
+        let (dx, sums) = match (needs[0], train) {
+            (true, true) => {
+                let (dx, sums) = g::train_backward(exec, x, d, &l, norm, &scale, affine_needed)?;
+                (Some(as_tensor(dx)?), sums)
             }
-        } else if needs.len() == 3 {
-            grads.extend([None, None]);
+            (need_dx, _) => {
+                let dx = match need_dx {
+                    true => Some(as_tensor(g::scale_shift(exec, d, &l, &scale, None)?)?),
+                    false => None,
+                };
+                let sums = match affine_needed {
+                    true => Some(g::channel_grad_sums(exec, x, d, &l, norm)?),
+                    false => None,
+                };
+                (dx, sums)
+            }
+        };
+        let mut grads = vec![dx];
+        if needs.len() == 3 {
+            match sums {
+                Some(sums) => {
+                    for (need, sum) in [(needs[1], sums.sum_dy_xhat), (needs[2], sums.sum_dy)] {
+                        grads.push(match need {
+                            true => Some(Tensor::from_buffer(sum, &[l.c], device)?),
+                            false => None,
+                        });
+                    }
+                }
+                None => grads.extend([None, None]),
+            }
         }
         Ok(grads)
     };
@@ -369,19 +379,21 @@ pub fn batch_norm_train(
                 var: buffer(r.var),
                 momentum: r.momentum,
             });
-            let stats = g::train_stats(exec, data, &l, eps, affine_buffers(&affine), running)?;
-            let new_running = match stats.running {
+            let out = g::train_forward(exec, data, &l, eps, affine_buffers(&affine), running)?;
+            let new_running = match out.running {
                 Some((m, v)) => Some((
                     Tensor::from_buffer(m, &[l.c], device)?,
                     Tensor::from_buffer(v, &[l.c], device)?,
                 )),
                 None => None,
             };
-            let norm = Norm::Gpu {
-                mean: Tensor::from_buffer(stats.mean, &[l.c], device)?,
-                coefficients: Box::new(stats.coefficients),
+            let norm = GpuNorm {
+                y: out.y,
+                mean: Tensor::from_buffer(out.mean, &[l.c], device)?,
+                inv_std: out.inv_std,
+                scale: out.scale,
             };
-            (norm, new_running)
+            (Norm::Gpu(Box::new(norm)), new_running)
         }
     };
     let y = normalize(tape, OP, x, l, affine, norm, true)?;
@@ -411,16 +423,17 @@ pub fn batch_norm_eval(
             mean: running_mean.to_vec(),
             inv_std: inv_std(var.iter().map(|&v| v as f64), eps),
         }),
-        Data::Gpu(exec, var) => Norm::Gpu {
-            mean: running_mean.clone(),
-            coefficients: Box::new(g::eval_coefficients(
-                exec,
-                buffer(running_mean),
-                var,
-                eps,
-                affine_buffers(&affine),
-            )?),
-        },
+        Data::Gpu(exec, var) => {
+            let mean = buffer(running_mean);
+            let c = g::eval_coefficients(exec, mean, var, eps, affine_buffers(&affine))?;
+            let x = buffer(tape.value(x));
+            Norm::Gpu(Box::new(GpuNorm {
+                y: g::scale_shift(exec, x, &l, &c.scale, Some(&c.shift))?,
+                mean: running_mean.clone(),
+                inv_std: c.inv_std,
+                scale: c.scale,
+            }))
+        }
     };
     normalize(tape, OP, x, l, affine, norm, false)
 }

@@ -32,7 +32,7 @@ const MAX_PARTIALS: usize = 256;
 const MAX_CHANNEL_BLOCKS: usize = 65535;
 
 /// The per-channel normalisation `x̂ = (x − mean[c]) · inv_std[c]`, borrowed from wherever the
-/// statistics live (a [`TrainStats`] in training, the running mean and [`Coefficients`] in eval).
+/// statistics live (a [`TrainForward`] in training, the running mean and [`Coefficients`] in eval).
 #[derive(Debug, Clone, Copy)]
 pub struct Normalizer<'a> {
     /// The mean subtracted, per channel.
@@ -68,40 +68,40 @@ pub struct Running<'a> {
     pub momentum: f32,
 }
 
-/// What a training-mode forward computes per channel (`[C]` each).
+/// What a training-mode forward computes: the output, and per channel (`[C]` each) what the
+/// backward and the running statistics need.
 #[derive(Debug)]
-pub struct TrainStats {
+pub struct TrainForward {
+    /// The normalised output, laid out as the input.
+    pub y: DeviceBuffer<f32>,
     /// The batch mean.
     pub mean: DeviceBuffer<f32>,
-    /// The normalisation with the batch statistics.
-    pub coefficients: Coefficients,
+    /// `1 / √(var + eps)` of the batch's biased variance.
+    pub inv_std: DeviceBuffer<f32>,
+    /// `γ · inv_std`: the factor `k` of the input gradient.
+    pub scale: DeviceBuffer<f32>,
     /// The new running `(mean, var)`, when running statistics were given: the variance blended
     /// with the unbiased batch variance `Σ (x − mean)² / (M − 1)`.
     pub running: Option<(DeviceBuffer<f32>, DeviceBuffer<f32>)>,
 }
 
-impl TrainStats {
-    /// The normalisation these statistics define.
+impl TrainForward {
+    /// The normalisation of this forward.
     pub fn normalizer(&self) -> Normalizer<'_> {
         Normalizer {
             mean: &self.mean,
-            inv_std: &self.coefficients.inv_std,
+            inv_std: &self.inv_std,
         }
     }
 }
 
-/// The per-channel gradient sums of a backward (`[C]` each), with `M = N · HW` elements per
-/// channel.
+/// The per-channel gradient sums of a backward (`[C]` each).
 #[derive(Debug)]
 pub struct GradSums {
     /// `Σ dy`: the gradient of β.
     pub sum_dy: DeviceBuffer<f32>,
     /// `Σ dy · x̂`: the gradient of γ.
     pub sum_dy_xhat: DeviceBuffer<f32>,
-    /// `Σ dy / M`.
-    pub mean_dy: DeviceBuffer<f32>,
-    /// `Σ dy · x̂ / M`.
-    pub mean_dy_xhat: DeviceBuffer<f32>,
 }
 
 /// A checked layout as the kernels take it.
@@ -230,21 +230,21 @@ fn check_affine(op: &'static str, c: usize, affine: Affine<'_>) -> Result<(), Gp
     }
 }
 
-/// The training-mode forward's per-channel numbers for `x`, as `ops::batchnorm::batch_norm_train`
-/// derives them from the CPU's `channel_moments`: the batch mean, `1 / √(biased variance + eps)`,
-/// the affine coefficients, and with `running` the new running statistics. Summed in f64 in one
-/// pass over `x`, shifted by the channel's first value so that a large mean does not cancel (see
-/// `kernels/batchnorm.cu`), and rounded once to f32; all of it in two launches. Each channel needs
-/// at least two values.
-pub fn train_stats(
+/// The training-mode forward of `x`, as `ops::batchnorm::batch_norm_train` computes it from the
+/// CPU's `channel_moments`: the batch mean, `1 / √(biased variance + eps)` and the affine
+/// coefficients, the output `y = x · scale + shift`, and with `running` the new running
+/// statistics. The sums run in f64 in one pass over `x`, shifted by the channel's first value so
+/// that a large mean does not cancel (see `kernels/batchnorm.cu`), and are rounded once to f32; all
+/// of it in two launches. Each channel needs at least two values.
+pub fn train_forward(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
     l: &ChannelLayout,
     eps: f32,
     affine: Affine<'_>,
     running: Option<Running<'_>>,
-) -> Result<TrainStats, GpuError> {
-    let op = "train_stats";
+) -> Result<TrainForward, GpuError> {
+    let op = "train_forward";
     let d = Dims::new(op, l, "x", x)?;
     check_eps(op, eps)?;
     check_affine(op, l.c, affine)?;
@@ -264,26 +264,27 @@ pub fn train_stats(
         }
     }
     let mut workspace = d.workspace(exec)?;
-    let mut mean = exec.alloc(l.c)?;
-    let mut coefficients = Coefficients {
+    let mut out = TrainForward {
+        y: exec.alloc(x.len())?,
+        mean: exec.alloc(l.c)?,
         inv_std: exec.alloc(l.c)?,
         scale: exec.alloc(l.c)?,
-        shift: exec.alloc(l.c)?,
+        running: match running {
+            Some(_) => Some((exec.alloc(l.c)?, exec.alloc(l.c)?)),
+            None => None,
+        },
     };
-    let mut new_running = match running {
-        Some(_) => Some((exec.alloc(l.c)?, exec.alloc(l.c)?)),
-        None => None,
-    };
-    let (new_mean, new_var) = match &mut new_running {
+    let (new_mean, new_var) = match &mut out.running {
         Some((m, v)) => (Some(m), Some(v)),
         None => (None, None),
     };
     let p = int(op, d.partials())?;
     // SAFETY: pass 1 reads x[0..N·C·HW) (checked) and writes workspace words [0..4·P·C) (block
-    // (b, ch) writes the 2 doubles at 2(ch·P + b)), with P its grid's x; pass 2 reads x at the
-    // start of each channel, those 4·P·C words, and γ, β and the running statistics where given,
-    // and writes mean, the three coefficients and, where given, the new running statistics, all
-    // at [0..C). Each buffer holds that many elements; both passes run on one queue, in order.
+    // (b, ch) writes the 2 doubles at 2(ch·P + b)), with P its grid's x. Pass 2, on the same grid,
+    // reads x and writes y at [0..N·C·HW), reads those 4·P·C words and γ, β and the running
+    // statistics where given, and writes mean, inv_std, scale and, where given, the new running
+    // statistics at [0..C). Each buffer holds that many elements (checked, or allocated here);
+    // both passes run on one queue, in order.
     unsafe {
         kernels::batchnorm_moments_partial_fwd_f32(
             exec,
@@ -294,19 +295,19 @@ pub fn train_stats(
             d.c,
             d.hw,
         )?;
-        kernels::batchnorm_moments_final_fwd_f32(
+        kernels::batchnorm_normalize_fwd_f32(
             exec,
-            d.pass2(),
+            d.pass1(),
             x,
             &workspace,
             affine.map(|(gamma, _)| gamma),
             affine.map(|(_, beta)| beta),
             running.map(|r| r.mean),
             running.map(|r| r.var),
-            &mut mean,
-            &mut coefficients.inv_std,
-            &mut coefficients.scale,
-            &mut coefficients.shift,
+            &mut out.y,
+            &mut out.mean,
+            &mut out.inv_std,
+            &mut out.scale,
             new_mean,
             new_var,
             p,
@@ -317,11 +318,7 @@ pub fn train_stats(
             running.map_or(0.0, |r| r.momentum),
         )?;
     }
-    Ok(TrainStats {
-        mean,
-        coefficients,
-        running: new_running,
-    })
+    Ok(out)
 }
 
 /// Eval mode's per-channel numbers, from the running statistics (`[C]` each):
@@ -399,9 +396,9 @@ pub fn scale_shift(
     Ok(y)
 }
 
-/// Per channel, `Σ dy` and `Σ dy · x̂` (summed in f64, as the CPU's `channel_grad_sums`) and
-/// their means over the channel's `M` elements, the two means the training-mode input gradient
-/// needs.
+/// Per channel, `Σ dy` and `Σ dy · x̂` (summed in f64, as the CPU's `channel_grad_sums`): the
+/// gradients of β and γ, for a backward that needs no training-mode input gradient
+/// ([`train_backward`] computes both at once).
 pub fn channel_grad_sums(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
@@ -417,12 +414,10 @@ pub fn channel_grad_sums(
     let mut sums = GradSums {
         sum_dy: exec.alloc(l.c)?,
         sum_dy_xhat: exec.alloc(l.c)?,
-        mean_dy: exec.alloc(l.c)?,
-        mean_dy_xhat: exec.alloc(l.c)?,
     };
-    let (p, m) = (int(op, d.partials())?, int(op, d.m)?);
+    let p = int(op, d.partials())?;
     // SAFETY: pass 1 reads x, dy at [0..N·C·HW) and mean, inv_std at [0..C) (all checked), and
-    // writes workspace words [0..4·P·C); pass 2 reads those words and writes the four sums at
+    // writes workspace words [0..4·P·C); pass 2 reads those words and writes the two sums at
     // [0..C). Each buffer holds that many elements; both passes run on one queue, in order.
     unsafe {
         kernels::batchnorm_grad_partial_bwd_f32(
@@ -443,61 +438,83 @@ pub fn channel_grad_sums(
             &workspace,
             &mut sums.sum_dy,
             &mut sums.sum_dy_xhat,
-            &mut sums.mean_dy,
-            &mut sums.mean_dy_xhat,
             p,
             d.c,
-            m,
         )?;
     }
     Ok(sums)
 }
 
-/// Training-mode input gradient, `dx = k[c] · (dy − mean_dy[c] − x̂ · mean_dy_xhat[c])` with
-/// `k = γ · inv_std` (the `scale` of [`Coefficients`]) and the means of
-/// [`channel_grad_sums`]; the derivation is in `ops::batchnorm`.
-pub fn normalize_backward(
+/// Training-mode input gradient, `dx = k[c] · (dy − mean(dy) − x̂ · mean(dy · x̂))` with
+/// `k = γ · inv_std` (the `scale` of [`TrainForward`]) and the means over each channel's `M`
+/// elements (the derivation is in `ops::batchnorm`), in two launches; with `sums`, also the
+/// gradient sums of β and γ, as [`channel_grad_sums`] gives them.
+pub fn train_backward(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
     dy: &DeviceBuffer<f32>,
     l: &ChannelLayout,
     norm: Normalizer<'_>,
     k: &DeviceBuffer<f32>,
-    sums: &GradSums,
-) -> Result<DeviceBuffer<f32>, GpuError> {
-    let op = "normalize_backward";
+    sums: bool,
+) -> Result<(DeviceBuffer<f32>, Option<GradSums>), GpuError> {
+    let op = "train_backward";
     let d = Dims::new(op, l, "x", x)?;
     Dims::new(op, l, "dy", dy)?;
     check_channels(
         op,
         l.c,
-        &[
-            ("mean", norm.mean),
-            ("inv_std", norm.inv_std),
-            ("k", k),
-            ("mean_dy", &sums.mean_dy),
-            ("mean_dy_xhat", &sums.mean_dy_xhat),
-        ],
+        &[("mean", norm.mean), ("inv_std", norm.inv_std), ("k", k)],
     )?;
+    let mut workspace = d.workspace(exec)?;
     let mut dx = exec.alloc(x.len())?;
-    // SAFETY: the kernel reads x, dy and writes dx at [0..N·C·HW), and reads the five
-    // per-channel buffers at [0..C); all hold that many elements (checked, or allocated here).
+    let mut sums = match sums {
+        true => Some(GradSums {
+            sum_dy: exec.alloc(l.c)?,
+            sum_dy_xhat: exec.alloc(l.c)?,
+        }),
+        false => None,
+    };
+    let (sum_dy, sum_dy_xhat) = match &mut sums {
+        Some(s) => (Some(&mut s.sum_dy), Some(&mut s.sum_dy_xhat)),
+        None => (None, None),
+    };
+    let p = int(op, d.partials())?;
+    // SAFETY: pass 1 reads x, dy at [0..N·C·HW) and mean, inv_std at [0..C) (all checked), and
+    // writes workspace words [0..4·P·C); pass 2, on the same grid, reads x, dy and writes dx at
+    // [0..N·C·HW), reads those words and mean, inv_std, k at [0..C), and writes the sums, where
+    // given, at [0..C). Each buffer holds that many elements (checked, or allocated here); both
+    // passes run on one queue, in order.
     unsafe {
-        kernels::batchnorm_normalize_bwd_f32(
+        kernels::batchnorm_grad_partial_bwd_f32(
             exec,
-            d.elementwise(),
+            d.pass1(),
             x,
             dy,
             norm.mean,
             norm.inv_std,
-            k,
-            &sums.mean_dy,
-            &sums.mean_dy_xhat,
-            &mut dx,
-            d.count,
+            &mut workspace,
+            d.n,
             d.c,
             d.hw,
-        )
-    }?;
-    Ok(dx)
+        )?;
+        kernels::batchnorm_normalize_bwd_f32(
+            exec,
+            d.pass1(),
+            x,
+            dy,
+            &workspace,
+            norm.mean,
+            norm.inv_std,
+            k,
+            &mut dx,
+            sum_dy,
+            sum_dy_xhat,
+            p,
+            d.n,
+            d.c,
+            d.hw,
+        )?;
+    }
+    Ok((dx, sums))
 }
