@@ -3,7 +3,7 @@
 
 use crate::autograd::Var;
 use crate::darts::architect::Supernet;
-use crate::darts::cnn::ops::{Candidate, FactorizedReduce, ReluConvBn};
+use crate::darts::cnn::ops::{Candidate, EdgeInput, FactorizedReduce, ReluConvBn};
 use crate::darts::genotype::PRIMITIVES;
 use crate::nn::{BatchNorm2d, Conv2d, Ctx, Linear, ParamStore, join_name};
 use crate::ops::conv::Conv2dParams;
@@ -92,12 +92,13 @@ impl MixedOp {
         Ok(MixedOp { candidates })
     }
 
-    /// `Σₖ weights[k] · opₖ(x)` with `weights` a `[8]` variable.
-    pub fn forward(&self, ctx: &mut Ctx, x: Var, weights: Var) -> Result<Var> {
+    /// `Σₖ weights[k] · opₖ(x)` with `weights` a `[8]` variable; `input` holds `x` and its ReLU,
+    /// shared with the other edges that read `x`.
+    pub fn forward(&self, ctx: &mut Ctx, input: &mut EdgeInput, weights: Var) -> Result<Var> {
         let outputs = self
             .candidates
             .iter()
-            .map(|op| op.forward(ctx, x))
+            .map(|op| op.forward(ctx, input))
             .collect::<Result<Vec<_>>>()?;
         weighted_sum(&mut ctx.tape, &outputs, weights)
     }
@@ -183,11 +184,12 @@ impl SearchCell {
         };
         let s1 = self.preprocess1.forward(ctx, s1)?;
         let ops = PRIMITIVES.len();
-        let mut states = vec![s0, s1];
+        // Each state with its ReLU, computed once for all the edges that read it.
+        let mut states = vec![EdgeInput::new(s0), EdgeInput::new(s1)];
         let mut edge = 0;
         for _ in 0..self.steps {
             let mut node: Option<Var> = None;
-            for &state in &states {
+            for state in &mut states {
                 let row = slice(&mut ctx.tape, weights, &[edge..edge + 1, 0..ops])?;
                 let row = reshape(&mut ctx.tape, row, &[ops])?;
                 let h = self.edges[edge].forward(ctx, state, row)?;
@@ -197,9 +199,15 @@ impl SearchCell {
                 });
                 edge += 1;
             }
-            states.push(node.expect("every node has at least two inputs"));
+            states.push(EdgeInput::new(
+                node.expect("every node has at least two inputs"),
+            ));
         }
-        concat(&mut ctx.tape, &states[states.len() - self.multiplier..], 1)
+        let outputs: Vec<Var> = states[states.len() - self.multiplier..]
+            .iter()
+            .map(EdgeInput::x)
+            .collect();
+        concat(&mut ctx.tape, &outputs, 1)
     }
 }
 
