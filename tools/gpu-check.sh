@@ -105,7 +105,7 @@ run_checks() {
     timeout 120 "$bin/darts" bench search-cnn --device cuda $flags --warmup 2 --steps 10 \
       --json "$out/$name.json" >"$out/$name.txt" 2>&1
     benches+=("$(tail -n 1 "$out/$name.txt")")
-    launches+=("$name: $(grep -o '[0-9]* kernel launches per step' "$out/$name.txt")")
+    launches+=("$name: $(grep -o 'per step: .*' "$out/$name.txt")")
   done
   timeout 90 "$bin/darts" bench search-cnn --device cuda --steps 3 --profile \
     >"$out/bench-cuda-profile.txt" 2>&1
