@@ -396,29 +396,23 @@ pub fn scale_shift(
     Ok(y)
 }
 
-/// Per channel, `Σ dy` and `Σ dy · x̂` (summed in f64, as the CPU's `channel_grad_sums`): the
-/// gradients of β and γ, for a backward that needs no training-mode input gradient
-/// ([`train_backward`] computes both at once).
-pub fn channel_grad_sums(
+/// Pass 1 of the backward's reductions, for `op`: checks `x`, `dy` and `norm` against `l`, and
+/// returns the checked layout and the workspace of per-block partial sums of `dy` and `dy · x̂`.
+fn grad_partials(
     exec: &dyn Executor,
+    op: &'static str,
     x: &DeviceBuffer<f32>,
     dy: &DeviceBuffer<f32>,
     l: &ChannelLayout,
     norm: Normalizer<'_>,
-) -> Result<GradSums, GpuError> {
-    let op = "channel_grad_sums";
+) -> Result<(Dims, DeviceBuffer<u32>), GpuError> {
     let d = Dims::new(op, l, "x", x)?;
     Dims::new(op, l, "dy", dy)?;
     check_channels(op, l.c, &[("mean", norm.mean), ("inv_std", norm.inv_std)])?;
     let mut workspace = d.workspace(exec)?;
-    let mut sums = GradSums {
-        sum_dy: exec.alloc(l.c)?,
-        sum_dy_xhat: exec.alloc(l.c)?,
-    };
-    let p = int(op, d.partials())?;
-    // SAFETY: pass 1 reads x, dy at [0..N·C·HW) and mean, inv_std at [0..C) (all checked), and
-    // writes workspace words [0..4·P·C); pass 2 reads those words and writes the two sums at
-    // [0..C). Each buffer holds that many elements; both passes run on one queue, in order.
+    // SAFETY: the kernel reads x, dy at [0..N·C·HW) and mean, inv_std at [0..C) (all checked),
+    // and block (b, ch) writes the 2 doubles at 2(ch·P + b) of the workspace, which holds the
+    // 4·P·C words that makes, P being the grid's x.
     unsafe {
         kernels::batchnorm_grad_partial_bwd_f32(
             exec,
@@ -432,6 +426,30 @@ pub fn channel_grad_sums(
             d.c,
             d.hw,
         )?;
+    }
+    Ok((d, workspace))
+}
+
+/// Per channel, `Σ dy` and `Σ dy · x̂` (summed in f64, as the CPU's `channel_grad_sums`): the
+/// gradients of β and γ, for a backward that needs no training-mode input gradient
+/// ([`train_backward`] computes both at once).
+pub fn channel_grad_sums(
+    exec: &dyn Executor,
+    x: &DeviceBuffer<f32>,
+    dy: &DeviceBuffer<f32>,
+    l: &ChannelLayout,
+    norm: Normalizer<'_>,
+) -> Result<GradSums, GpuError> {
+    let op = "channel_grad_sums";
+    let (d, workspace) = grad_partials(exec, op, x, dy, l, norm)?;
+    let mut sums = GradSums {
+        sum_dy: exec.alloc(l.c)?,
+        sum_dy_xhat: exec.alloc(l.c)?,
+    };
+    let p = int(op, d.partials())?;
+    // SAFETY: the kernel reads the 4·P·C words of the workspace and writes the two sums at
+    // [0..C); each buffer holds that many elements. It runs after pass 1, on the same queue.
+    unsafe {
         kernels::batchnorm_grad_final_bwd_f32(
             exec,
             d.pass2(),
@@ -459,14 +477,8 @@ pub fn train_backward(
     sums: bool,
 ) -> Result<(DeviceBuffer<f32>, Option<GradSums>), GpuError> {
     let op = "train_backward";
-    let d = Dims::new(op, l, "x", x)?;
-    Dims::new(op, l, "dy", dy)?;
-    check_channels(
-        op,
-        l.c,
-        &[("mean", norm.mean), ("inv_std", norm.inv_std), ("k", k)],
-    )?;
-    let mut workspace = d.workspace(exec)?;
+    check_channels(op, l.c, &[("k", k)])?;
+    let (d, workspace) = grad_partials(exec, op, x, dy, l, norm)?;
     let mut dx = exec.alloc(x.len())?;
     let mut sums = match sums {
         true => Some(GradSums {
@@ -480,24 +492,11 @@ pub fn train_backward(
         None => (None, None),
     };
     let p = int(op, d.partials())?;
-    // SAFETY: pass 1 reads x, dy at [0..N·C·HW) and mean, inv_std at [0..C) (all checked), and
-    // writes workspace words [0..4·P·C); pass 2, on the same grid, reads x, dy and writes dx at
-    // [0..N·C·HW), reads those words and mean, inv_std, k at [0..C), and writes the sums, where
-    // given, at [0..C). Each buffer holds that many elements (checked, or allocated here); both
-    // passes run on one queue, in order.
+    // SAFETY: pass 2, on pass 1's grid, reads x, dy and writes dx at [0..N·C·HW), reads the
+    // 4·P·C words of the workspace and mean, inv_std, k at [0..C), and writes the sums, where
+    // given, at [0..C). Each buffer holds that many elements (checked, or allocated here); it runs
+    // after pass 1, on the same queue.
     unsafe {
-        kernels::batchnorm_grad_partial_bwd_f32(
-            exec,
-            d.pass1(),
-            x,
-            dy,
-            norm.mean,
-            norm.inv_std,
-            &mut workspace,
-            d.n,
-            d.c,
-            d.hw,
-        )?;
         kernels::batchnorm_normalize_bwd_f32(
             exec,
             d.pass1(),
