@@ -60,9 +60,16 @@ impl SearchConfig {
     }
 }
 
+/// The primitives a mixed edge computes: all but `none`, the first. Its output is zeros, so its
+/// term of the weighted sum is zero, and so is its weight's gradient from that sum, whatever the
+/// weight: leaving it out changes no value (the weight still gets its gradient through the
+/// softmax) and saves making, and keeping for the backward, one tensor of zeros per edge.
+const COMPUTED: std::ops::Range<usize> = 1..PRIMITIVES.len();
+
 /// One mixed edge: every primitive applied to the input, summed with softmax(α) weights.
 #[derive(Debug, Clone)]
 pub struct MixedOp {
+    /// The candidates of [`COMPUTED`], in order.
     candidates: Vec<Candidate>,
 }
 
@@ -74,14 +81,13 @@ impl MixedOp {
         stride: usize,
         rng: &mut Rng,
     ) -> Result<MixedOp> {
-        let candidates = PRIMITIVES
-            .iter()
-            .enumerate()
-            .map(|(k, p)| {
+        debug_assert_eq!(PRIMITIVES[0], "none");
+        let candidates = COMPUTED
+            .map(|k| {
                 Candidate::new(
                     store,
                     &join_name(prefix, &format!("_ops.{k}")),
-                    p,
+                    PRIMITIVES[k],
                     c,
                     stride,
                     false,
@@ -92,8 +98,8 @@ impl MixedOp {
         Ok(MixedOp { candidates })
     }
 
-    /// `Σₖ weights[k] · opₖ(x)` with `weights` a `[8]` variable; `input` holds `x` and its ReLU,
-    /// shared with the other edges that read `x`.
+    /// `Σₖ weights[k] · opₖ(x)` over the [`COMPUTED`] primitives, with `weights` their `[7]`
+    /// softmax weights; `input` holds `x` and its ReLU, shared with the other edges that read `x`.
     pub fn forward(&self, ctx: &mut Ctx, input: &mut EdgeInput, weights: Var) -> Result<Var> {
         let outputs = self
             .candidates
@@ -183,15 +189,14 @@ impl SearchCell {
             Preprocess::Plain(p) => p.forward(ctx, s0)?,
         };
         let s1 = self.preprocess1.forward(ctx, s1)?;
-        let ops = PRIMITIVES.len();
         // Each state with its ReLU, computed once for all the edges that read it.
         let mut states = vec![EdgeInput::new(s0), EdgeInput::new(s1)];
         let mut edge = 0;
         for _ in 0..self.steps {
             let mut node: Option<Var> = None;
             for state in &mut states {
-                let row = slice(&mut ctx.tape, weights, &[edge..edge + 1, 0..ops])?;
-                let row = reshape(&mut ctx.tape, row, &[ops])?;
+                let row = slice(&mut ctx.tape, weights, &[edge..edge + 1, COMPUTED])?;
+                let row = reshape(&mut ctx.tape, row, &[COMPUTED.len()])?;
                 let h = self.edges[edge].forward(ctx, state, row)?;
                 node = Some(match node {
                     None => h,
