@@ -122,6 +122,12 @@ __device__ __forceinline__ T block_reduce_sum(T v, T* scratch) {
 }
 
 // ---- Pointwise math ---------------------------------------------------------------------------
+// max(x, 0), except that NaN stays NaN (as in PyTorch): fmaxf would turn it into 0 and hide a
+// diverged network from the loss.
+__device__ __forceinline__ float reluf(float x) {
+    return x > 0.0f || x != x ? x : 0.0f;
+}
+
 // The logistic function, written as the CPU reference writes it, so that e^x never overflows:
 // for x >= 0 it uses e^(-x) <= 1, for x < 0 it uses e^x < 1.
 __device__ __forceinline__ float sigmoidf(float x) {

@@ -47,10 +47,10 @@
 
 // ---- Activations ------------------------------------------------------------------------------
 
-// y = max(x, 0)
+// y = max(x, 0), NaN kept (reluf, common.cuh)
 extern "C" __global__ void elementwise_relu_fwd_f32(const float* __restrict__ x, float* __restrict__ y, int n) {
     for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
-        y[i] = fmaxf(x[i], 0.0f);
+        y[i] = reluf(x[i]);
     }
 }
 
@@ -194,6 +194,6 @@ extern "C" __global__ void elementwise_weighted_sum_weight_final_bwd_f32(const f
 extern "C" __global__ void elementwise_bn_apply_relu_fwd_f32(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ shift, float* __restrict__ y, int n, int channels, int plane) {
     for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
         const size_t c = i / size_t(plane) % size_t(channels);
-        y[i] = fmaxf(__fadd_rn(__fmul_rn(x[i], scale[c]), shift[c]), 0.0f);
+        y[i] = reluf(__fadd_rn(__fmul_rn(x[i], scale[c]), shift[c]));
     }
 }

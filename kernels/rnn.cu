@@ -39,7 +39,7 @@
 __device__ __forceinline__ float node_activation(float x, int act) {
     switch (act) {
         case 0: return tanhf(x);
-        case 1: return fmaxf(x, 0.0f);
+        case 1: return reluf(x);
         case 2: return sigmoidf(x);
         default: return x;
     }

@@ -148,3 +148,21 @@ fn backward_returns_zeros_for_unused_leaves() {
     }
     assert_eq!(grads[1].data(), &[0.0, 0.0]);
 }
+
+/// ReLU keeps NaN, as PyTorch does, on every device: turning it into 0 would hide a diverged
+/// network from its loss.
+#[test]
+fn relu_keeps_nan() {
+    for device in [darts::Device::Cpu, darts::Device::Emu] {
+        let x = Tensor::from_vec(vec![f32::NAN, -1.0, 0.0, 2.5, f32::NEG_INFINITY], &[5])
+            .unwrap()
+            .to_device(device)
+            .unwrap();
+        let mut tape = Tape::new();
+        let v = tape.constant(x);
+        let y = ew::relu(&mut tape, v).unwrap();
+        let y = tape.value(y).to_host().unwrap().to_vec();
+        assert!(y[0].is_nan(), "{device}: {y:?}");
+        assert_eq!(&y[1..], &[0.0, 0.0, 2.5, 0.0], "{device}");
+    }
+}

@@ -298,3 +298,61 @@ fn search_on_the_emulator_matches_the_cpu_and_resumes_exactly() {
         assert_eq!(bits(weights(&resumed.store)), bits(weights(&emu.store)));
     }
 }
+
+/// A loss that is not finite stops a search step with an error naming the divergence, before
+/// any update: on the validation batch, neither α nor the weights move; on the training batch
+/// (after the architect's step), the weights do not.
+#[test]
+fn a_nan_loss_stops_the_step_before_any_update() {
+    use darts::darts::architect::{Architect, ArchitectConfig, Batch};
+    use darts::darts::cnn::search::{SearchConfig, SearchNetwork, init_alphas};
+    use darts::darts::searcher::Searcher;
+    use darts::nn::ParamStore;
+    use darts::optim::sgd::Sgd;
+
+    let config = SearchConfig {
+        in_channels: 1,
+        init_channels: 2,
+        num_classes: 3,
+        layers: 2,
+        ..SearchConfig::default()
+    };
+    let mut rng = Rng::new(4);
+    let mut store = ParamStore::new();
+    let net = SearchNetwork::new(&mut store, config, &mut rng).unwrap();
+    let alphas = init_alphas(&config, &mut rng).unwrap();
+    let mut searcher = Searcher {
+        store,
+        alphas,
+        sgd: Sgd::new(0.025, 0.9, 3e-4),
+        architect: Architect::new(ArchitectConfig::default()),
+    };
+    let finite = darts::Tensor::normal(&[2, 1, 8, 8], 0.0, 1.0, &mut rng).unwrap();
+    let mut poisoned = finite.to_vec();
+    poisoned[17] = f32::NAN;
+    let poisoned = darts::Tensor::from_vec(poisoned, &[2, 1, 8, 8]).unwrap();
+    let labels = [0, 2];
+    let batch = |images| Batch {
+        images,
+        labels: &labels,
+    };
+    let weights = |s: &Searcher| {
+        let ids = s.store.trainable_ids();
+        bits(ids.iter().map(|&id| s.store.get(id).clone()))
+    };
+    let (weights_before, alphas_before) = (weights(&searcher), bits(searcher.alphas.clone()));
+
+    for (train, val, alphas_move) in [(&finite, &poisoned, false), (&poisoned, &finite, true)] {
+        let alphas_at_start = bits(searcher.alphas.clone());
+        let err = searcher
+            .step(&net, batch(train), batch(val), 0.025, 5.0)
+            .unwrap_err();
+        assert!(err.to_string().contains("diverged"), "{err}");
+        assert_eq!(weights(&searcher), weights_before);
+        assert_eq!(
+            bits(searcher.alphas.clone()) != alphas_at_start,
+            alphas_move
+        );
+    }
+    assert_ne!(bits(searcher.alphas.clone()), alphas_before);
+}

@@ -85,20 +85,24 @@ pub fn loss_pass(
     let x = ctx.input(batch.images.clone());
     let logits = net.logits(&mut ctx, x, &alpha_vars)?;
     let loss = cross_entropy(&mut ctx.tape, logits, batch.labels, 0.0)?;
-    let predictions = crate::ops::softmax::argmax_rows(ctx.value(logits))?;
-    let correct = predictions
-        .iter()
-        .zip(batch.labels)
-        .filter(|(p, l)| p == l)
-        .count();
-    let loss_value = ctx.value(loss).item()?;
+    let (loss_tensor, logits) = (ctx.value(loss).clone(), ctx.value(logits).clone());
+    // The backward is queued before the loss and the predictions are read: on a GPU, reading
+    // them waits for the device, which then has the backward to work on meanwhile. A loss that
+    // is not finite still stops the search before any update.
+    let (weight_grads, alpha_grads) = ctx.backward_with(loss, &alpha_vars)?;
+    let loss_value = loss_tensor.item()?;
     if !loss_value.is_finite() {
         return Err(Error::invalid(
             "search",
             format!("the loss is {loss_value}: training diverged"),
         ));
     }
-    let (weight_grads, alpha_grads) = ctx.backward_with(loss, &alpha_vars)?;
+    let predictions = crate::ops::softmax::argmax_rows(&logits)?;
+    let correct = predictions
+        .iter()
+        .zip(batch.labels)
+        .filter(|(p, l)| p == l)
+        .count();
     Ok(PassResult {
         loss: loss_value,
         correct,

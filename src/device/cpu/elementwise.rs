@@ -2,9 +2,15 @@
 
 use super::{map, zip};
 
-/// `max(x, 0)`.
+/// `max(x, 0)` elementwise, NaN kept ([`relu_scalar`]).
 pub fn relu(x: &[f32]) -> Vec<f32> {
-    map(x, |v| v.max(0.0))
+    map(x, relu_scalar)
+}
+
+/// `max(x, 0)`, except that NaN stays NaN, as in PyTorch (`f32::max` would give 0, and so hide a
+/// diverged network from its loss).
+pub fn relu_scalar(x: f32) -> f32 {
+    if x > 0.0 || x.is_nan() { x } else { 0.0 }
 }
 
 /// `dy · [x > 0]`.

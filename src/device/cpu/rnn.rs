@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::CHUNK;
-use super::elementwise::sigmoid_scalar;
+use super::elementwise::{relu_scalar, sigmoid_scalar};
 
 /// The activation `f` of a DARTS recurrent node: the non-`none` entries of the recurrent search
 /// space (`PRIMITIVES_RNN`), applied to the `b` half of `[a | b]`.
@@ -37,7 +37,7 @@ impl NodeActivation {
     pub fn apply(self, x: f32) -> f32 {
         match self {
             NodeActivation::Tanh => x.tanh(),
-            NodeActivation::Relu => x.max(0.0),
+            NodeActivation::Relu => relu_scalar(x),
             NodeActivation::Sigmoid => sigmoid_scalar(x),
             NodeActivation::Identity => x,
         }
