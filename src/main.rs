@@ -119,8 +119,8 @@ struct BenchArgs {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Print where the time goes: per phase of the step and per op (forward and backward).
-    /// Also annotates the timed steps with NVTX ranges and brackets them with the CUDA
+    /// Print where the time goes: per phase of the step and per op (forward and backward), and
+    /// on a GPU device (or emu) the kernel launches per step of each kernel. Also annotates the timed steps with NVTX ranges and brackets them with the CUDA
     /// profiler's start and stop: `nsys profile --capture-range=cudaProfilerApi darts bench
     /// search-cnn --device cuda --profile` records just them.
     #[arg(long)]
