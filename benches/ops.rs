@@ -10,7 +10,7 @@ use darts::device::cpu::softmax::Lanes;
 use darts::device::gpu::matmul::{self, DeviceMat};
 use darts::device::gpu::softmax::{Normalize, Strategy, lanes_forward};
 use darts::device::gpu::{GemmPrecision, elementwise, mixed};
-use darts::ops::batchnorm::batch_norm_train;
+use darts::ops::batchnorm::{Activation, batch_norm_train};
 use darts::ops::conv::{Conv2dParams, conv2d};
 use darts::ops::pool::{avg_pool2d, max_pool2d};
 use darts::ops::softmax::softmax;
@@ -50,7 +50,9 @@ fn cases() -> Vec<Case> {
         cases.push(Case {
             name: format!("batchnorm/{c}x{hw}x{hw}"),
             inputs: vec![x.clone()],
-            op: Box::new(|t, v| Ok(batch_norm_train(t, v[0], None, 1e-5, None)?.0)),
+            op: Box::new(|t, v| {
+                Ok(batch_norm_train(t, v[0], None, 1e-5, None, Activation::Identity)?.0)
+            }),
         });
         cases.push(Case {
             name: format!("maxpool3x3_s1/{c}x{hw}x{hw}"),

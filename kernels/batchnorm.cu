@@ -60,6 +60,13 @@
 // same shape as the statistics, now summing two products per element) whose second pass writes
 // dx. In eval mode dx = k * dy, the forward's map with a zero shift.
 //
+// Batch norm followed by ReLU
+// ---------------------------
+// DARTS' separable convolutions apply ReLU right after a batch norm. The forward kernels can
+// apply it to their output (z = relu(y)), and the backward kernels can take that output and use
+// dy * [z > 0] for dy (the ReLU's backward: z > 0 exactly where y > 0): the pair costs no launch
+// of its own and no tensor for y.
+//
 // Matching the CPU bit for bit where we can
 // -----------------------------------------
 // The elementwise passes evaluate exactly the CPU's float expressions in the CPU's order, spelled
@@ -80,6 +87,15 @@ __device__ __forceinline__ size_t channel_element(unsigned j, int c, int hw, int
     const unsigned sample = j / unsigned(hw);
     const unsigned at = j - sample * unsigned(hw);
     return (size_t(sample) * c + ch) * hw + at;
+}
+
+// The forward's output: y, or relu(y) (NaN kept, as the ReLU kernels do).
+__device__ __forceinline__ float activate(float y, int relu) { return relu ? reluf(y) : y; }
+
+// The gradient at the normalisation's output, from dy at the op's output: dy itself, or, where a
+// ReLU followed (its output given), dy * [relu_out > 0], as the ReLU's backward computes it.
+__device__ __forceinline__ float output_grad(const float* dy, const float* relu_out_or_null, size_t at) {
+    return relu_out_or_null && !(relu_out_or_null[at] > 0.0f) ? 0.0f : dy[at];
 }
 
 // ---- Batch statistics -------------------------------------------------------------------------
@@ -144,13 +160,14 @@ __device__ __forceinline__ void channel_totals(const unsigned* partials, int p, 
 // normalisation itself. Grid (P, C') and blocks as pass 1. Every block adds channel ch's p partials
 // (the same tree in each, so the same bits) and computes mean = K + sum(d) / M,
 // inv_std = 1 / sqrt(m2 / M + eps) (the biased variance normalises, as in PyTorch) and the affine
-// coefficients; then it writes y = x * scale + shift over its grid-stride share of the channel.
+// coefficients; then it writes y = x * scale + shift (or relu(y), with `relu` non-zero) over its
+// grid-stride share of the channel.
 // Block 0 of the channel also writes mean[ch], inv_std[ch] and scale[ch] (what the backward
 // needs) and, with running statistics (all four running pointers given), PyTorch's update into
 // new buffers, in double as the CPU does it (the old statistics stay as they are, so nothing needs
 // copying first): new = (1 - momentum) running + momentum batch, the variance from the unbiased
 // batch variance m2 / (M - 1) rounded to float. M >= 2.
-extern "C" __global__ void batchnorm_normalize_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, const float* __restrict__ running_mean_or_null, const float* __restrict__ running_var_or_null, float* __restrict__ y, float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ new_mean_or_null, float* __restrict__ new_var_or_null, int p, int n, int c, int hw, float eps, float momentum) {
+extern "C" __global__ void batchnorm_normalize_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, const float* __restrict__ running_mean_or_null, const float* __restrict__ running_var_or_null, float* __restrict__ y, float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ new_mean_or_null, float* __restrict__ new_var_or_null, int p, int n, int c, int hw, float eps, float momentum, int relu) {
     __shared__ double scratch[WARP_SIZE];
     __shared__ double totals[2];
     const double m = double(n) * double(hw);
@@ -179,7 +196,7 @@ extern "C" __global__ void batchnorm_normalize_fwd_f32(const float* __restrict__
         }
         for (size_t j = global_thread_index(); j < size_t(m); j += global_thread_count()) {
             const size_t at = channel_element(unsigned(j), c, hw, ch);
-            y[at] = __fadd_rn(__fmul_rn(x[at], a), shift);
+            y[at] = activate(__fadd_rn(__fmul_rn(x[at], a), shift), relu);
         }
     }
 }
@@ -196,13 +213,14 @@ extern "C" __global__ void batchnorm_coefficients_fwd_f32(const float* __restric
 
 // ---- Normalisation ----------------------------------------------------------------------------
 
-// y = x * scale[ch] + shift[ch] on [N, C, hw] data (count = N C hw elements), ch = (i / hw) % c.
-// The forward normalisation, and with a null (zero) shift the eval-mode input gradient.
-extern "C" __global__ void batchnorm_scale_shift_fwd_f32(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ shift_or_null, float* __restrict__ y, int count, int c, int hw) {
+// y = x * scale[ch] + shift[ch] on [N, C, hw] data (count = N C hw elements), ch = (i / hw) % c,
+// or relu(y) with `relu` non-zero. The eval-mode forward, and with a null (zero) shift and no ReLU
+// the eval-mode input gradient.
+extern "C" __global__ void batchnorm_scale_shift_fwd_f32(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ shift_or_null, float* __restrict__ y, int count, int c, int hw, int relu) {
     for (size_t i = global_thread_index(); i < size_t(count); i += global_thread_count()) {
         const unsigned ch = unsigned(i) / unsigned(hw) % unsigned(c);
         const float b = shift_or_null ? shift_or_null[ch] : 0.0f;
-        y[i] = __fadd_rn(__fmul_rn(x[i], scale[ch]), b);
+        y[i] = activate(__fadd_rn(__fmul_rn(x[i], scale[ch]), b), relu);
     }
 }
 
@@ -210,8 +228,9 @@ extern "C" __global__ void batchnorm_scale_shift_fwd_f32(const float* __restrict
 
 // Pass 1 of the gradient sums. Grid (P, C'), 1-D blocks of a multiple of 32 threads; block (b, ch)
 // writes the doubles sum(dy), sum(dy * xhat) at 2 (ch P + b) of the workspace, with
-// xhat = (x - mean[ch]) * inv_std[ch] rounded to float as the CPU rounds it.
-extern "C" __global__ void batchnorm_grad_partial_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ mean, const float* __restrict__ inv_std, unsigned* __restrict__ partials, int n, int c, int hw) {
+// xhat = (x - mean[ch]) * inv_std[ch] rounded to float as the CPU rounds it, and dy masked by the
+// ReLU's output where one is given (output_grad).
+extern "C" __global__ void batchnorm_grad_partial_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ relu_out_or_null, const float* __restrict__ mean, const float* __restrict__ inv_std, unsigned* __restrict__ partials, int n, int c, int hw) {
     __shared__ double scratch[WARP_SIZE];
     const size_t m = size_t(n) * hw;
     for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
@@ -222,7 +241,7 @@ extern "C" __global__ void batchnorm_grad_partial_bwd_f32(const float* __restric
         for (size_t j = global_thread_index(); j < m; j += global_thread_count()) {
             const size_t at = channel_element(unsigned(j), c, hw, ch);
             const float xhat = __fmul_rn(__fsub_rn(x[at], mu), s);
-            const double g = double(dy[at]);
+            const double g = double(output_grad(dy, relu_out_or_null, at));
             sum_dy += g;
             sum_dy_xhat += g * double(xhat);  // exact product: fused or not, one rounding
         }
@@ -257,9 +276,9 @@ extern "C" __global__ void batchnorm_grad_final_bwd_f32(const unsigned* __restri
 // (P, C') and blocks as pass 1. Every block adds channel ch's p partials (the same tree in each)
 // and writes dx = k[ch] * (dy - mean_dy - xhat * mean_dy_xhat) over its grid-stride share of the
 // channel, with xhat = (x - mean[ch]) * inv_std[ch] and the means float(sum / M), in the CPU's
-// order. Block 0 of the channel also writes dbeta = sum(dy) and dgamma = sum(dy * xhat) where
-// given.
-extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const unsigned* __restrict__ partials, const float* __restrict__ mean, const float* __restrict__ inv_std, const float* __restrict__ k, float* __restrict__ dx, float* __restrict__ sum_dy_or_null, float* __restrict__ sum_dy_xhat_or_null, int p, int n, int c, int hw) {
+// order, dy masked by the ReLU's output where one is given (as in pass 1). Block 0 of the channel
+// also writes dbeta = sum(dy) and dgamma = sum(dy * xhat) where given.
+extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ relu_out_or_null, const unsigned* __restrict__ partials, const float* __restrict__ mean, const float* __restrict__ inv_std, const float* __restrict__ k, float* __restrict__ dx, float* __restrict__ sum_dy_or_null, float* __restrict__ sum_dy_xhat_or_null, int p, int n, int c, int hw) {
     __shared__ double scratch[WARP_SIZE];
     __shared__ double totals[2];
     const double m = double(n) * double(hw);
@@ -279,7 +298,8 @@ extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__
         for (size_t j = global_thread_index(); j < size_t(m); j += global_thread_count()) {
             const size_t at = channel_element(unsigned(j), c, hw, ch);
             const float xhat_term = __fmul_rn(__fmul_rn(__fsub_rn(x[at], mu), s), mean_dy_xhat);
-            dx[at] = __fmul_rn(kc, __fsub_rn(__fsub_rn(dy[at], mean_dy), xhat_term));
+            const float g = output_grad(dy, relu_out_or_null, at);
+            dx[at] = __fmul_rn(kc, __fsub_rn(__fsub_rn(g, mean_dy), xhat_term));
         }
     }
 }

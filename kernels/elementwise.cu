@@ -185,15 +185,3 @@ extern "C" __global__ void elementwise_weighted_sum_weight_final_bwd_f32(const f
         dw[blockIdx.x] = float(s);
     }
 }
-
-// ---- Fused ------------------------------------------------------------------------------------
-
-// y = max(x * scale[c] + shift[c], 0) on [N, C, plane] data, c = (i / plane) % channels: batch
-// norm's per-channel affine map (scale = gamma / std, shift = beta - mean * scale) and the ReLU
-// after it in one pass, so the intermediate never goes to memory.
-extern "C" __global__ void elementwise_bn_apply_relu_fwd_f32(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ shift, float* __restrict__ y, int n, int channels, int plane) {
-    for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
-        const size_t c = i / size_t(plane) % size_t(channels);
-        y[i] = reluf(__fadd_rn(__fmul_rn(x[i], scale[c]), shift[c]));
-    }
-}

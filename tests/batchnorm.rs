@@ -3,7 +3,7 @@ mod common;
 use common::{assert_close, randn};
 use darts::device::cpu::batchnorm::{self as kernels, ChannelLayout, Normalizer};
 use darts::gradcheck::{GradCheck, check_gradients};
-use darts::ops::batchnorm::{self as bn, RunningStats};
+use darts::ops::batchnorm::{self as bn, Activation, RunningStats};
 use darts::{Error, Result, Tape, Tensor, Var};
 
 const EPS: f32 = 1e-5;
@@ -74,7 +74,15 @@ fn train_forward_matches_naive_formula() {
                 var: &zeros,
                 momentum: 1.0,
             };
-            let (y, got) = bn::batch_norm_train(&mut tape, v, params, EPS, Some(running)).unwrap();
+            let (y, got) = bn::batch_norm_train(
+                &mut tape,
+                v,
+                params,
+                EPS,
+                Some(running),
+                Activation::Identity,
+            )
+            .unwrap();
             let (got_mean, got_var) = got.unwrap();
             let expected = naive_normalize(&x, &mv, affine.then_some((gamma.data(), beta.data())));
             let what = format!("train {shape:?} affine={affine}");
@@ -111,7 +119,8 @@ fn eval_forward_matches_naive_formula() {
             let v = tape.constant(x.clone());
             let params =
                 affine.then(|| (tape.constant(gamma.clone()), tape.constant(beta.clone())));
-            let y = bn::batch_norm_eval(&mut tape, v, params, &rm, &rv, EPS).unwrap();
+            let y = bn::batch_norm_eval(&mut tape, v, params, &rm, &rv, EPS, Activation::Identity)
+                .unwrap();
             let expected = naive_normalize(&x, &mv, affine.then_some((gamma.data(), beta.data())));
             let what = format!("eval {shape:?} affine={affine}");
             assert_close(&what, tape.value(y).data(), &expected, 1e-5, 1e-5);
@@ -135,7 +144,7 @@ fn train_check() -> GradCheck {
 /// Batch norm in training mode with inputs `[x]` or `[x, γ, β]`.
 fn train_op(tape: &mut Tape, v: &[Var]) -> Result<Var> {
     let affine = (v.len() == 3).then(|| (v[1], v[2]));
-    Ok(bn::batch_norm_train(tape, v[0], affine, EPS, None)?.0)
+    Ok(bn::batch_norm_train(tape, v[0], affine, EPS, None, Activation::Identity)?.0)
 }
 
 #[test]
@@ -171,7 +180,7 @@ fn eval_gradients() {
         let beta = randn(&[c], 160 + i as u64);
         let eval = |tape: &mut Tape, v: &[Var]| {
             let affine = (v.len() == 3).then(|| (v[1], v[2]));
-            bn::batch_norm_eval(tape, v[0], affine, &rm, &rv, EPS)
+            bn::batch_norm_eval(tape, v[0], affine, &rm, &rv, EPS, Activation::Identity)
         };
         common::assert_gradients(
             &format!("batch_norm_eval {shape:?}"),
@@ -183,6 +192,60 @@ fn eval_gradients() {
             &[x, gamma, beta],
             eval,
         );
+    }
+}
+
+/// Batch norm with the ReLU inside (`Activation::Relu`) against batch norm followed by the ReLU op,
+/// each of which has its own gradient check: the same output and the same gradients of x, γ and
+/// β, to the bit, in training and eval mode, with and without affine parameters.
+#[test]
+fn relu_inside_matches_relu_after() {
+    let shape = [3, 4, 5, 6];
+    let x = input(&shape, 170);
+    let (gamma, beta) = (randn(&[4], 171), randn(&[4], 172));
+    let rm = randn(&[4], 173);
+    let rv = randn(&[4], 174).map(|v| v.abs() + 0.1);
+    let dy = randn(&shape, 175);
+    let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for train in [true, false] {
+        for affine in [false, true] {
+            let run = |act: Activation| {
+                let mut tape = Tape::new();
+                let xv = tape.leaf(x.clone());
+                let (g, b) = (tape.leaf(gamma.clone()), tape.leaf(beta.clone()));
+                let params = affine.then_some((g, b));
+                let y = match train {
+                    true => {
+                        bn::batch_norm_train(&mut tape, xv, params, EPS, None, act)
+                            .unwrap()
+                            .0
+                    }
+                    false => {
+                        bn::batch_norm_eval(&mut tape, xv, params, &rm, &rv, EPS, act).unwrap()
+                    }
+                };
+                let z = match act {
+                    Activation::Identity => darts::ops::elementwise::relu(&mut tape, y).unwrap(),
+                    Activation::Relu => y,
+                };
+                let wrt = [vec![xv], affine.then_some(vec![g, b]).unwrap_or_default()].concat();
+                let grads = tape.backward_from(z, dy.clone(), &wrt).unwrap();
+                let mut out = vec![bits(tape.value(z))];
+                out.extend(grads.iter().map(bits));
+                out
+            };
+            let (inside, after) = (run(Activation::Relu), run(Activation::Identity));
+            assert_eq!(inside.len(), after.len());
+            for (k, (a, b)) in inside.iter().zip(&after).enumerate() {
+                assert!(
+                    a == b,
+                    "train {train} affine {affine}: output/gradient {k} differs"
+                );
+            }
+            // The ReLU did something: some outputs are zero, some are not.
+            let z = &inside[0];
+            assert!(z.contains(&0) && z.iter().any(|&b| b != 0));
+        }
     }
 }
 
@@ -218,7 +281,7 @@ fn train_op_dropping(drop: Drop) -> impl Fn(&mut Tape, &[Var]) -> Result<Var> {
             .zip(&norm.inv_std)
             .map(|(m, s)| -m * s)
             .collect();
-        let y = kernels::scale_shift(xv.data(), &l, &norm.inv_std, &shift);
+        let y = kernels::scale_shift(xv.data(), &l, &norm.inv_std, &shift, Activation::Identity);
         let y = Tensor::from_vec(y, xv.shape())?;
         Ok(tape.record("bn_dropping", y, &[v[0]], move |dy, _| {
             let (sum_dy, sum_dy_xhat) = kernels::channel_grad_sums(xv.data(), dy.data(), &l, &norm);
@@ -277,7 +340,8 @@ fn updated(x: &Tensor, mean: &[f32], var: &[f32], momentum: f32) -> (Vec<f32>, V
         var: &var,
         momentum,
     };
-    let (_, new) = bn::batch_norm_train(&mut tape, v, None, EPS, Some(running)).unwrap();
+    let (_, new) =
+        bn::batch_norm_train(&mut tape, v, None, EPS, Some(running), Activation::Identity).unwrap();
     let (m, v) = new.unwrap();
     (m.to_vec(), v.to_vec())
 }
@@ -313,7 +377,7 @@ fn bad_arguments_are_errors() {
     let c4 = randn(&[4], 8).map(f32::abs);
 
     let train_err = |tape: &mut Tape, x: Var, affine: Option<(Var, Var)>, eps: f32| {
-        bn::batch_norm_train(tape, x, affine, eps, None).err()
+        bn::batch_norm_train(tape, x, affine, eps, None, Activation::Identity).err()
     };
     assert!(matches!(
         train_err(&mut tape, x3, None, EPS),
@@ -348,10 +412,21 @@ fn bad_arguments_are_errors() {
             ..
         })
     ));
-    assert!(bn::batch_norm_eval(&mut tape, single, Some((g3, g3)), &c3, &c3, EPS).is_ok());
+    assert!(
+        bn::batch_norm_eval(
+            &mut tape,
+            single,
+            Some((g3, g3)),
+            &c3,
+            &c3,
+            EPS,
+            Activation::Identity
+        )
+        .is_ok()
+    );
 
     let eval_err = |tape: &mut Tape, x: Var, affine, m: &Tensor, v: &Tensor| {
-        bn::batch_norm_eval(tape, x, affine, m, v, EPS).err()
+        bn::batch_norm_eval(tape, x, affine, m, v, EPS, Activation::Identity).err()
     };
     for (x, affine, m, v) in [
         (x3, None, &c3, &c3),
@@ -376,7 +451,7 @@ fn bad_arguments_are_errors() {
     };
     for bad in [running(&c4, &c3, 0.1), running(&c3, &c4, 0.1)] {
         assert!(matches!(
-            bn::batch_norm_train(&mut tape, x, None, EPS, Some(bad)).err(),
+            bn::batch_norm_train(&mut tape, x, None, EPS, Some(bad), Activation::Identity).err(),
             Some(Error::ShapeMismatch {
                 op: "batch_norm_train",
                 ..
@@ -386,7 +461,7 @@ fn bad_arguments_are_errors() {
     for momentum in [-0.1, 1.5, f32::NAN] {
         let bad = running(&c3, &c3, momentum);
         assert!(matches!(
-            bn::batch_norm_train(&mut tape, x, None, EPS, Some(bad)).err(),
+            bn::batch_norm_train(&mut tape, x, None, EPS, Some(bad), Activation::Identity).err(),
             Some(Error::InvalidArgument {
                 op: "batch_norm_train",
                 ..

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{assert_close, randn, randn_away_from_zero, uniform};
-use darts::ops::batchnorm::{RunningStats, batch_norm_eval, batch_norm_train};
+use darts::ops::batchnorm::{Activation, RunningStats, batch_norm_eval, batch_norm_train};
 use darts::ops::conv::{Conv2dParams, conv2d};
 use darts::ops::dropout::{drop_path, dropout, variational_dropout};
 use darts::ops::elementwise::{add, mul, relu, scale, sigmoid, sub, tanh, weighted_sum};
@@ -154,36 +154,30 @@ fn pooling() {
 fn batch_norm() {
     let x = randn(&[3, 5, 4, 3], 9);
     let (gamma, beta) = (randn(&[5], 10), randn(&[5], 11));
-    check(
-        "bn train affine",
-        vec![x.clone(), gamma.clone(), beta.clone()],
-        |t, v| Ok(batch_norm_train(t, v[0], Some((v[1], v[2])), 1e-5, None)?.0),
-    );
-    check("bn train plain", vec![x.clone()], |t, v| {
-        Ok(batch_norm_train(t, v[0], None, 1e-5, None)?.0)
-    });
-    check("bn train [N, C]", vec![randn(&[7, 5], 12)], |t, v| {
-        Ok(batch_norm_train(t, v[0], None, 1e-5, None)?.0)
-    });
     let mean_ = randn(&[5], 13);
     let var_ = uniform(&[5], 0.5, 2.0, 14);
-    let eval_check = |name, inputs, affine: bool| {
-        check(name, inputs, |t, v| {
+    for act in [Activation::Identity, Activation::Relu] {
+        let name = |what: &str| format!("bn {what} {act:?}");
+        let train = |t: &mut Tape, v: &[Var]| {
+            let affine = (v.len() == 3).then(|| (v[1], v[2]));
+            Ok(batch_norm_train(t, v[0], affine, 1e-5, None, act)?.0)
+        };
+        let affine_inputs = vec![x.clone(), gamma.clone(), beta.clone()];
+        check(&name("train affine"), affine_inputs.clone(), train);
+        check(&name("train plain"), vec![x.clone()], train);
+        check(&name("train [N, C]"), vec![randn(&[7, 5], 12)], train);
+        let eval = |t: &mut Tape, v: &[Var]| {
             let device = t.value(v[0]).device();
             let (m, s) = (
                 mean_.to_device(device).unwrap(),
                 var_.to_device(device).unwrap(),
             );
-            let params = affine.then(|| (v[1], v[2]));
-            batch_norm_eval(t, v[0], params, &m, &s, 1e-5)
-        })
-    };
-    eval_check(
-        "bn eval affine",
-        vec![x.clone(), gamma.clone(), beta.clone()],
-        true,
-    );
-    eval_check("bn eval plain", vec![x.clone()], false);
+            let affine = (v.len() == 3).then(|| (v[1], v[2]));
+            batch_norm_eval(t, v[0], affine, &m, &s, 1e-5, act)
+        };
+        check(&name("eval affine"), affine_inputs, eval);
+        check(&name("eval plain"), vec![x.clone()], eval);
+    }
     // The running statistics after one training forward, with and without affine parameters.
     let stats_on = |device: Device| -> Vec<Vec<f32>> {
         let mut tape = Tape::new();
@@ -199,8 +193,15 @@ fn batch_norm() {
         [None, Some((g, b))]
             .into_iter()
             .flat_map(|affine| {
-                let (_, new) =
-                    batch_norm_train(&mut tape, xv, affine, 1e-5, Some(running)).unwrap();
+                let (_, new) = batch_norm_train(
+                    &mut tape,
+                    xv,
+                    affine,
+                    1e-5,
+                    Some(running),
+                    Activation::Identity,
+                )
+                .unwrap();
                 let (m, s) = new.unwrap();
                 [m, s]
             })

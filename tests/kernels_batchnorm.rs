@@ -13,9 +13,10 @@ use common::gpu::{Bits, EXACT, Tolerance, check, cpu_reference_tests, random};
 use darts::device::cpu::batchnorm::{
     self as reference, ChannelLayout, Normalizer as CpuNormalizer,
 };
-use darts::device::gpu::batchnorm::{self as ops, Normalizer, Running};
+use darts::device::cpu::elementwise::relu_backward;
+use darts::device::gpu::batchnorm::{self as ops, Normalizer, OutputGrad, Running};
 use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
-use darts::ops::batchnorm::{self as bn, RunningStats};
+use darts::ops::batchnorm::{self as bn, Activation, RunningStats};
 use darts::{Tape, Tensor};
 
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
@@ -145,7 +146,17 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
         var: &rv,
         momentum: 0.1,
     };
-    let out = ops::train_forward(e, &dx, l, EPS, Some((&dgamma, &dbeta)), Some(running)).unwrap();
+    let gpu_affine = Some((&dgamma, &dbeta));
+    let out = ops::train_forward(
+        e,
+        &dx,
+        l,
+        EPS,
+        gpu_affine,
+        Some(running),
+        Activation::Identity,
+    )
+    .unwrap();
     check(e, &what("batch mean"), &out.mean, &to_f32(&mean), REDUCTION);
     let want = cpu_inv_std(m2.iter().map(|s| s / m));
     check(e, &what("batch inv_std"), &out.inv_std, &want, REDUCTION);
@@ -156,8 +167,14 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     };
     let affine = Some((&gamma[..], &beta[..]));
     let (scale, shift) = check_coefficients(e, &what("batch"), (&out.scale, None), &own, affine);
-    let want = reference::scale_shift(&x, l, &scale, &shift);
+    let want = reference::scale_shift(&x, l, &scale, &shift, Activation::Identity);
     check(e, &what("train y"), &out.y, &want, EXACT);
+    // With the ReLU: the same statistics, and their map's ReLU.
+    let relu = ops::train_forward(e, &dx, l, EPS, gpu_affine, None, Activation::Relu).unwrap();
+    check(e, &what("relu batch mean"), &relu.mean, &own.mean, Bits);
+    check(e, &what("relu inv_std"), &relu.inv_std, &own.inv_std, Bits);
+    let want = reference::scale_shift(&x, l, &scale, &shift, Activation::Relu);
+    check(e, &what("train relu(y)"), &relu.y, &want, EXACT);
     let (new_mean, new_var) = out.running.as_ref().unwrap();
     let want = cpu_blend(&running_mean, &own.mean, 0.1);
     check(e, &what("running mean"), new_mean, &want, EXACT);
@@ -168,7 +185,7 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     check(e, &what("old running mean"), &rm, &running_mean, Bits);
     // Without γ, β and running statistics (null pointers): the same statistics, plain
     // coefficients, no running statistics.
-    let plain = ops::train_forward(e, &dx, l, EPS, None, None).unwrap();
+    let plain = ops::train_forward(e, &dx, l, EPS, None, None, Activation::Identity).unwrap();
     assert!(plain.running.is_none());
     check(e, &what("plain batch mean"), &plain.mean, &own.mean, Bits);
     check(
@@ -180,7 +197,7 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     );
     let plain_what = what("plain batch");
     let (scale, shift) = check_coefficients(e, &plain_what, (&plain.scale, None), &own, None);
-    let want = reference::scale_shift(&x, l, &scale, &shift);
+    let want = reference::scale_shift(&x, l, &scale, &shift, Activation::Identity);
     check(e, &what("plain train y"), &plain.y, &want, EXACT);
 
     // Eval mode's coefficients from the running statistics.
@@ -219,58 +236,79 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     let (scale, shift) = cpu_coefficients(&norm, &gamma, &beta);
     let (dscale, dshift) = (e.to_device(&scale).unwrap(), e.to_device(&shift).unwrap());
 
-    // The normalisation, and the eval-mode input gradient (a zero shift).
-    let want = reference::scale_shift(&x, l, &scale, &shift);
-    let got = ops::scale_shift(e, &dx, l, &dscale, Some(&dshift)).unwrap();
-    check(e, &what("scale_shift"), &got, &want, EXACT);
-    let want = reference::scale_shift(&dy, l, &scale, &vec![0.0; c]);
-    let got = ops::scale_shift(e, &ddy, l, &dscale, None).unwrap();
+    // The normalisation with and without the ReLU, and the eval-mode input gradient (a zero
+    // shift).
+    for act in [Activation::Identity, Activation::Relu] {
+        let want = reference::scale_shift(&x, l, &scale, &shift, act);
+        let got = ops::scale_shift(e, &dx, l, &dscale, Some(&dshift), act).unwrap();
+        check(
+            e,
+            &what(&format!("scale_shift {act:?}")),
+            &got,
+            &want,
+            EXACT,
+        );
+    }
+    let want = reference::scale_shift(&dy, l, &scale, &vec![0.0; c], Activation::Identity);
+    let got = ops::scale_shift(e, &ddy, l, &dscale, None, Activation::Identity).unwrap();
     check(e, &what("scale_shift of dy"), &got, &want, EXACT);
 
-    // The gradient sums and the training-mode input gradient.
-    let (sum_dy, sum_dy_xhat) = reference::channel_grad_sums(&x, &dy, l, &norm);
-    let sums = ops::channel_grad_sums(e, &dx, &ddy, l, gpu_norm).unwrap();
-    check(
-        e,
-        &what("sum dy"),
-        &sums.sum_dy,
-        &to_f32(&sum_dy),
-        REDUCTION,
-    );
-    check(
-        e,
-        &what("sum dy·x̂"),
-        &sums.sum_dy_xhat,
-        &to_f32(&sum_dy_xhat),
-        REDUCTION,
-    );
-    // The training-mode input gradient, with the same sums on the way.
-    let mean_of = |s: &[f64]| -> Vec<f32> { s.iter().map(|v| (v / m) as f32).collect() };
-    let (mean_dy, mean_dy_xhat) = (mean_of(&sum_dy), mean_of(&sum_dy_xhat));
-    let want = reference::normalize_backward(&x, &dy, l, &norm, &scale, &mean_dy, &mean_dy_xhat);
-    for with_sums in [true, false] {
-        let (got, sums) =
-            ops::train_backward(e, &dx, &ddy, l, gpu_norm, &dscale, with_sums).unwrap();
-        // The means come from the kernel's own sums, which may differ from the CPU's in the
-        // last bit of a double, and so (rarely) move a mean by one f32 rounding.
-        check(e, &what("train_backward dx"), &got, &want, PIPELINE);
-        assert_eq!(sums.is_some(), with_sums);
-        if let Some(sums) = sums {
-            check(
-                e,
-                &what("train_backward sum dy"),
-                &sums.sum_dy,
-                &to_f32(&sum_dy),
-                REDUCTION,
-            );
-            let want = to_f32(&sum_dy_xhat);
-            check(
-                e,
-                &what("train_backward sum dy·x̂"),
-                &sums.sum_dy_xhat,
-                &want,
-                REDUCTION,
-            );
+    // The gradient sums and the training-mode input gradient, from dy as it is and from dy masked
+    // by a ReLU's output (the ReLU of the normalisation above), as the ReLU's backward masks it.
+    let z = reference::scale_shift(&x, l, &scale, &shift, Activation::Relu);
+    let dz = e.to_device(&z).unwrap();
+    for relu_out in [None, Some(&dz)] {
+        let what = |op: &str| what(&format!("{op} relu {}", relu_out.is_some()));
+        let grad = OutputGrad { dy: &ddy, relu_out };
+        let dy = match relu_out {
+            Some(_) => relu_backward(&z, &dy),
+            None => dy.clone(),
+        };
+        let (sum_dy, sum_dy_xhat) = reference::channel_grad_sums(&x, &dy, l, &norm);
+        let sums = ops::channel_grad_sums(e, &dx, grad, l, gpu_norm).unwrap();
+        check(
+            e,
+            &what("sum dy"),
+            &sums.sum_dy,
+            &to_f32(&sum_dy),
+            REDUCTION,
+        );
+        check(
+            e,
+            &what("sum dy·x̂"),
+            &sums.sum_dy_xhat,
+            &to_f32(&sum_dy_xhat),
+            REDUCTION,
+        );
+        // The training-mode input gradient, with the same sums on the way.
+        let mean_of = |s: &[f64]| -> Vec<f32> { s.iter().map(|v| (v / m) as f32).collect() };
+        let (mean_dy, mean_dy_xhat) = (mean_of(&sum_dy), mean_of(&sum_dy_xhat));
+        let want =
+            reference::normalize_backward(&x, &dy, l, &norm, &scale, &mean_dy, &mean_dy_xhat);
+        for with_sums in [true, false] {
+            let (got, sums) =
+                ops::train_backward(e, &dx, grad, l, gpu_norm, &dscale, with_sums).unwrap();
+            // The means come from the kernel's own sums, which may differ from the CPU's in the
+            // last bit of a double, and so (rarely) move a mean by one f32 rounding.
+            check(e, &what("train_backward dx"), &got, &want, PIPELINE);
+            assert_eq!(sums.is_some(), with_sums);
+            if let Some(sums) = sums {
+                check(
+                    e,
+                    &what("train_backward sum dy"),
+                    &sums.sum_dy,
+                    &to_f32(&sum_dy),
+                    REDUCTION,
+                );
+                let want = to_f32(&sum_dy_xhat);
+                check(
+                    e,
+                    &what("train_backward sum dy·x̂"),
+                    &sums.sum_dy_xhat,
+                    &want,
+                    REDUCTION,
+                );
+            }
         }
     }
 }
@@ -285,9 +323,16 @@ fn shape(l: &ChannelLayout) -> Vec<usize> {
 }
 
 /// The GPU pipeline of a training-mode batch norm (forward and backward) against
-/// `ops::batchnorm::batch_norm_train` and its gradients, with or without affine parameters.
-fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: bool) {
-    let what = |op: &str| format!("train pipeline {op} {l:?} affine {affine}");
+/// `ops::batchnorm::batch_norm_train` and its gradients, with or without affine parameters, then
+/// `act`.
+fn check_train_pipeline(
+    e: &dyn Executor,
+    l: &ChannelLayout,
+    seed: u64,
+    affine: bool,
+    act: Activation,
+) {
+    let what = |op: &str| format!("train pipeline {op} {l:?} affine {affine} {act:?}");
     let x = input(l, seed, true);
     let dy = random(x.len(), seed + 1);
     let (gamma, beta) = (random(l.c, seed + 2), random(l.c, seed + 3));
@@ -310,7 +355,7 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
         var: &rv,
         momentum: 0.1,
     };
-    let (y, new) = bn::batch_norm_train(&mut tape, xv, params, EPS, Some(running)).unwrap();
+    let (y, new) = bn::batch_norm_train(&mut tape, xv, params, EPS, Some(running), act).unwrap();
     let (want_mean, want_var) = new.unwrap();
     let want_y = tape.value(y).to_vec();
     let wrt: Vec<_> = std::iter::once(xv)
@@ -337,6 +382,7 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
         EPS,
         affine.then_some((&dgamma, &dbeta)),
         Some(running),
+        act,
     )
     .unwrap();
     check(e, &what("y"), &out.y, &want_y, PIPELINE);
@@ -350,8 +396,12 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
     );
     check(e, &what("running var"), got_var, want_var.data(), REDUCTION);
 
+    let grad = OutputGrad {
+        dy: &ddy,
+        relu_out: (act == Activation::Relu).then_some(&out.y),
+    };
     let (got_dx, sums) =
-        ops::train_backward(e, &dx, &ddy, l, out.normalizer(), &out.scale, affine).unwrap();
+        ops::train_backward(e, &dx, grad, l, out.normalizer(), &out.scale, affine).unwrap();
     check(e, &what("dx"), &got_dx, grads[0].data(), PIPELINE);
     if let Some(sums) = sums {
         check(
@@ -365,9 +415,10 @@ fn check_train_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, affine: 
     }
 }
 
-/// The GPU pipeline of an eval-mode batch norm against `ops::batchnorm::batch_norm_eval`.
-fn check_eval_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
-    let what = |op: &str| format!("eval pipeline {op} {l:?}");
+/// The GPU pipeline of an eval-mode batch norm, then `act`, against
+/// `ops::batchnorm::batch_norm_eval`.
+fn check_eval_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64, act: Activation) {
+    let what = |op: &str| format!("eval pipeline {op} {l:?} {act:?}");
     let x = input(l, seed, false);
     let dy = random(x.len(), seed + 1);
     let (gamma, beta) = (random(l.c, seed + 2), random(l.c, seed + 3));
@@ -380,7 +431,7 @@ fn check_eval_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     let bv = tape.leaf(Tensor::from_vec(beta.clone(), &[l.c]).unwrap());
     let rm = Tensor::from_vec(running_mean.clone(), &[l.c]).unwrap();
     let rv = Tensor::from_vec(running_var.clone(), &[l.c]).unwrap();
-    let y = bn::batch_norm_eval(&mut tape, xv, Some((gv, bv)), &rm, &rv, EPS).unwrap();
+    let y = bn::batch_norm_eval(&mut tape, xv, Some((gv, bv)), &rm, &rv, EPS, act).unwrap();
     let want_y = tape.value(y).to_vec();
     let seed_grad = Tensor::from_vec(dy.clone(), &shape(l)).unwrap();
     let grads = tape.backward_from(y, seed_grad, &[xv, gv, bv]).unwrap();
@@ -395,12 +446,29 @@ fn check_eval_pipeline(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
         mean: &dmean,
         inv_std: &coefficients.inv_std,
     };
-    let got_y =
-        ops::scale_shift(e, &dx, l, &coefficients.scale, Some(&coefficients.shift)).unwrap();
+    let got_y = ops::scale_shift(
+        e,
+        &dx,
+        l,
+        &coefficients.scale,
+        Some(&coefficients.shift),
+        act,
+    )
+    .unwrap();
     check(e, &what("y"), &got_y, &want_y, EXACT);
-    let got_dx = ops::scale_shift(e, &ddy, l, &coefficients.scale, None).unwrap();
+    // After a ReLU, dy masked by its output first (as `ops::batchnorm` does in eval mode, with
+    // the elementwise family's kernel; here on the host).
+    let relu_out = (act == Activation::Relu).then_some(&got_y);
+    let masked = relu_out.map(|z| {
+        let mask = relu_backward(&e.to_host(z).unwrap(), &dy);
+        e.to_device(&mask).unwrap()
+    });
+    let dy_at_y = masked.as_ref().unwrap_or(&ddy);
+    let identity = Activation::Identity;
+    let got_dx = ops::scale_shift(e, dy_at_y, l, &coefficients.scale, None, identity).unwrap();
     check(e, &what("dx"), &got_dx, grads[0].data(), EXACT);
-    let sums = ops::channel_grad_sums(e, &dx, &ddy, l, norm).unwrap();
+    let grad = OutputGrad { dy: &ddy, relu_out };
+    let sums = ops::channel_grad_sums(e, &dx, grad, l, norm).unwrap();
     check(
         e,
         &what("dgamma"),
@@ -417,15 +485,17 @@ fn check_against_cpu(e: &dyn Executor) {
         let l = ChannelLayout { n, c, hw };
         let seed = 100 * case as u64;
         check_kernels(e, &l, seed);
-        check_train_pipeline(e, &l, seed + 10, case % 2 == 0);
-        check_eval_pipeline(e, &l, seed + 20);
+        for act in [Activation::Identity, Activation::Relu] {
+            check_train_pipeline(e, &l, seed + 10, case % 2 == 0, act);
+            check_eval_pipeline(e, &l, seed + 20, act);
+        }
     }
 }
 
 cpu_reference_tests!(check_against_cpu, COVERED);
 
 /// The statistics and the gradient sums twice on the same data, with four partial sums per
-/// channel: the same bits.
+/// channel and a ReLU after the normalisation: the same bits.
 #[test]
 fn reductions_are_deterministic() {
     let exec = EmuExecutor::new();
@@ -442,9 +512,13 @@ fn reductions_are_deterministic() {
     };
     let runs: Vec<Vec<u32>> = (0..2)
         .map(|_| {
-            let out = ops::train_forward(e, &x, &l, EPS, None, None).unwrap();
+            let out = ops::train_forward(e, &x, &l, EPS, None, None, Activation::Relu).unwrap();
+            let grad = OutputGrad {
+                dy: &dy,
+                relu_out: Some(&out.y),
+            };
             let (dx, sums) =
-                ops::train_backward(e, &x, &dy, &l, out.normalizer(), &out.scale, true).unwrap();
+                ops::train_backward(e, &x, grad, &l, out.normalizer(), &out.scale, true).unwrap();
             let sums = sums.unwrap();
             [
                 &out.y,
@@ -479,7 +553,7 @@ fn bad_arguments_are_errors() {
     let other = e.to_device(&[1.0f32; 3]).unwrap();
     let wrong = ChannelLayout { n: 3, ..l };
     let train = |x, l: &ChannelLayout, eps, affine, running| {
-        ops::train_forward(e, x, l, eps, affine, running)
+        ops::train_forward(e, x, l, eps, affine, running, Activation::Identity)
     };
     assert!(matches!(
         train(&x, &wrong, EPS, None, None),
@@ -511,11 +585,14 @@ fn bad_arguments_are_errors() {
 
     let stats = train(&x, &l, EPS, None, None).unwrap();
     let norm = stats.normalizer();
-    assert!(ops::scale_shift(e, &x, &l, &three, Some(&two)).is_err());
-    assert!(ops::scale_shift(e, &x, &l, &two, None).is_err());
-    assert!(ops::scale_shift(e, &x, &wrong, &three, Some(&three)).is_err());
-    assert!(ops::channel_grad_sums(e, &x, &three, &l, norm).is_err());
-    assert!(ops::channel_grad_sums(e, &x, &x, &l, norm).is_ok());
-    assert!(ops::train_backward(e, &x, &x, &l, norm, &two, false).is_err());
-    assert!(ops::train_backward(e, &x, &three, &l, norm, &three, false).is_err());
+    assert!(ops::scale_shift(e, &x, &l, &three, Some(&two), Activation::Identity).is_err());
+    assert!(ops::scale_shift(e, &x, &l, &two, None, Activation::Identity).is_err());
+    assert!(ops::scale_shift(e, &x, &wrong, &three, Some(&three), Activation::Identity).is_err());
+    let grad = |dy, relu_out| OutputGrad { dy, relu_out };
+    assert!(ops::channel_grad_sums(e, &x, grad(&three, None), &l, norm).is_err());
+    assert!(ops::channel_grad_sums(e, &x, grad(&x, Some(&three)), &l, norm).is_err());
+    assert!(ops::channel_grad_sums(e, &x, grad(&x, Some(&x)), &l, norm).is_ok());
+    assert!(ops::train_backward(e, &x, grad(&x, None), &l, norm, &two, false).is_err());
+    assert!(ops::train_backward(e, &x, grad(&three, None), &l, norm, &three, false).is_err());
+    assert!(ops::train_backward(e, &x, grad(&x, Some(&two)), &l, norm, &three, false).is_err());
 }

@@ -7,7 +7,6 @@
 mod common;
 
 use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, normal, plant_extremes};
-use darts::device::cpu::batchnorm::{self, ChannelLayout};
 use darts::device::cpu::{self, elementwise as reference};
 use darts::device::gpu::elementwise as ops;
 use darts::device::gpu::{EmuExecutor, Executor, GpuError, KernelArg, KernelId, LaunchConfig};
@@ -30,7 +29,6 @@ const COVERED: &[KernelId] = &[
     KernelId::ElementwiseWeightedSumInputBwdF32,
     KernelId::ElementwiseWeightedSumWeightPartialBwdF32,
     KernelId::ElementwiseWeightedSumWeightFinalBwdF32,
-    KernelId::ElementwiseBnApplyReluFwdF32,
 ];
 
 /// Element counts: 1, around a warp, around a block of 256, and a few thousand.
@@ -164,25 +162,6 @@ fn check_against_cpu(e: &dyn Executor) {
         let want: Vec<f32> = xs.iter().map(|x| cpu::dot_f64(&dy, x) as f32).collect();
         let got = ops::weighted_sum_backward_weights(e, &ddy, &dxs).unwrap();
         check(e, "weighted_sum_backward_weights", &got, &want, REDUCTION);
-
-        // Batch norm's affine map and ReLU on [2, 3, hw].
-        let layout = ChannelLayout {
-            n: 2,
-            c: 3,
-            hw: n.div_ceil(6),
-        };
-        let xb = random(layout.n * layout.c * layout.hw, seed + 4);
-        let (gamma, beta) = (random(3, seed + 5), random(3, seed + 6));
-        let want = reference::relu(&batchnorm::scale_shift(&xb, &layout, &gamma, &beta));
-        let got = ops::bn_apply_relu(
-            e,
-            &e.to_device(&xb).unwrap(),
-            &e.to_device(&gamma).unwrap(),
-            &e.to_device(&beta).unwrap(),
-            layout.hw,
-        )
-        .unwrap();
-        check(e, "bn_apply_relu", &got, &want, EXACT);
     }
 }
 
@@ -225,8 +204,6 @@ fn wrong_lengths_are_errors() {
     // 5 elements do not split into 2 candidates, nor 6 channels-and-planes into [?, 2, 2].
     assert!(ops::weighted_sum(e, &a, &two).is_err());
     assert!(ops::weighted_sum_backward_weights(e, &b, &a).is_err());
-    assert!(ops::bn_apply_relu(e, &a, &two, &two, 2).is_err());
-    assert!(ops::bn_apply_relu(e, &b, &two, &a, 3).is_err());
     assert!(e.to_device::<f32>(&[]).is_err());
 }
 

@@ -3,7 +3,7 @@
 use crate::Result;
 use crate::autograd::Var;
 use crate::nn::{Ctx, ParamId, ParamStore, join_name};
-use crate::ops::batchnorm::{RunningStats, batch_norm_eval, batch_norm_train};
+use crate::ops::batchnorm::{Activation, RunningStats, batch_norm_eval, batch_norm_train};
 use crate::tensor::Tensor;
 
 /// PyTorch's BatchNorm2d epsilon.
@@ -51,6 +51,12 @@ impl BatchNorm2d {
     /// Training mode: normalise with batch statistics and fold them into the running buffers.
     /// Eval mode: normalise with the running buffers.
     pub fn forward(&self, ctx: &mut Ctx, x: Var) -> Result<Var> {
+        self.forward_then(ctx, x, Activation::Identity)
+    }
+
+    /// [`forward`](Self::forward), then `act`, in the same op (one pass over the data, one
+    /// tensor kept for the backward).
+    pub fn forward_then(&self, ctx: &mut Ctx, x: Var, act: Activation) -> Result<Var> {
         let affine = self.affine.map(|(g, b)| (ctx.param(g), ctx.param(b)));
         let mean = ctx.buffer(self.running_mean).clone();
         let var = ctx.buffer(self.running_var).clone();
@@ -61,13 +67,13 @@ impl BatchNorm2d {
                 momentum: BN_MOMENTUM,
             };
             let (y, new_running) =
-                batch_norm_train(&mut ctx.tape, x, affine, BN_EPS, Some(running))?;
+                batch_norm_train(&mut ctx.tape, x, affine, BN_EPS, Some(running), act)?;
             let (mean, var) = new_running.expect("running statistics were given");
             ctx.set_buffer(self.running_mean, mean)?;
             ctx.set_buffer(self.running_var, var)?;
             Ok(y)
         } else {
-            batch_norm_eval(&mut ctx.tape, x, affine, &mean, &var, BN_EPS)
+            batch_norm_eval(&mut ctx.tape, x, affine, &mean, &var, BN_EPS, act)
         }
     }
 }

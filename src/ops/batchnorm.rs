@@ -8,13 +8,23 @@
 //! `∂x̂ⱼ/∂xᵢ = (δᵢⱼ − 1/M − x̂ᵢ·x̂ⱼ/M)/σ` (the `1/M` from μ, the last term from σ), so
 //! `dxᵢ = Σⱼ γ·dyⱼ·∂x̂ⱼ/∂xᵢ = (γ/σ)·(dyᵢ − mean(dy) − x̂ᵢ·mean(dy·x̂))`, the means over the M
 //! elements of the channel. Without affine parameters γ = 1.
+//!
+//! Either op can apply a ReLU to its output ([`Activation::Relu`], as DARTS' separable
+//! convolutions do after their first batch norm): `z = relu(y)`, and the backward first turns the
+//! gradient at `z` into the one at `y`, `dy · [z > 0]` (`z > 0` exactly where `y > 0`). The op then
+//! keeps `z` alone, where a batch norm and a separate ReLU keep `y` and `z`.
 
 use crate::autograd::{Tape, Var};
+use std::borrow::Cow;
+
 use crate::device::cpu::batchnorm::{self as k, ChannelLayout, Normalizer};
-use crate::device::gpu::{self, Executor, batchnorm as g};
+use crate::device::cpu::elementwise::relu_backward;
+use crate::device::gpu::{self, Executor, batchnorm as g, elementwise as gpu_elementwise};
 use crate::ops::{buffer, common_device};
 use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
+
+pub use crate::device::cpu::batchnorm::Activation;
 
 /// Running statistics (`[C]` each, on the input's device) that a training-mode forward folds its
 /// batch statistics into, as PyTorch does: `new = (1 − momentum)·running + momentum·batch`, the
@@ -125,9 +135,17 @@ fn affine_buffers(affine: &Option<Affine>) -> g::Affine<'_> {
         .map(|a| (buffer(&a.values.0), buffer(&a.values.1)))
 }
 
-/// Applies `y = γ·(x − μ)·inv_std + β` with the given normalisation and records the backward;
-/// `train` says whether μ and σ were computed from `x` (so the input gradient has the two extra
-/// terms of the training-mode rule in the module comment).
+/// How [`normalize`] was asked to normalise: whether μ and σ were computed from `x` (so the input
+/// gradient has the two extra terms of the training-mode rule in the module comment), and what
+/// follows the normalisation.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    train: bool,
+    act: Activation,
+}
+
+/// Applies `y = γ·(x − μ)·inv_std + β` (then the activation) with the given normalisation and
+/// records the backward.
 fn normalize(
     tape: &mut Tape,
     op: &'static str,
@@ -135,7 +153,7 @@ fn normalize(
     l: ChannelLayout,
     affine: Option<Affine>,
     norm: Norm,
-    train: bool,
+    mode: Mode,
 ) -> Result<Var> {
     let xv = tape.value(x).clone();
     let (inputs, params) = match affine {
@@ -146,13 +164,13 @@ fn normalize(
         None => (vec![x], None),
     };
     let (y, backward) = match norm {
-        Norm::Cpu(norm) => normalize_cpu(xv, l, params, norm, train)?,
+        Norm::Cpu(norm) => normalize_cpu(xv, l, params, norm, mode)?,
         Norm::Gpu(norm) => {
             let exec = xv
                 .device()
                 .executor()?
                 .ok_or_else(|| Error::invalid(op, "GPU statistics for an input on the CPU"))?;
-            normalize_gpu(exec, xv, l, *norm, train)?
+            normalize_gpu(exec, xv, l, *norm, mode)?
         }
     };
     Ok(tape.record(op, y, &inputs, backward))
@@ -166,7 +184,7 @@ fn normalize_cpu(
     l: ChannelLayout,
     params: Option<(Tensor, Tensor)>,
     norm: Normalizer,
-    train: bool,
+    Mode { train, act }: Mode,
 ) -> Result<(Tensor, Backward)> {
     let (gamma, beta) = match &params {
         Some((g, b)) => (g.to_vec(), b.to_vec()),
@@ -184,12 +202,22 @@ fn normalize_cpu(
         .zip(norm.mean.iter().zip(&scale))
         .map(|(b, (m, a))| b - m * a)
         .collect();
-    let y = Tensor::from_vec(k::scale_shift(xv.data(), &l, &scale, &shift), xv.shape())?;
+    let y = Tensor::from_vec(
+        k::scale_shift(xv.data(), &l, &scale, &shift, act),
+        xv.shape(),
+    )?;
+    let relu_out = (act == Activation::Relu).then(|| y.clone());
     let backward = move |dy: &Tensor, needs: &[bool]| {
         let c = l.c;
+        // The gradient at the normalisation's output.
+        let dy = match &relu_out {
+            Some(z) => Cow::Owned(relu_backward(z.data(), dy.data())),
+            None => Cow::Borrowed(dy.data()),
+        };
+        let dy = &dy[..];
         let sums_needed = (train && needs[0]) || (needs.len() == 3 && (needs[1] || needs[2]));
         let (sum_dy, sum_dy_xhat) = if sums_needed {
-            k::channel_grad_sums(xv.data(), dy.data(), &l, &norm)
+            k::channel_grad_sums(xv.data(), dy, &l, &norm)
         } else {
             (Vec::new(), Vec::new())
         };
@@ -201,18 +229,11 @@ fn normalize_cpu(
             let mean_of =
                 |s: &[f64]| -> Vec<f32> { s.iter().map(|v| (v / count) as f32).collect() };
             let (mean_dy, mean_dy_xhat) = (mean_of(&sum_dy), mean_of(&sum_dy_xhat));
-            let dx = k::normalize_backward(
-                xv.data(),
-                dy.data(),
-                &l,
-                &norm,
-                &scale,
-                &mean_dy,
-                &mean_dy_xhat,
-            );
+            let dx =
+                k::normalize_backward(xv.data(), dy, &l, &norm, &scale, &mean_dy, &mean_dy_xhat);
             Some(Tensor::from_vec(dx, xv.shape())?)
         } else {
-            let dx = k::scale_shift(dy.data(), &l, &scale, &vec![0.0; c]);
+            let dx = k::scale_shift(dy, &l, &scale, &vec![0.0; c], Activation::Identity);
             Some(Tensor::from_vec(dx, xv.shape())?)
         });
         if needs.len() == 3 {
@@ -238,7 +259,7 @@ fn normalize_gpu(
     xv: Tensor,
     l: ChannelLayout,
     norm: GpuNorm,
-    train: bool,
+    Mode { train, act }: Mode,
 ) -> Result<(Tensor, Backward)> {
     let device = xv.device();
     let GpuNorm {
@@ -248,27 +269,43 @@ fn normalize_gpu(
         scale,
     } = norm;
     let y = Tensor::from_buffer(y, xv.shape(), device)?;
+    let relu_out = (act == Activation::Relu).then(|| y.clone());
     let backward = move |dy: &Tensor, needs: &[bool]| {
         common_device("batch_norm backward", &[&xv, dy])?;
         let norm = g::Normalizer {
             mean: buffer(&mean),
             inv_std: &inv_std,
         };
-        let (x, d) = (buffer(&xv), buffer(dy));
+        let x = buffer(&xv);
+        let grad = g::OutputGrad {
+            dy: buffer(dy),
+            relu_out: relu_out.as_ref().map(buffer),
+        };
         let affine_needed = needs.len() == 3 && (needs[1] || needs[2]);
         let as_tensor = |b| Tensor::from_buffer(b, xv.shape(), device);
         let (dx, sums) = match (needs[0], train) {
             (true, true) => {
-                let (dx, sums) = g::train_backward(exec, x, d, &l, norm, &scale, affine_needed)?;
+                let (dx, sums) = g::train_backward(exec, x, grad, &l, norm, &scale, affine_needed)?;
                 (Some(as_tensor(dx)?), sums)
             }
             (need_dx, _) => {
                 let dx = match need_dx {
-                    true => Some(as_tensor(g::scale_shift(exec, d, &l, &scale, None)?)?),
+                    true => {
+                        // dx = k·dy, with dy first masked by the ReLU where there is one.
+                        let masked = match grad.relu_out {
+                            Some(z) => Some(gpu_elementwise::relu_backward(exec, z, grad.dy)?),
+                            None => None,
+                        };
+                        let dy = masked.as_ref().unwrap_or(grad.dy);
+                        let identity = Activation::Identity;
+                        Some(as_tensor(g::scale_shift(
+                            exec, dy, &l, &scale, None, identity,
+                        )?)?)
+                    }
                     false => None,
                 };
                 let sums = match affine_needed {
-                    true => Some(g::channel_grad_sums(exec, x, d, &l, norm)?),
+                    true => Some(g::channel_grad_sums(exec, x, grad, &l, norm)?),
                     false => None,
                 };
                 (dx, sums)
@@ -320,16 +357,17 @@ fn blend(running: &Tensor, batch: &[f32], momentum: f32) -> Result<Tensor> {
 }
 
 /// Training-mode batch norm over (N, H, W) per channel with the biased batch variance:
-/// `y = (x − mean)/√(var + eps)·γ + β`, where `affine` is `Some((γ [C], β [C]))` or `None`
-/// (γ = 1, β = 0). Accepts `[N, C, H, W]` or `[N, C]`; each channel needs more than one value.
-/// With `running`, also returns the new running `(mean, var)` ([`RunningStats`]); the layer that
-/// owns them keeps them.
+/// `y = (x − mean)/√(var + eps)·γ + β`, then `act`, where `affine` is `Some((γ [C], β [C]))` or
+/// `None` (γ = 1, β = 0). Accepts `[N, C, H, W]` or `[N, C]`; each channel needs more than one
+/// value. With `running`, also returns the new running `(mean, var)` ([`RunningStats`]); the
+/// layer that owns them keeps them.
 pub fn batch_norm_train(
     tape: &mut Tape,
     x: Var,
     affine: Option<(Var, Var)>,
     eps: f32,
     running: Option<RunningStats<'_>>,
+    act: Activation,
 ) -> Result<(Var, Option<(Tensor, Tensor)>)> {
     const OP: &str = "batch_norm_train";
     let l = layout(tape, OP, x)?;
@@ -379,7 +417,8 @@ pub fn batch_norm_train(
                 var: buffer(r.var),
                 momentum: r.momentum,
             });
-            let out = g::train_forward(exec, data, &l, eps, affine_buffers(&affine), running)?;
+            let affine = affine_buffers(&affine);
+            let out = g::train_forward(exec, data, &l, eps, affine, running, act)?;
             let new_running = match out.running {
                 Some((m, v)) => Some((
                     Tensor::from_buffer(m, &[l.c], device)?,
@@ -396,13 +435,13 @@ pub fn batch_norm_train(
             (Norm::Gpu(Box::new(norm)), new_running)
         }
     };
-    let y = normalize(tape, OP, x, l, affine, norm, true)?;
+    let y = normalize(tape, OP, x, l, affine, norm, Mode { train: true, act })?;
     Ok((y, new_running))
 }
 
 /// Eval-mode batch norm with the given running statistics (`[C]` each):
-/// `y = (x − running_mean)/√(running_var + eps)·γ + β`. The statistics are constants; the gradient
-/// flows to x and to γ, β.
+/// `y = (x − running_mean)/√(running_var + eps)·γ + β`, then `act`. The statistics are
+/// constants; the gradient flows to x and to γ, β.
 pub fn batch_norm_eval(
     tape: &mut Tape,
     x: Var,
@@ -410,6 +449,7 @@ pub fn batch_norm_eval(
     running_mean: &Tensor,
     running_var: &Tensor,
     eps: f32,
+    act: Activation,
 ) -> Result<Var> {
     const OP: &str = "batch_norm_eval";
     let l = layout(tape, OP, x)?;
@@ -428,12 +468,12 @@ pub fn batch_norm_eval(
             let c = g::eval_coefficients(exec, mean, var, eps, affine_buffers(&affine))?;
             let x = buffer(tape.value(x));
             Norm::Gpu(Box::new(GpuNorm {
-                y: g::scale_shift(exec, x, &l, &c.scale, Some(&c.shift))?,
+                y: g::scale_shift(exec, x, &l, &c.scale, Some(&c.shift), act)?,
                 mean: running_mean.clone(),
                 inv_std: c.inv_std,
                 scale: c.scale,
             }))
         }
     };
-    normalize(tape, OP, x, l, affine, norm, false)
+    normalize(tape, OP, x, l, affine, norm, Mode { train: false, act })
 }

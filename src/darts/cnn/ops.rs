@@ -4,13 +4,15 @@
 //! Inside the search network every batch norm is `affine = false`, and the two pools are followed
 //! by an extra `BN(C, affine = false)` (the original wraps them in `nn.Sequential(pool, BN)`).
 //!
-//! One departure from the original's code, not from its math: the candidates read their input
+//! Two departures from the original's code, not from its math: the candidates read their input
 //! through an [`EdgeInput`], which computes `ReLU(x)` once for every candidate that starts with
-//! one, on every edge that reads the same state.
+//! one, on every edge that reads the same state; and the ReLU in the middle of a separable
+//! convolution is applied by the batch norm before it, in the same op.
 
 use crate::autograd::Var;
 use crate::darts::genotype::PRIMITIVES;
 use crate::nn::{BatchNorm2d, Conv2d, Ctx, ParamStore, join_name};
+use crate::ops::batchnorm::Activation;
 use crate::ops::conv::Conv2dParams;
 use crate::ops::elementwise::relu;
 use crate::ops::pool::{avg_pool2d, max_pool2d};
@@ -141,11 +143,12 @@ impl DwPwBlock {
         })
     }
 
-    /// Applies the block to `h`, its input after the ReLU.
-    fn forward(&self, ctx: &mut Ctx, h: Var) -> Result<Var> {
+    /// Applies the block to `h`, its input after the ReLU, and `then` to its output (the ReLU
+    /// that starts the next block, inside the batch norm).
+    fn forward(&self, ctx: &mut Ctx, h: Var, then: Activation) -> Result<Var> {
         let h = self.depthwise.forward(ctx, h)?;
         let h = self.pointwise.forward(ctx, h)?;
-        self.bn.forward(ctx, h)
+        self.bn.forward_then(ctx, h, then)
     }
 }
 
@@ -345,13 +348,12 @@ impl Candidate {
             }
             Candidate::SepConv(first, second) => {
                 let h = input.relu(ctx)?;
-                let h = first.forward(ctx, h)?;
-                let h = relu(&mut ctx.tape, h)?;
-                second.forward(ctx, h)
+                let h = first.forward(ctx, h, Activation::Relu)?;
+                second.forward(ctx, h, Activation::Identity)
             }
             Candidate::DilConv(block) => {
                 let h = input.relu(ctx)?;
-                block.forward(ctx, h)
+                block.forward(ctx, h, Activation::Identity)
             }
         }
     }

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::CHUNK;
+use super::elementwise::relu_scalar;
 
 /// How batch norm sees its input: `n` samples of `c` channels of `hw` elements each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,27 @@ impl ChannelLayout {
     }
 }
 
+/// What a batch norm applies to its normalised output before handing it on. DARTS' separable
+/// convolutions follow a batch norm with a ReLU; applied inside the batch norm, the pair makes one
+/// pass over the data, and its backward keeps one tensor instead of two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// The normalised output as it is.
+    Identity,
+    /// ReLU of it, NaN kept ([`relu_scalar`]).
+    Relu,
+}
+
+impl Activation {
+    /// The activation of one normalised value.
+    pub fn apply(self, y: f32) -> f32 {
+        match self {
+            Activation::Identity => y,
+            Activation::Relu => relu_scalar(y),
+        }
+    }
+}
+
 /// The per-channel normalisation `x̂ = (x − mean[c]) · inv_std[c]`.
 #[derive(Debug, Clone)]
 pub struct Normalizer {
@@ -70,9 +92,15 @@ pub fn channel_moments(x: &[f32], l: &ChannelLayout) -> (Vec<f64>, Vec<f64>) {
     .unzip()
 }
 
-/// The per-channel affine map `y = x · scale[c] + shift[c]` (normalisation, and the eval-mode
-/// input gradient).
-pub fn scale_shift(x: &[f32], l: &ChannelLayout, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+/// The per-channel affine map `y = x · scale[c] + shift[c]`, then `act` (normalisation, and with
+/// `Identity` the eval-mode input gradient).
+pub fn scale_shift(
+    x: &[f32],
+    l: &ChannelLayout,
+    scale: &[f32],
+    shift: &[f32],
+    act: Activation,
+) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     y.par_chunks_mut(l.hw)
         .zip(x.par_chunks(l.hw))
@@ -80,7 +108,9 @@ pub fn scale_shift(x: &[f32], l: &ChannelLayout, scale: &[f32], shift: &[f32]) -
         .with_min_len(l.planes_per_task())
         .for_each(|(plane, (y, x))| {
             let (a, b) = (scale[plane % l.c], shift[plane % l.c]);
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
+            y.iter_mut()
+                .zip(x)
+                .for_each(|(y, &x)| *y = act.apply(x * a + b));
         });
     y
 }

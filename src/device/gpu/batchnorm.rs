@@ -1,9 +1,11 @@
 //! The batch-norm family on a GPU executor (`kernels/batchnorm.cu`), on data laid out as
 //! `[N, C, HW]`: the batch statistics (with the affine coefficients and the running-statistics
 //! update in the same launches), the eval-mode coefficients, the per-channel affine map, and the
-//! gradient sums and training-mode input gradient of the backward. Each function mirrors a CPU
-//! reference in `device::cpu::batchnorm`, or the per-channel arithmetic of `ops::batchnorm`
-//! (same arguments, same result), checks lengths, allocates its outputs and launches.
+//! gradient sums and training-mode input gradient of the backward; each forward can apply a ReLU
+//! to its output, and each backward then masks its gradient with that output. Each function
+//! mirrors a CPU reference in `device::cpu::batchnorm`, or the per-channel arithmetic of
+//! `ops::batchnorm` (same arguments, same result), checks lengths, allocates its outputs and
+//! launches.
 //!
 //! The per-channel reductions run in two passes over fixed trees, with a number of partial sums
 //! per channel that depends only on the channel's size: the statistics and the gradient sums have
@@ -11,7 +13,7 @@
 
 use super::kernels;
 use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
-use crate::device::cpu::batchnorm::ChannelLayout;
+use crate::device::cpu::batchnorm::{Activation, ChannelLayout};
 
 /// Threads per block of the elementwise kernels, and the most of the first reduction pass: a
 /// multiple of 32 (the block reductions need it).
@@ -93,6 +95,21 @@ impl TrainForward {
             inv_std: &self.inv_std,
         }
     }
+}
+
+/// The gradient at a batch norm's output: `dy`, and the output itself where the forward applied
+/// a ReLU, so that the kernels use `dy · [out > 0]` (the ReLU's backward) in place of `dy`.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputGrad<'a> {
+    /// The gradient of the loss with respect to the op's output.
+    pub dy: &'a DeviceBuffer<f32>,
+    /// The op's output, when it is `relu(y)`; `None` when it is `y`.
+    pub relu_out: Option<&'a DeviceBuffer<f32>>,
+}
+
+/// The kernels' `relu` flag for `act`.
+fn relu_flag(act: Activation) -> i32 {
+    i32::from(act == Activation::Relu)
 }
 
 /// The per-channel gradient sums of a backward (`[C]` each).
@@ -232,8 +249,8 @@ fn check_affine(op: &'static str, c: usize, affine: Affine<'_>) -> Result<(), Gp
 
 /// The training-mode forward of `x`, as `ops::batchnorm::batch_norm_train` computes it from the
 /// CPU's `channel_moments`: the batch mean, `1 / √(biased variance + eps)` and the affine
-/// coefficients, the output `y = x · scale + shift`, and with `running` the new running
-/// statistics. The sums run in f64 in one pass over `x`, shifted by the channel's first value so
+/// coefficients, the output `y = x · scale + shift` (then `act`), and with `running` the new
+/// running statistics. The sums run in f64 in one pass over `x`, shifted by the channel's first value so
 /// that a large mean does not cancel (see `kernels/batchnorm.cu`), and are rounded once to f32; all
 /// of it in two launches. Each channel needs at least two values.
 pub fn train_forward(
@@ -243,6 +260,7 @@ pub fn train_forward(
     eps: f32,
     affine: Affine<'_>,
     running: Option<Running<'_>>,
+    act: Activation,
 ) -> Result<TrainForward, GpuError> {
     let op = "train_forward";
     let d = Dims::new(op, l, "x", x)?;
@@ -316,6 +334,7 @@ pub fn train_forward(
             d.hw,
             eps,
             running.map_or(0.0, |r| r.momentum),
+            relu_flag(act),
         )?;
     }
     Ok(out)
@@ -362,14 +381,15 @@ pub fn eval_coefficients(
     Ok(out)
 }
 
-/// The per-channel affine map `y = x · scale[c] + shift[c]` (the normalisation, and with no
-/// shift, `None`, the eval-mode input gradient).
+/// The per-channel affine map `y = x · scale[c] + shift[c]`, then `act` (the eval-mode
+/// normalisation, and with no shift, `None`, and `Identity` the eval-mode input gradient).
 pub fn scale_shift(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
     l: &ChannelLayout,
     scale: &DeviceBuffer<f32>,
     shift: Option<&DeviceBuffer<f32>>,
+    act: Activation,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let op = "scale_shift";
     let d = Dims::new(op, l, "x", x)?;
@@ -391,34 +411,40 @@ pub fn scale_shift(
             d.count,
             d.c,
             d.hw,
+            relu_flag(act),
         )
     }?;
     Ok(y)
 }
 
-/// Pass 1 of the backward's reductions, for `op`: checks `x`, `dy` and `norm` against `l`, and
-/// returns the checked layout and the workspace of per-block partial sums of `dy` and `dy · x̂`.
+/// Pass 1 of the backward's reductions, for `op`: checks `x`, `grad` and `norm` against `l`, and
+/// returns the checked layout and the workspace of per-block partial sums of `dy` and `dy · x̂`
+/// (`dy` masked where `grad` says so).
 fn grad_partials(
     exec: &dyn Executor,
     op: &'static str,
     x: &DeviceBuffer<f32>,
-    dy: &DeviceBuffer<f32>,
+    grad: OutputGrad<'_>,
     l: &ChannelLayout,
     norm: Normalizer<'_>,
 ) -> Result<(Dims, DeviceBuffer<u32>), GpuError> {
     let d = Dims::new(op, l, "x", x)?;
-    Dims::new(op, l, "dy", dy)?;
+    Dims::new(op, l, "dy", grad.dy)?;
+    if let Some(out) = grad.relu_out {
+        Dims::new(op, l, "the ReLU's output", out)?;
+    }
     check_channels(op, l.c, &[("mean", norm.mean), ("inv_std", norm.inv_std)])?;
     let mut workspace = d.workspace(exec)?;
-    // SAFETY: the kernel reads x, dy at [0..N·C·HW) and mean, inv_std at [0..C) (all checked),
-    // and block (b, ch) writes the 2 doubles at 2(ch·P + b) of the workspace, which holds the
-    // 4·P·C words that makes, P being the grid's x.
+    // SAFETY: the kernel reads x, dy and any ReLU output at [0..N·C·HW) and mean, inv_std at
+    // [0..C) (all checked), and block (b, ch) writes the 2 doubles at 2(ch·P + b) of the
+    // workspace, which holds the 4·P·C words that makes, P being the grid's x.
     unsafe {
         kernels::batchnorm_grad_partial_bwd_f32(
             exec,
             d.pass1(),
             x,
-            dy,
+            grad.dy,
+            grad.relu_out,
             norm.mean,
             norm.inv_std,
             &mut workspace,
@@ -436,12 +462,12 @@ fn grad_partials(
 pub fn channel_grad_sums(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
-    dy: &DeviceBuffer<f32>,
+    grad: OutputGrad<'_>,
     l: &ChannelLayout,
     norm: Normalizer<'_>,
 ) -> Result<GradSums, GpuError> {
     let op = "channel_grad_sums";
-    let (d, workspace) = grad_partials(exec, op, x, dy, l, norm)?;
+    let (d, workspace) = grad_partials(exec, op, x, grad, l, norm)?;
     let mut sums = GradSums {
         sum_dy: exec.alloc(l.c)?,
         sum_dy_xhat: exec.alloc(l.c)?,
@@ -466,11 +492,12 @@ pub fn channel_grad_sums(
 /// Training-mode input gradient, `dx = k[c] · (dy − mean(dy) − x̂ · mean(dy · x̂))` with
 /// `k = γ · inv_std` (the `scale` of [`TrainForward`]) and the means over each channel's `M`
 /// elements (the derivation is in `ops::batchnorm`), in two launches; with `sums`, also the
-/// gradient sums of β and γ, as [`channel_grad_sums`] gives them.
+/// gradient sums of β and γ, as [`channel_grad_sums`] gives them. `dy` is masked where `grad`
+/// says so.
 pub fn train_backward(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
-    dy: &DeviceBuffer<f32>,
+    grad: OutputGrad<'_>,
     l: &ChannelLayout,
     norm: Normalizer<'_>,
     k: &DeviceBuffer<f32>,
@@ -478,7 +505,7 @@ pub fn train_backward(
 ) -> Result<(DeviceBuffer<f32>, Option<GradSums>), GpuError> {
     let op = "train_backward";
     check_channels(op, l.c, &[("k", k)])?;
-    let (d, workspace) = grad_partials(exec, op, x, dy, l, norm)?;
+    let (d, workspace) = grad_partials(exec, op, x, grad, l, norm)?;
     let mut dx = exec.alloc(x.len())?;
     let mut sums = match sums {
         true => Some(GradSums {
@@ -492,16 +519,17 @@ pub fn train_backward(
         None => (None, None),
     };
     let p = int(op, d.partials())?;
-    // SAFETY: pass 2, on pass 1's grid, reads x, dy and writes dx at [0..N·C·HW), reads the
-    // 4·P·C words of the workspace and mean, inv_std, k at [0..C), and writes the sums, where
-    // given, at [0..C). Each buffer holds that many elements (checked, or allocated here); it runs
+    // SAFETY: pass 2, on pass 1's grid, reads x, dy and any ReLU output (checked by
+    // grad_partials) and writes dx at [0..N·C·HW), reads the 4·P·C words of the workspace and
+    // mean, inv_std, k at [0..C), and writes the sums, where given, at [0..C). Each buffer holds that many elements (checked, or allocated here); it runs
     // after pass 1, on the same queue.
     unsafe {
         kernels::batchnorm_normalize_bwd_f32(
             exec,
             d.pass1(),
             x,
-            dy,
+            grad.dy,
+            grad.relu_out,
             &workspace,
             norm.mean,
             norm.inv_std,

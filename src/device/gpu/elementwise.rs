@@ -319,39 +319,3 @@ pub fn weighted_sum_backward_weights(
     }
     Ok(dw)
 }
-
-/// Batch norm's per-channel affine map followed by ReLU, in one pass:
-/// `y = max(x · scale[c] + shift[c], 0)` on `[N, C, plane]` data with `C = scale.len()`.
-pub fn bn_apply_relu(
-    exec: &dyn Executor,
-    x: &DeviceBuffer<f32>,
-    scale: &DeviceBuffer<f32>,
-    shift: &DeviceBuffer<f32>,
-    plane: usize,
-) -> Result<DeviceBuffer<f32>, GpuError> {
-    let op = "bn_apply_relu";
-    same_len(op, scale, shift)?;
-    let per_sample = scale.len().saturating_mul(plane);
-    if per_sample == 0 || !x.len().is_multiple_of(per_sample) {
-        return Err(invalid(
-            op,
-            format!(
-                "{} elements are not whole samples of {} channels × {plane}",
-                x.len(),
-                scale.len()
-            ),
-        ));
-    }
-    let n = int(op, x.len())?;
-    let (channels, plane) = (int(op, scale.len())?, int(op, plane)?);
-    let mut y = exec.alloc(x.len())?;
-    let config = LaunchConfig::grid_stride(x.len(), THREADS);
-    // SAFETY: the kernel touches x and y at [0..n) and scale, shift at [0..channels); the
-    // buffers hold that many elements.
-    unsafe {
-        kernels::elementwise_bn_apply_relu_fwd_f32(
-            exec, config, x, scale, shift, &mut y, n, channels, plane,
-        )
-    }?;
-    Ok(y)
-}
