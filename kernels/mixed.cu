@@ -21,6 +21,10 @@
 // and the weights sit in registers; slots j >= k are skipped by a branch that is the same for every
 // thread. Memory-bound: K + 1 floats moved per element, the least possible.
 //
+// With no weights (a null pointer) every weight is 1 and y = x_0 + x_1 + ... in that order: the
+// autograd tape adds up a variable's gradient contributions this way, up to eight in a launch,
+// with the bits of adding them two at a time (x * 1 is x exactly).
+//
 // Backward: dw[k] = sum_i dy[i] * x_k[i]
 // --------------------------------------
 // K dot products of length n, reduced deterministically in two passes (the scheme of
@@ -57,11 +61,12 @@ __device__ __forceinline__ const float* candidate(int j, const float* x0, const 
     }
 }
 
-// y[i] = sum_{j < k} w[j] * x_j[i], added in j order as the CPU does. 1 <= k <= 8.
-extern "C" __global__ void mixed_sum_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ w, float* __restrict__ y, int k, int n) {
+// y[i] = sum_{j < k} w[j] * x_j[i], added in j order as the CPU does, every w[j] = 1 where w is
+// null. 1 <= k <= 8.
+extern "C" __global__ void mixed_sum_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ w_or_null, float* __restrict__ y, int k, int n) {
     float weight[MIXED_MAX_CANDIDATES];
     for (int j = 0; j < MIXED_MAX_CANDIDATES; ++j) {
-        weight[j] = j < k ? w[j] : 0.0f;
+        weight[j] = j >= k ? 0.0f : w_or_null ? w_or_null[j] : 1.0f;
     }
     for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
         float acc = __fmul_rn(x0[i], weight[0]);

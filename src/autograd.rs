@@ -5,6 +5,11 @@
 //! the order they run, the tape is already topologically sorted: [`Tape::backward`] walks it in
 //! reverse, hands each closure the gradient of its output, and adds (`+=`) what comes back into the
 //! gradients of the inputs. Each closure is consumed as it runs, so what it saved is freed at once.
+//!
+//! A variable read by many ops (a DARTS state feeds up to twenty candidate ops) receives as many
+//! gradient contributions. Rather than adding each as it arrives, one launch per contribution, the
+//! tape keeps up to [`SUM_TERMS`] of them and adds them in one pass ([`Tensor::sum_of`], in arrival
+//! order, so with the bits of adding them one by one).
 //! DARTS needs first derivatives only (its second-order term is a finite difference), so there is
 //! no double backward.
 
@@ -28,6 +33,38 @@ impl Var {
 /// Given the gradient of an op's output and which inputs need a gradient, returns one gradient per
 /// input (`None` where not needed). Runs at most once.
 pub type BackwardFn = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
+
+/// The most gradient contributions a variable holds before they are added up: one GPU launch
+/// adds this many (`device::gpu::mixed::MAX_CANDIDATES`), against one launch each when added as
+/// they arrive, at the cost of keeping up to this many tensors instead of one.
+pub const SUM_TERMS: usize = crate::device::gpu::mixed::MAX_CANDIDATES;
+
+/// The gradient of one variable while the backward runs: the contributions so far, not yet added
+/// (the first may be the sum of earlier ones).
+#[derive(Default)]
+struct GradTerms(Vec<Tensor>);
+
+impl GradTerms {
+    /// Adds `grad` to the terms; when they reach [`SUM_TERMS`], replaces them by their sum.
+    fn push(&mut self, grad: Tensor) -> Result<()> {
+        self.0.push(grad);
+        if self.0.len() == SUM_TERMS {
+            let total = Tensor::sum_of(&self.0)?;
+            self.0 = vec![total];
+        }
+        Ok(())
+    }
+
+    /// The gradient, once every contribution is in: the sum of the terms (which then replaces
+    /// them), `None` without any.
+    fn total(&mut self) -> Result<Option<Tensor>> {
+        if self.0.len() > 1 {
+            let total = Tensor::sum_of(&self.0)?;
+            self.0 = vec![total];
+        }
+        Ok(self.0.first().cloned())
+    }
+}
 
 /// One recorded op: its name, its inputs, its output and how to send a gradient back through it.
 struct Node {
@@ -158,10 +195,12 @@ impl Tape {
                 seed.shape(),
             ));
         }
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.values.len()];
-        grads[output.0] = Some(seed);
+        let mut grads: Vec<GradTerms> = std::iter::repeat_with(GradTerms::default)
+            .take(self.values.len())
+            .collect();
+        grads[output.0].push(seed)?;
         for node in self.nodes.iter_mut().rev() {
-            let Some(grad_out) = grads[node.output.0].take() else {
+            let Some(grad_out) = std::mem::take(&mut grads[node.output.0]).total()? else {
                 continue;
             };
             let Some(backward) = node.backward.take() else {
@@ -195,16 +234,13 @@ impl Tape {
                         grad.shape(),
                     ));
                 }
-                grads[input.0] = Some(match grads[input.0].take() {
-                    None => grad,
-                    Some(acc) => acc.add(&grad)?,
-                });
+                grads[input.0].push(grad)?;
             }
             // The output's gradient (taken above) and the closure's saved tensors are dropped here.
         }
         wrt.iter()
-            .map(|v| match &grads[v.0] {
-                Some(g) => Ok(g.clone()),
+            .map(|v| match grads[v.0].total()? {
+                Some(g) => Ok(g),
                 None => self.values[v.0].zeros_like(),
             })
             .collect()

@@ -1,5 +1,5 @@
 //! Every kernel of `kernels/mixed.cu`, run through the GPU ops of `darts::device::gpu::mixed`,
-//! against the CPU reference (`device::cpu::elementwise::{weighted_sum, scale}`,
+//! against the CPU reference (`device::cpu::elementwise::{weighted_sum, sum, scale}`,
 //! `device::cpu::dot_f64`):
 //! on the emulator always, and on CUDA when this machine has a driver and the build has PTX
 //! (otherwise that test says it skipped). Inputs are random, of sizes that are not multiples of
@@ -69,6 +69,14 @@ fn check_against_cpu(e: &dyn Executor) {
             let want = reference::weighted_sum(&slices, &weights);
             let got = ops::mixed_forward(e, &refs, &dw).unwrap();
             check(e, &format!("mixed_forward, k = {k}"), &got, &want, EXACT);
+            // Without weights: the plain sum, with the bits of adding two at a time.
+            let want = reference::sum(&slices);
+            let pairwise = slices[1..]
+                .iter()
+                .fold(slices[0].to_vec(), |acc, x| reference::add(&acc, x));
+            assert_eq!(want, pairwise, "the CPU's sum of {k} adds two at a time");
+            let got = ops::sum(e, &refs).unwrap();
+            check(e, &format!("sum, k = {k}"), &got, &want, EXACT);
 
             let want: Vec<f32> = xs.iter().map(|x| cpu::dot_f64(&dy, x) as f32).collect();
             let got = ops::mixed_backward_weights(e, &ddy, &refs).unwrap();
@@ -168,6 +176,10 @@ fn wrong_arguments_are_errors() {
     refused(ops::mixed_forward(e, &[&a, &a, &a], &w2), forward);
     refused(ops::mixed_forward(e, &nine, &buffer(9)), forward);
     assert!(ops::mixed_forward(e, &nine[..MAX_CANDIDATES], &buffer(8)).is_ok());
+    refused(ops::sum(e, &[]), "sum");
+    refused(ops::sum(e, &[&a, &b]), "sum");
+    refused(ops::sum(e, &nine), "sum");
+    assert!(ops::sum(e, &nine[..MAX_CANDIDATES]).is_ok());
     let weights = "mixed_backward_weights";
     refused(ops::mixed_backward_weights(e, &a, &[]), weights);
     refused(ops::mixed_backward_weights(e, &a, &[&a, &b]), weights);

@@ -4,6 +4,7 @@
 
 use super::{Data, Tensor};
 use crate::device::cpu::{self, elementwise as k};
+use crate::device::gpu::mixed::{self, MAX_CANDIDATES};
 use crate::device::gpu::{DeviceBuffer, Executor, elementwise as g, optim};
 use crate::{Error, Result};
 
@@ -35,6 +36,41 @@ impl Tensor {
                 Tensor::from_buffer(g::add(exec, a, b)?, self.shape(), self.device())
             }
             _ => unreachable!("check_same compared the devices"),
+        }
+    }
+
+    /// `terms[0] + terms[1] + …` (at least one term; equal shapes, one device), added in that
+    /// order: the bits of adding them two at a time, but in one pass over the data (on a GPU, one
+    /// launch per [`MAX_CANDIDATES`] terms) instead of one per term.
+    pub fn sum_of(terms: &[Tensor]) -> Result<Tensor> {
+        const OP: &str = "Tensor::sum_of";
+        let Some(first) = terms.first() else {
+            return Err(Error::invalid(OP, "no terms to add"));
+        };
+        for t in &terms[1..] {
+            check_same(OP, first, t)?;
+        }
+        if terms.len() == 1 {
+            return Ok(first.clone());
+        }
+        match gpu_buffers(OP, terms)? {
+            None => {
+                let xs: Vec<&[f32]> = terms.iter().map(|t| t.data()).collect();
+                Tensor::from_vec(k::sum(&xs), first.shape())
+            }
+            Some((exec, buffers)) => {
+                let (head, mut rest) = buffers.split_at(MAX_CANDIDATES.min(buffers.len()));
+                let mut acc = mixed::sum(exec, head)?;
+                // Each later launch adds up to MAX_CANDIDATES − 1 more terms to the sum so far.
+                while !rest.is_empty() {
+                    let (next, after) = rest.split_at((MAX_CANDIDATES - 1).min(rest.len()));
+                    let xs: Vec<&DeviceBuffer<f32>> =
+                        std::iter::once(&acc).chain(next.iter().copied()).collect();
+                    acc = mixed::sum(exec, &xs)?;
+                    rest = after;
+                }
+                Tensor::from_buffer(acc, first.shape(), first.device())
+            }
         }
     }
 

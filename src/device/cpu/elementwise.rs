@@ -1,6 +1,8 @@
 //! Elementwise kernels and activations: forward and the derivative rules used by backward.
 
-use super::{map, zip};
+use rayon::prelude::*;
+
+use super::{CHUNK, map, zip};
 
 /// `max(x, 0)` elementwise, NaN kept ([`relu_scalar`]).
 pub fn relu(x: &[f32]) -> Vec<f32> {
@@ -71,6 +73,22 @@ pub fn scale(x: &[f32], s: f32) -> Vec<f32> {
 /// `a·x + b·z`, each product rounded before the sum (the GPU kernel computes the same bits).
 pub fn lincomb(a: f32, x: &[f32], b: f32, z: &[f32]) -> Vec<f32> {
     zip(x, z, |x, z| a * x + b * z)
+}
+
+/// `xs[0] + xs[1] + …` elementwise (at least one term, equal lengths), added in that order: the
+/// bits of adding them two at a time, in one pass over the output instead of one per term.
+pub fn sum(xs: &[&[f32]]) -> Vec<f32> {
+    let mut out = vec![0.0; xs[0].len()];
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let at = chunk * CHUNK;
+            out.copy_from_slice(&xs[0][at..at + out.len()]);
+            for x in &xs[1..] {
+                out.iter_mut().zip(&x[at..]).for_each(|(o, &v)| *o += v);
+            }
+        });
+    out
 }
 
 /// `Σₖ wₖ · xₖ`, summed in `k` order (the DARTS mixed op).

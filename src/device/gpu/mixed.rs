@@ -1,9 +1,10 @@
 //! The mixed family on a GPU executor (`kernels/mixed.cu`): the DARTS mixed op
 //! `y = Σₖ wₖ · xₖ` over candidate outputs held in separate buffers, as the candidate ops write
 //! them, so that nothing is stacked first (`elementwise::weighted_sum` takes them stacked as one
-//! `[k, n]` buffer). Each function mirrors its CPU reference (`device::cpu::elementwise::
-//! weighted_sum`, `device::cpu::dot_f64`), checks lengths, allocates its output and launches.
-//! The candidates' own gradients `wₖ · dy` are plain scalings (`elementwise::scale`).
+//! `[k, n]` buffer), with its gradients for the weights and for the candidates; and, with every
+//! weight 1, the plain sum of up to eight buffers that the tape adds gradients with. Each function
+//! mirrors its CPU reference (`device::cpu::elementwise::{weighted_sum, sum, scale}`,
+//! `device::cpu::dot_f64`), checks lengths, allocates its output and launches.
 
 use super::kernels;
 use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
@@ -66,18 +67,37 @@ pub fn mixed_forward(
     weights: &DeviceBuffer<f32>,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let op = "mixed_forward";
-    let (k, n, len) = candidates(op, xs)?;
     if weights.len() != xs.len() {
         return Err(invalid(
             op,
             format!("{} weights for {} candidates", weights.len(), xs.len()),
         ));
     }
+    weighted(exec, op, xs, Some(weights))
+}
+
+/// `y = xs[0] + xs[1] + …`, added in that order (1 to [`MAX_CANDIDATES`] buffers of equal length)
+/// in one launch: the same bits as adding them two at a time, and as `device::cpu::elementwise::
+/// sum`. The tape adds up gradient contributions with it.
+pub fn sum(exec: &dyn Executor, xs: &[&DeviceBuffer<f32>]) -> Result<DeviceBuffer<f32>, GpuError> {
+    weighted(exec, "sum", xs, None)
+}
+
+/// The launch of [`mixed_forward`] and [`sum`]: `Σₖ weights[k] · xs[k]`, every weight 1 where
+/// there are none (`weights`, when given, holds one per buffer).
+fn weighted(
+    exec: &dyn Executor,
+    op: &'static str,
+    xs: &[&DeviceBuffer<f32>],
+    weights: Option<&DeviceBuffer<f32>>,
+) -> Result<DeviceBuffer<f32>, GpuError> {
+    let (k, n, len) = candidates(op, xs)?;
     let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(xs);
     let mut y = exec.alloc(len)?;
     let config = LaunchConfig::grid_stride(len, THREADS);
-    // SAFETY: the kernel reads x0..x(k−1) at [0..n) and weights[0..k) and writes y[0..n); each
-    // candidate holds n elements, weights k and y n. Slots from k on are never read.
+    // SAFETY: the kernel reads x0..x(k−1) at [0..n), weights[0..k) where given, and writes
+    // y[0..n); each candidate holds n elements, weights k and y n. Slots from k on are never
+    // read.
     unsafe {
         kernels::mixed_sum_fwd_f32(
             exec, config, x0, x1, x2, x3, x4, x5, x6, x7, weights, &mut y, k, n,
