@@ -25,6 +25,8 @@
 //     (c, t): each thread sums a strided share, then a fixed warp-shuffle tree (block_reduce_sum in
 //     common.cuh) adds the threads. The tree depends only on the block size, which the Rust side
 //     fixes, so the bits never change.
+// Both gradients come from one launch: the first blocks of its grid compute the weight gradient,
+// the rest the input gradient.
 //
 // The general path: im2col + GEMM
 // -------------------------------
@@ -149,11 +151,13 @@ extern "C" __global__ void conv_depthwise_fwd_f32(const float* __restrict__ x, c
 }
 
 // dx[n, c, iy, ix] = Σ over the taps, in order, of w[c, ky, kx] · dy[n, c, oy, ox] for the output
-// (oy, ox) that read (iy, ix) through that tap, if any. One thread per input element (a gather).
-extern "C" __global__ void conv_depthwise_input_bwd_f32(const float* __restrict__ dy, const float* __restrict__ weight, float* __restrict__ dx, int images, int channels, ConvWindow win) {
+// (oy, ox) that read (iy, ix) through that tap, if any. One thread per input element (a gather),
+// in a grid-stride loop over the `blocks` blocks from `first_block` on.
+__device__ __forceinline__ void depthwise_input_grad(const float* __restrict__ dy, const float* __restrict__ weight, float* __restrict__ dx, int images, int channels, ConvWindow win, int first_block, int blocks) {
     const ConvAxis ay = win.y, ax = win.x;
     const size_t total = size_t(images) * channels * ay.size * ax.size;
-    for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
+    const size_t threads = size_t(blocks) * blockDim.x;
+    for (size_t e = size_t(blockIdx.x - first_block) * blockDim.x + threadIdx.x; e < total; e += threads) {
         const int ix = int(e % ax.size);
         const int iy = int(e / ax.size % ay.size);
         const size_t plane = e / (size_t(ax.size) * ay.size);  // n·C + c
@@ -174,15 +178,15 @@ extern "C" __global__ void conv_depthwise_input_bwd_f32(const float* __restrict_
 }
 
 // dweight[c, ky, kx] = Σ_{n, oy, ox} dy[n, c, oy, ox] · x[n, c, iy, ix] over the positions where
-// the tap lands on the image. One block per (c, tap), grid-stride over them; 1-D blocks of a
-// multiple of 32 threads (the block tree needs whole warps).
-extern "C" __global__ void conv_depthwise_weight_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dweight, int images, int channels, ConvWindow win) {
-    __shared__ float scratch[WARP_SIZE];
+// the tap lands on the image. One block per (c, tap), striding over them by `blocks` (the blocks
+// from 0 on); 1-D blocks of a multiple of 32 threads (the block tree needs whole warps, and
+// `scratch`, WARP_SIZE floats of shared memory).
+__device__ __forceinline__ void depthwise_weight_grad(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dweight, int images, int channels, ConvWindow win, int blocks, float* scratch) {
     const ConvAxis ay = win.y, ax = win.x;
     const int taps = ay.kernel * ax.kernel;
     const size_t out_plane = size_t(ay.out) * ax.out;
     const size_t terms = size_t(images) * out_plane;
-    for (int job = blockIdx.x; job < channels * taps; job += gridDim.x) {
+    for (int job = blockIdx.x; job < channels * taps; job += blocks) {
         const int c = job / taps;
         const int ky = job % taps / ax.kernel;
         const int kx = job % ax.kernel;
@@ -199,6 +203,19 @@ extern "C" __global__ void conv_depthwise_weight_bwd_f32(const float* __restrict
         }
         s = block_reduce_sum(s, scratch);
         if (threadIdx.x == 0) dweight[job] = s;
+    }
+}
+
+// The depthwise backward, both gradients in one launch (a training step needs both from most
+// depthwise convs, and would otherwise launch twice): blocks [0, weight_blocks) compute dweight,
+// the others dx. A gradient not wanted has a null output and no blocks. The role is the same for
+// every thread of a block, so the weight gradient's block tree sees whole blocks.
+extern "C" __global__ void conv_depthwise_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ weight, float* __restrict__ dx_or_null, float* __restrict__ dweight_or_null, int images, int channels, ConvWindow win, int weight_blocks) {
+    __shared__ float scratch[WARP_SIZE];
+    if (int(blockIdx.x) < weight_blocks) {
+        if (dweight_or_null) depthwise_weight_grad(x, dy, dweight_or_null, images, channels, win, weight_blocks, scratch);
+    } else if (dx_or_null) {
+        depthwise_input_grad(dy, weight, dx_or_null, images, channels, win, weight_blocks, int(gridDim.x) - weight_blocks);
     }
 }
 

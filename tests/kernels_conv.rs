@@ -27,8 +27,7 @@ const COVERED: &[KernelId] = &[
     KernelId::ConvCol2imBwdF32,
     KernelId::ConvWeightSumBwdF32,
     KernelId::ConvDepthwiseFwdF32,
-    KernelId::ConvDepthwiseInputBwdF32,
-    KernelId::ConvDepthwiseWeightBwdF32,
+    KernelId::ConvDepthwiseBwdF32,
     KernelId::ConvBiasFwdF32,
     KernelId::ConvBiasBwdF32,
 ];
@@ -253,15 +252,34 @@ fn check_case(e: &dyn Executor, case: &Case, plan: &ConvPlan, data: &Data) {
     let got = host(e, plan.forward(e, &x, &w, bias));
     check(e, &format!("{name}: forward"), &got, &want);
 
-    let want = reference::backward_input(g, &data.w, &data.dy);
-    let got = host(e, plan.backward_input(e, &w, &dy));
-    check(e, &format!("{name}: backward_input"), &got, &want);
-
-    let want = reference::backward_weight(g, &data.x, &data.dy);
-    let got = host(e, plan.backward_weight(e, &x, &dy));
-    check(e, &format!("{name}: backward_weight"), &got, &want);
-    let again = host(e, plan.backward_weight(e, &x, &dy));
-    assert_eq!(bits(&got), bits(&again), "{name}: backward_weight rerun");
+    // Each gradient alone and both at once (one launch on the depthwise path): the same values.
+    let want_dx = reference::backward_input(g, &data.w, &data.dy);
+    let want_dw = reference::backward_weight(g, &data.x, &data.dy);
+    let mut dw_bits = Vec::new();
+    for needs in [[true, false], [false, true], [true, true]] {
+        let what = |grad: &str| format!("{name}: backward {grad} of {needs:?}");
+        let [dx, dw] = plan.backward(e, &x, &w, &dy, needs).unwrap();
+        assert_eq!(
+            [dx.is_some(), dw.is_some()],
+            needs,
+            "{}",
+            what("the gradients")
+        );
+        if let Some(dx) = dx {
+            check(e, &what("dx"), &host(e, Ok(dx)), &want_dx);
+        }
+        if let Some(dw) = dw {
+            let got = host(e, Ok(dw));
+            check(e, &what("dw"), &got, &want_dw);
+            dw_bits.push(bits(&got));
+        }
+    }
+    assert_eq!(dw_bits[0], dw_bits[1], "{name}: backward_weight rerun");
+    let [dx, dw] = plan.backward(e, &x, &w, &dy, [false, false]).unwrap();
+    assert!(
+        dx.is_none() && dw.is_none(),
+        "{name}: no gradient asked for"
+    );
 
     let want = reference::backward_bias(g, &data.dy);
     let got = host(e, plan.backward_bias(e, &dy));
@@ -321,8 +339,7 @@ fn each_path_launches_its_kernels() {
         let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
         let dy = e.to_device(&data.dy).unwrap();
         plan.forward(e, &x, &w, None).unwrap();
-        plan.backward_input(e, &w, &dy).unwrap();
-        plan.backward_weight(e, &x, &dy).unwrap();
+        plan.backward(e, &x, &w, &dy, [true, true]).unwrap();
         let mut launches = launches.to_vec();
         launches.sort();
         assert_eq!(exec.launched(), launches, "{}", case.name);
@@ -331,11 +348,7 @@ fn each_path_launches_its_kernels() {
     let find = |name: &str| all.iter().find(|c| c.name == name).unwrap();
     expect(
         find("sep_conv 3x3 (depthwise)"),
-        &[
-            KernelId::ConvDepthwiseFwdF32,
-            KernelId::ConvDepthwiseInputBwdF32,
-            KernelId::ConvDepthwiseWeightBwdF32,
-        ],
+        &[KernelId::ConvDepthwiseFwdF32, KernelId::ConvDepthwiseBwdF32],
     );
     expect(
         find("1x1, groups 2"),
@@ -352,8 +365,9 @@ fn each_path_launches_its_kernels() {
     );
 }
 
-/// The depthwise kernels on a one-block grid (the block walks everything by its grid-stride
-/// loops) give the same bits as on the grids the plan picks.
+/// The depthwise kernels on one-block grids (the forward's block, and the backward's block for
+/// each gradient, walk everything by their grid-stride loops) give the same bits as on the grids
+/// the plan picks.
 #[test]
 fn depthwise_kernels_are_the_same_on_any_grid() {
     let exec = EmuExecutor::new();
@@ -365,14 +379,18 @@ fn depthwise_kernels_are_the_same_on_any_grid() {
     let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
     let dy = e.to_device(&data.dy).unwrap();
     let forward = host(e, plan.forward(e, &x, &w, None));
-    let weight = host(e, plan.backward_weight(e, &x, &dy));
+    let [input, weight] = plan.backward(e, &x, &w, &dy, [true, true]).unwrap();
+    let input = e.to_host(&input.unwrap()).unwrap();
+    let weight = e.to_host(&weight.unwrap()).unwrap();
 
     let (n, c) = (g.batch as i32, g.c_in as i32);
     let window = ConvWindow::new(&g).unwrap();
     let mut y = e.alloc::<f32>(data.dy.len()).unwrap();
     let mut dweight = e.alloc::<f32>(data.w.len()).unwrap();
+    let mut dx = e.alloc::<f32>(data.x.len()).unwrap();
     // SAFETY: x, w, y and dy hold N·C·H·W, C·kh·kw, N·C·Ho·Wo and N·C·Ho·Wo elements of this
-    // (consistent, depthwise) geometry, and dweight C·kh·kw.
+    // (consistent, depthwise) geometry, dweight C·kh·kw and dx N·C·H·W; block 0 of the backward
+    // computes dweight, block 1 dx.
     unsafe {
         kernels::conv_depthwise_fwd_f32(
             e,
@@ -385,20 +403,24 @@ fn depthwise_kernels_are_the_same_on_any_grid() {
             window,
         )
         .unwrap();
-        kernels::conv_depthwise_weight_bwd_f32(
+        kernels::conv_depthwise_bwd_f32(
             e,
-            LaunchConfig::linear(1, 256),
+            LaunchConfig::linear(2, 256),
             &x,
             &dy,
-            &mut dweight,
+            &w,
+            Some(&mut dx),
+            Some(&mut dweight),
             n,
             c,
             window,
+            1,
         )
         .unwrap();
     }
     assert_eq!(bits(&e.to_host(&y).unwrap()), bits(&forward));
     assert_eq!(bits(&e.to_host(&dweight).unwrap()), bits(&weight));
+    assert_eq!(bits(&e.to_host(&dx).unwrap()), bits(&input));
 }
 
 #[test]
@@ -429,8 +451,11 @@ fn wrong_sizes_are_errors() {
     assert!(plan.forward(e, &short, &w, None).is_err());
     assert!(plan.forward(e, &x, &x, None).is_err());
     assert!(plan.forward(e, &x, &w, Some(&w)).is_err());
-    assert!(plan.backward_input(e, &w, &x).is_err());
-    assert!(plan.backward_weight(e, &dy, &x).is_err());
+    for needs in [[true, false], [false, true]] {
+        assert!(plan.backward(e, &x, &w, &x, needs).is_err());
+        assert!(plan.backward(e, &dy, &w, &dy, needs).is_err());
+        assert!(plan.backward(e, &x, &x, &dy, needs).is_err());
+    }
     assert!(plan.backward_bias(e, &x).is_err());
     assert!(plan.forward(e, &x, &w, None).is_ok());
 }

@@ -4,8 +4,8 @@
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::device::cpu::conv::{self as k, ConvGeometry};
-use crate::device::gpu::Executor;
 use crate::device::gpu::conv::ConvPlan;
+use crate::device::gpu::{DeviceBuffer, Executor};
 use crate::ops::{buffer, common_device};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -193,25 +193,41 @@ impl Runner {
         }
     }
 
-    fn backward_input(&self, w: &Tensor, dy: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
+    /// The gradients with respect to `x` and `w` that `needs` asks for (`[input, weight]`).
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        needs: [bool; 2],
+    ) -> Result<[Option<Tensor>; 2]> {
+        let (x_shape, w_shape) = (x.shape(), w.shape());
         match self {
-            Runner::Cpu(g) => Tensor::from_vec(k::backward_input(g, w.data(), dy.data()), x_shape),
-            Runner::Gpu(plan, exec, device) => Tensor::from_buffer(
-                plan.backward_input(*exec, buffer(w), buffer(dy))?,
-                x_shape,
-                *device,
-            ),
-        }
-    }
-
-    fn backward_weight(&self, x: &Tensor, dy: &Tensor, w_shape: &[usize]) -> Result<Tensor> {
-        match self {
-            Runner::Cpu(g) => Tensor::from_vec(k::backward_weight(g, x.data(), dy.data()), w_shape),
-            Runner::Gpu(plan, exec, device) => Tensor::from_buffer(
-                plan.backward_weight(*exec, buffer(x), buffer(dy))?,
-                w_shape,
-                *device,
-            ),
+            Runner::Cpu(g) => {
+                let dx = match needs[0] {
+                    true => {
+                        let dx = k::backward_input(g, w.data(), dy.data());
+                        Some(Tensor::from_vec(dx, x_shape)?)
+                    }
+                    false => None,
+                };
+                let dw = match needs[1] {
+                    true => {
+                        let dw = k::backward_weight(g, x.data(), dy.data());
+                        Some(Tensor::from_vec(dw, w_shape)?)
+                    }
+                    false => None,
+                };
+                Ok([dx, dw])
+            }
+            Runner::Gpu(plan, exec, device) => {
+                let [dx, dw] = plan.backward(*exec, buffer(x), buffer(w), buffer(dy), needs)?;
+                let on_device = |grad: Option<DeviceBuffer<f32>>, shape: &[usize]| {
+                    grad.map(|b| Tensor::from_buffer(b, shape, *device))
+                        .transpose()
+                };
+                Ok([on_device(dx, x_shape)?, on_device(dw, w_shape)?])
+            }
         }
     }
 
@@ -273,16 +289,7 @@ pub fn conv2d(
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
     Ok(tape.record("conv2d", y, &inputs, move |dy, needs| {
-        let dx = if needs[0] {
-            Some(runner.backward_input(&wv, dy, xv.shape())?)
-        } else {
-            None
-        };
-        let dw = if needs[1] {
-            Some(runner.backward_weight(&xv, dy, wv.shape())?)
-        } else {
-            None
-        };
+        let [dx, dw] = runner.backward(&xv, &wv, dy, [needs[0], needs[1]])?;
         let mut grads = vec![dx, dw];
         if bias.is_some() {
             grads.push(if needs[2] {

@@ -421,40 +421,100 @@ impl ConvPlan {
         Ok(y)
     }
 
-    /// The gradient with respect to `x` (`[N, Cin, H, W]`) of the convolution, from the weight
-    /// `w` and the output gradient `dy` (`[N, Cout, Ho, Wo]`).
-    pub fn backward_input(
+    /// The gradients of the convolution that `needs` asks for (`[input, weight]`): with respect
+    /// to `x` (`[N, Cin, H, W]`) and to the weight (`[Cout, Cin/groups, kh, kw]`), from `x`, the
+    /// weight `w` and the output gradient `dy` (`[N, Cout, Ho, Wo]`). On the depthwise path both
+    /// come from one launch.
+    pub fn backward(
+        &self,
+        exec: &dyn Executor,
+        x: &DeviceBuffer<f32>,
+        w: &DeviceBuffer<f32>,
+        dy: &DeviceBuffer<f32>,
+        needs: [bool; 2],
+    ) -> Result<[Option<DeviceBuffer<f32>>; 2], GpuError> {
+        check_len(OP, "x", x, self.lens.x)?;
+        check_len(OP, "the weight", w, self.lens.w)?;
+        check_len(OP, "dy", dy, self.lens.y)?;
+        if self.path == Path::Depthwise {
+            return self.depthwise_backward(exec, x, w, dy, needs);
+        }
+        let dx = match needs[0] {
+            true => Some(self.backward_input(exec, w, dy)?),
+            false => None,
+        };
+        let dw = match needs[1] {
+            true => Some(self.backward_weight(exec, x, dy)?),
+            false => None,
+        };
+        Ok([dx, dw])
+    }
+
+    /// Both gradients of a depthwise convolution, those that `needs` asks for, in one launch:
+    /// one block per (channel, tap) for the weight gradient (a fixed block tree each, so the same
+    /// bits on every run), then a grid-stride share of the input elements for the input gradient.
+    fn depthwise_backward(
+        &self,
+        exec: &dyn Executor,
+        x: &DeviceBuffer<f32>,
+        w: &DeviceBuffer<f32>,
+        dy: &DeviceBuffer<f32>,
+        [input, weight]: [bool; 2],
+    ) -> Result<[Option<DeviceBuffer<f32>>; 2], GpuError> {
+        let mut dx = match input {
+            true => Some(exec.alloc(self.lens.x)?),
+            false => None,
+        };
+        let mut dw = match weight {
+            true => Some(exec.alloc(self.lens.w)?),
+            false => None,
+        };
+        let weight_blocks = if weight { self.lens.w } else { 0 };
+        let input_blocks = match input {
+            true => LaunchConfig::grid_stride(self.lens.x, THREADS).grid[0] as usize,
+            false => 0,
+        };
+        if weight_blocks + input_blocks == 0 {
+            return Ok([dx, dw]);
+        }
+        let config = LaunchConfig::linear(int(weight_blocks + input_blocks)? as u32, THREADS);
+        // SAFETY: blocks below weight_blocks (= C·kh·kw when dw is wanted) write dw[block] for
+        // block < C·kh·kw, reading x and dy inside the (n, c) planes at bounds-checked positions;
+        // the others write dx[0..N·C·H·W) and read dy and w[c·kh·kw + tap] likewise. x, w and dy
+        // were checked to hold N·C·H·W, C·kh·kw and N·C·Ho·Wo elements, dx and dw were allocated
+        // with those of x and w, and all fit an int.
+        unsafe {
+            kernels::conv_depthwise_bwd_f32(
+                exec,
+                config,
+                x,
+                dy,
+                w,
+                dx.as_mut(),
+                dw.as_mut(),
+                int(self.g.batch)?,
+                int(self.g.c_in)?,
+                self.window,
+                int(weight_blocks)?,
+            )
+        }?;
+        Ok([dx, dw])
+    }
+
+    /// The gradient with respect to `x` on the GEMM paths (the lengths checked by
+    /// [`backward`](Self::backward)).
+    fn backward_input(
         &self,
         exec: &dyn Executor,
         w: &DeviceBuffer<f32>,
         dy: &DeviceBuffer<f32>,
     ) -> Result<DeviceBuffer<f32>, GpuError> {
-        check_len(OP, "the weight", w, self.lens.w)?;
-        check_len(OP, "dy", dy, self.lens.y)?;
         let x_len = self.lens.x;
         let mut dx = exec.alloc(x_len)?;
         let (k, p) = (self.col_rows(), self.out_plane());
         let weights_t = DeviceMat::new(w, self.cout_g(), k).t();
         let grads = DeviceMat::new(dy, self.cout_g(), p);
         match self.path {
-            Path::Depthwise => {
-                let config = LaunchConfig::grid_stride(x_len, THREADS);
-                // SAFETY: the kernel writes dx[0..N·C·H·W), reads dy inside each (n, c) plane of
-                // Ho·Wo at positions it bounds-checks and w[c·kh·kw + tap]; the buffers were
-                // checked to hold exactly those sizes, which fit an int.
-                unsafe {
-                    kernels::conv_depthwise_input_bwd_f32(
-                        exec,
-                        config,
-                        dy,
-                        w,
-                        &mut dx,
-                        int(self.g.batch)?,
-                        int(self.g.c_in)?,
-                        self.window,
-                    )
-                }?;
-            }
             Path::Pointwise => {
                 let batch = self.batch(
                     self.g.batch,
@@ -464,7 +524,8 @@ impl ConvPlan {
                 );
                 matmul::gemm_batched(exec, weights_t, grads, 0.0, &mut dx, &batch)?;
             }
-            Path::Im2col => {
+            // Im2col: the depthwise path has its kernel in `depthwise_backward`.
+            _ => {
                 let mut dcol = self.workspace(exec, self.g.c_in * self.taps() * p)?;
                 for (n0, images) in self.chunks() {
                     let batch = self.batch(
@@ -497,41 +558,20 @@ impl ConvPlan {
         Ok(dx)
     }
 
-    /// The gradient with respect to the weight (`[Cout, Cin/groups, kh, kw]`), from `x` and `dy`:
-    /// a sum over the batch in a fixed order (per-image partials added in image order, or one
-    /// block tree per channel and tap on the depthwise path), so the same bits on every run.
-    pub fn backward_weight(
+    /// The gradient with respect to the weight on the GEMM paths (the lengths checked by
+    /// [`backward`](Self::backward)): a sum over the batch in a fixed order, per-image partials
+    /// added in image order, so the same bits on every run.
+    fn backward_weight(
         &self,
         exec: &dyn Executor,
         x: &DeviceBuffer<f32>,
         dy: &DeviceBuffer<f32>,
     ) -> Result<DeviceBuffer<f32>, GpuError> {
-        check_len(OP, "x", x, self.lens.x)?;
-        check_len(OP, "dy", dy, self.lens.y)?;
         let w_len = self.lens.w;
         let mut dw = exec.alloc(w_len)?;
         let (k, p) = (self.col_rows(), self.out_plane());
         let grads = DeviceMat::new(dy, self.cout_g(), p);
         let partial = self.g.c_out * k;
-        if self.path == Path::Depthwise {
-            let config = LaunchConfig::linear(int(w_len)? as u32, THREADS);
-            // SAFETY: block (c, tap) writes dw[c·kh·kw + tap] < C·kh·kw and reads x and dy inside
-            // the (n, c) planes at bounds-checked positions; the buffers were checked to hold
-            // N·C·H·W, N·C·Ho·Wo and C·kh·kw elements, which fit an int.
-            unsafe {
-                kernels::conv_depthwise_weight_bwd_f32(
-                    exec,
-                    config,
-                    x,
-                    dy,
-                    &mut dw,
-                    int(self.g.batch)?,
-                    int(self.g.c_in)?,
-                    self.window,
-                )
-            }?;
-            return Ok(dw);
-        }
         let mut partials = self.workspace(exec, partial)?;
         let mut col = match self.path {
             Path::Im2col => Some(self.workspace(exec, self.g.c_in * self.taps() * p)?),
