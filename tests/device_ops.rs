@@ -10,7 +10,7 @@ use common::{assert_close, randn, randn_away_from_zero, uniform};
 use darts::ops::batchnorm::{Activation, RunningStats, batch_norm_eval, batch_norm_train};
 use darts::ops::conv::{Conv2dParams, conv2d};
 use darts::ops::dropout::{drop_path, dropout, variational_dropout};
-use darts::ops::elementwise::{add, mul, relu, scale, sigmoid, sub, tanh, weighted_sum};
+use darts::ops::elementwise::{add, add_all, mul, relu, scale, sigmoid, sub, tanh, weighted_sum};
 use darts::ops::matmul::{embedding, linear, matmul};
 use darts::ops::pool::{avg_pool2d, global_avg_pool, max_pool2d};
 use darts::ops::reduce::{mean, sum};
@@ -96,6 +96,7 @@ fn elementwise_ops() {
     check("tanh", vec![a.clone()], |t, v| tanh(t, v[0]));
     check("sigmoid", vec![a.clone()], |t, v| sigmoid(t, v[0]));
     check("add", vec![a.clone(), b.clone()], |t, v| add(t, v[0], v[1]));
+    check("add_all", vec![a.clone(), b.clone(), a.clone()], add_all);
     check("sub", vec![a.clone(), b.clone()], |t, v| sub(t, v[0], v[1]));
     check("mul", vec![a.clone(), b.clone()], |t, v| mul(t, v[0], v[1]));
     check("scale", vec![a.clone()], |t, v| scale(t, v[0], -1.5));

@@ -47,6 +47,32 @@ fn arithmetic_gradients() {
 }
 
 #[test]
+fn add_all_is_chained_adds() {
+    let xs: Vec<Tensor> = (0..5).map(|i| randn(&[3, 7], 30 + i)).collect();
+    assert_gradients("add_all", &xs, ew::add_all);
+    assert_gradients("add_all(x, y, x)", &xs[..2], |t, v| {
+        ew::add_all(t, &[v[0], v[1], v[0]])
+    });
+    // Magnitudes far apart, so that the order of the additions shows in the bits.
+    let xs: Vec<Tensor> = xs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x.map(|v| v * 10f32.powi(i as i32 * 2 - 4)))
+        .collect();
+    let mut tape = Tape::new();
+    let vars: Vec<_> = xs.iter().map(|x| tape.leaf(x.clone())).collect();
+    let all = ew::add_all(&mut tape, &vars).unwrap();
+    let mut chained = vars[0];
+    for &v in &vars[1..] {
+        chained = ew::add(&mut tape, chained, v).unwrap();
+    }
+    let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(tape.value(all)), bits(tape.value(chained)));
+    let one = ew::add_all(&mut tape, &vars[..1]).unwrap();
+    assert_eq!(bits(tape.value(one)), bits(&xs[0]));
+}
+
+#[test]
 fn identity_passes_gradient_through() {
     let x = randn(&[5], 6);
     assert_gradients("identity", &[x], |t, v| {
@@ -75,6 +101,14 @@ fn bad_arguments_are_errors() {
     assert!(matches!(
         ew::add(&mut tape, a, b),
         Err(Error::ShapeMismatch { op: "add", .. })
+    ));
+    assert!(matches!(
+        ew::add_all(&mut tape, &[a, a, b]),
+        Err(Error::ShapeMismatch { op: "add_all", .. })
+    ));
+    assert!(matches!(
+        ew::add_all(&mut tape, &[]),
+        Err(Error::WrongInputCount { op: "add_all", .. })
     ));
     assert!(matches!(
         ew::weighted_sum(&mut tape, &[a, a], w),

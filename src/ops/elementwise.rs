@@ -66,6 +66,27 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     }))
 }
 
+/// `xs[0] + xs[1] + …` (at least one input, equal shapes), added in that order
+/// ([`Tensor::sum_of`]: one pass, one launch on a GPU for up to eight inputs, with the bits of
+/// chained [`add`]s); every input's gradient is `dy`. A DARTS node sums its edges with it.
+pub fn add_all(tape: &mut Tape, xs: &[Var]) -> Result<Var> {
+    let Some(&first) = xs.first() else {
+        return Err(Error::WrongInputCount {
+            op: "add_all",
+            expected: "at least 1".into(),
+            got: 0,
+        });
+    };
+    for &x in &xs[1..] {
+        same_shape(tape, "add_all", first, x)?;
+    }
+    let values: Vec<Tensor> = xs.iter().map(|&x| tape.value(x).clone()).collect();
+    let y = Tensor::sum_of(&values)?;
+    Ok(tape.record("add_all", y, xs, |dy, needs| {
+        Ok(needs.iter().map(|&need| need.then(|| dy.clone())).collect())
+    }))
+}
+
 /// `a − b` (equal shapes).
 pub fn sub(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     same_shape(tape, "sub", a, b)?;

@@ -7,7 +7,7 @@ use crate::darts::cnn::ops::{Candidate, EdgeInput, FactorizedReduce, ReluConvBn}
 use crate::darts::genotype::PRIMITIVES;
 use crate::nn::{BatchNorm2d, Conv2d, Ctx, Linear, ParamStore, join_name};
 use crate::ops::conv::Conv2dParams;
-use crate::ops::elementwise::{add, weighted_sum};
+use crate::ops::elementwise::{add_all, weighted_sum};
 use crate::ops::pool::global_avg_pool;
 use crate::ops::shape::{concat, reshape, slice};
 use crate::ops::softmax::softmax;
@@ -193,20 +193,14 @@ impl SearchCell {
         let mut states = vec![EdgeInput::new(s0), EdgeInput::new(s1)];
         let mut edge = 0;
         for _ in 0..self.steps {
-            let mut node: Option<Var> = None;
+            let mut inputs = Vec::with_capacity(states.len());
             for state in &mut states {
                 let row = slice(&mut ctx.tape, weights, &[edge..edge + 1, COMPUTED])?;
                 let row = reshape(&mut ctx.tape, row, &[COMPUTED.len()])?;
-                let h = self.edges[edge].forward(ctx, state, row)?;
-                node = Some(match node {
-                    None => h,
-                    Some(acc) => add(&mut ctx.tape, acc, h)?,
-                });
+                inputs.push(self.edges[edge].forward(ctx, state, row)?);
                 edge += 1;
             }
-            states.push(EdgeInput::new(
-                node.expect("every node has at least two inputs"),
-            ));
+            states.push(EdgeInput::new(add_all(&mut ctx.tape, &inputs)?));
         }
         let outputs: Vec<Var> = states[states.len() - self.multiplier..]
             .iter()
