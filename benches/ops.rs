@@ -166,7 +166,11 @@ fn cuda_variants(c: &mut Criterion) {
     let refs: Vec<_> = candidates.iter().collect();
     group.bench_function("mixed op, 8 buffers in place", |b| {
         b.iter(|| {
-            mixed::mixed_forward(exec, &refs, &weights).unwrap();
+            let run = mixed::WeightRun {
+                weights: &weights,
+                offset: 0,
+            };
+            mixed::mixed_forward(exec, &refs, run).unwrap();
             exec.synchronize().unwrap();
         })
     });

@@ -171,17 +171,25 @@ extern "C" __global__ void elementwise_weighted_sum_weight_partial_bwd_f32(const
     }
 }
 
-// Pass 2: block k adds the P partial sums of weight k and writes dw[k]. Grid (K), 1-D blocks of
-// a multiple of 32 threads.
-extern "C" __global__ void elementwise_weighted_sum_weight_final_bwd_f32(const float* __restrict__ partials, float* __restrict__ dw, int p) {
+// Pass 2: the K weights' gradients into dw[offset .. offset + K) of a gradient of `len` values
+// (the weights may be a run of a larger tensor, a row of the architecture weights), zeros
+// elsewhere. Block j (grid-stride over the len values) adds the P partial sums of weight
+// j - offset, or writes the zero. 1-D blocks of a multiple of 32 threads.
+extern "C" __global__ void elementwise_weighted_sum_weight_final_bwd_f32(const float* __restrict__ partials, float* __restrict__ dw, int p, int k, int offset, int len) {
     __shared__ double scratch[WARP_SIZE];
-    const float* mine = partials + 2 * size_t(blockIdx.x) * p;
-    double s = 0.0;
-    for (int b = threadIdx.x; b < p; b += blockDim.x) {
-        s += double(mine[2 * b]) + double(mine[2 * b + 1]);
-    }
-    s = block_reduce_sum(s, scratch);
-    if (threadIdx.x == 0) {
-        dw[blockIdx.x] = float(s);
+    for (int j = blockIdx.x; j < len; j += gridDim.x) {
+        if (j < offset || j >= offset + k) {
+            if (threadIdx.x == 0) dw[j] = 0.0f;
+            continue;
+        }
+        const float* mine = partials + 2 * size_t(j - offset) * p;
+        double s = 0.0;
+        for (int b = threadIdx.x; b < p; b += blockDim.x) {
+            s += double(mine[2 * b]) + double(mine[2 * b + 1]);
+        }
+        s = block_reduce_sum(s, scratch);
+        if (threadIdx.x == 0) {
+            dw[j] = float(s);
+        }
     }
 }

@@ -21,6 +21,9 @@
 // and the weights sit in registers; slots j >= k are skipped by a branch that is the same for every
 // thread. Memory-bound: K + 1 floats moved per element, the least possible.
 //
+// The weights are k consecutive values from w_offset of their buffer: a DARTS edge reads its row
+// of the architecture weights where it lies, with no copy of the row first.
+//
 // With no weights (a null pointer) every weight is 1 and y = x_0 + x_1 + ... in that order: the
 // autograd tape adds up a variable's gradient contributions this way, up to eight in a launch,
 // with the bits of adding them two at a time (x * 1 is x exactly).
@@ -61,12 +64,12 @@ __device__ __forceinline__ const float* candidate(int j, const float* x0, const 
     }
 }
 
-// y[i] = sum_{j < k} w[j] * x_j[i], added in j order as the CPU does, every w[j] = 1 where w is
-// null. 1 <= k <= 8.
-extern "C" __global__ void mixed_sum_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ w_or_null, float* __restrict__ y, int k, int n) {
+// y[i] = sum_{j < k} w[w_offset + j] * x_j[i], added in j order as the CPU does, every weight 1
+// where w is null. 1 <= k <= 8.
+extern "C" __global__ void mixed_sum_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ w_or_null, int w_offset, float* __restrict__ y, int k, int n) {
     float weight[MIXED_MAX_CANDIDATES];
     for (int j = 0; j < MIXED_MAX_CANDIDATES; ++j) {
-        weight[j] = j >= k ? 0.0f : w_or_null ? w_or_null[j] : 1.0f;
+        weight[j] = j >= k ? 0.0f : w_or_null ? w_or_null[w_offset + j] : 1.0f;
     }
     for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
         float acc = __fmul_rn(x0[i], weight[0]);
@@ -112,12 +115,12 @@ __device__ __forceinline__ float* output(int s, float* o0, float* o1, float* o2,
     }
 }
 
-// o_s[i] = w[(picks >> 3s) & 7] * dy[i] for s < outputs (1 <= outputs <= 8); the other outputs are
-// never touched.
-extern "C" __global__ void mixed_scale_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ o0, float* __restrict__ o1, float* __restrict__ o2, float* __restrict__ o3, float* __restrict__ o4, float* __restrict__ o5, float* __restrict__ o6, float* __restrict__ o7, unsigned picks, int outputs, int n) {
+// o_s[i] = w[w_offset + ((picks >> 3s) & 7)] * dy[i] for s < outputs (1 <= outputs <= 8); the
+// other outputs are never touched.
+extern "C" __global__ void mixed_scale_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, float* __restrict__ o0, float* __restrict__ o1, float* __restrict__ o2, float* __restrict__ o3, float* __restrict__ o4, float* __restrict__ o5, float* __restrict__ o6, float* __restrict__ o7, unsigned picks, int outputs, int n) {
     float weight[MIXED_MAX_CANDIDATES];
     for (int s = 0; s < MIXED_MAX_CANDIDATES; ++s) {
-        weight[s] = s < outputs ? w[(picks >> (3 * s)) & 7u] : 0.0f;
+        weight[s] = s < outputs ? w[w_offset + int((picks >> (3 * s)) & 7u)] : 0.0f;
     }
     for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
         const float d = dy[i];

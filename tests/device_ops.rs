@@ -10,7 +10,9 @@ use common::{assert_close, randn, randn_away_from_zero, uniform};
 use darts::ops::batchnorm::{Activation, RunningStats, batch_norm_eval, batch_norm_train};
 use darts::ops::conv::{Conv2dParams, conv2d};
 use darts::ops::dropout::{drop_path, dropout, variational_dropout};
-use darts::ops::elementwise::{add, add_all, mul, relu, scale, sigmoid, sub, tanh, weighted_sum};
+use darts::ops::elementwise::{
+    add, add_all, mul, relu, scale, sigmoid, sub, tanh, weighted_sum, weighted_sum_at,
+};
 use darts::ops::matmul::{embedding, linear, matmul};
 use darts::ops::pool::{avg_pool2d, global_avg_pool, max_pool2d};
 use darts::ops::reduce::{mean, sum};
@@ -102,8 +104,15 @@ fn elementwise_ops() {
     check("scale", vec![a.clone()], |t, v| scale(t, v[0], -1.5));
     let w = uniform(&[3], 0.0, 1.0, 3);
     let c = randn(&[3, 5, 7], 4);
-    check("weighted_sum", vec![a, b, c, w], |t, v| {
-        weighted_sum(t, &v[..3], v[3])
+    check(
+        "weighted_sum",
+        vec![a.clone(), b.clone(), c.clone(), w],
+        |t, v| weighted_sum(t, &v[..3], v[3]),
+    );
+    // Three weights from row 2, column 1 of a [4, 8] matrix, as a DARTS edge reads its row.
+    let matrix = uniform(&[4, 8], 0.0, 1.0, 5);
+    check("weighted_sum_at", vec![a, b, c, matrix], |t, v| {
+        weighted_sum_at(t, &v[..3], v[3], 17)
     });
 }
 

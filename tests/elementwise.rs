@@ -92,6 +92,34 @@ fn weighted_sum_gradient_reaches_inputs_and_weights() {
     });
 }
 
+/// The weights read in place from a row of a matrix: the gradient reaches that run of the matrix,
+/// and every other entry gets zero (which the finite differences check too).
+#[test]
+fn weighted_sum_at_reads_its_weights_in_place() {
+    let xs: Vec<Tensor> = (0..3).map(|i| randn(&[2, 3, 4], 40 + i)).collect();
+    let matrix = randn(&[3, 5], 43);
+    let mut inputs = xs.clone();
+    inputs.push(matrix.clone());
+    assert_gradients("weighted_sum_at", &inputs, |t, v| {
+        ew::weighted_sum_at(t, &v[..3], v[3], 6)
+    });
+    // The same values as weighted_sum of the row's copy.
+    let mut tape = Tape::new();
+    let vars: Vec<_> = xs.iter().map(|x| tape.constant(x.clone())).collect();
+    let m = tape.constant(matrix.clone());
+    let row = tape.constant(Tensor::from_vec(matrix.data()[6..9].to_vec(), &[3]).unwrap());
+    let at = ew::weighted_sum_at(&mut tape, &vars, m, 6).unwrap();
+    let copied = ew::weighted_sum(&mut tape, &vars, row).unwrap();
+    assert_eq!(tape.value(at).data(), tape.value(copied).data());
+    assert!(matches!(
+        ew::weighted_sum_at(&mut tape, &vars, m, 13),
+        Err(Error::InvalidArgument {
+            op: "weighted_sum",
+            ..
+        })
+    ));
+}
+
 #[test]
 fn bad_arguments_are_errors() {
     let mut tape = Tape::new();

@@ -10,7 +10,7 @@ mod common;
 
 use common::gpu::{EXACT, Tolerance, check, cpu_reference_tests, normal};
 use darts::device::cpu::{self, elementwise as reference};
-use darts::device::gpu::mixed::{self as ops, MAX_CANDIDATES};
+use darts::device::gpu::mixed::{self as ops, MAX_CANDIDATES, WeightRun};
 use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId, elementwise};
 
 /// The kernels of this family this file launches. Each backend's test checks that it launched
@@ -54,6 +54,16 @@ fn candidates(
     (xs, on_device)
 }
 
+/// All of `weights`, from its first value.
+fn whole(weights: &DeviceBuffer<f32>) -> WeightRun<'_> {
+    WeightRun { weights, offset: 0 }
+}
+
+/// Where the weights lie in their buffer in [`check_against_cpu`]: after 3 other values and
+/// before 2 more, as a DARTS edge's weights lie in a row of the architecture weights.
+const BEFORE: usize = 3;
+const AFTER: usize = 2;
+
 /// Runs the mixed op forward and its weight gradient at every size and candidate count on `e`
 /// and compares with the CPU.
 fn check_against_cpu(e: &dyn Executor) {
@@ -63,11 +73,16 @@ fn check_against_cpu(e: &dyn Executor) {
             let (xs, on_device) = candidates(e, k, n, seed);
             let refs: Vec<&DeviceBuffer<f32>> = on_device.iter().collect();
             let slices: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
-            let (weights, dy) = (random(k, seed + 8), random(n, seed + 9));
-            let (dw, ddy) = (e.to_device(&weights).unwrap(), e.to_device(&dy).unwrap());
+            let (row, dy) = (random(BEFORE + k + AFTER, seed + 8), random(n, seed + 9));
+            let weights = &row[BEFORE..BEFORE + k];
+            let (drow, ddy) = (e.to_device(&row).unwrap(), e.to_device(&dy).unwrap());
+            let run = WeightRun {
+                weights: &drow,
+                offset: BEFORE,
+            };
 
-            let want = reference::weighted_sum(&slices, &weights);
-            let got = ops::mixed_forward(e, &refs, &dw).unwrap();
+            let want = reference::weighted_sum(&slices, weights);
+            let got = ops::mixed_forward(e, &refs, run).unwrap();
             check(e, &format!("mixed_forward, k = {k}"), &got, &want, EXACT);
             // Without weights: the plain sum, with the bits of adding two at a time.
             let want = reference::sum(&slices);
@@ -78,8 +93,12 @@ fn check_against_cpu(e: &dyn Executor) {
             let got = ops::sum(e, &refs).unwrap();
             check(e, &format!("sum, k = {k}"), &got, &want, EXACT);
 
-            let want: Vec<f32> = xs.iter().map(|x| cpu::dot_f64(&dy, x) as f32).collect();
-            let got = ops::mixed_backward_weights(e, &ddy, &refs).unwrap();
+            // The weights' gradient has the shape of their buffer, zero outside the run.
+            let mut want = vec![0.0; row.len()];
+            for (g, x) in want[BEFORE..].iter_mut().zip(&xs) {
+                *g = cpu::dot_f64(&dy, x) as f32;
+            }
+            let got = ops::mixed_backward_weights(e, &ddy, &refs, run).unwrap();
             let what = format!("mixed_backward_weights, k = {k}");
             check(e, &what, &got, &want, REDUCTION);
 
@@ -90,14 +109,14 @@ fn check_against_cpu(e: &dyn Executor) {
                 pick_lists.push((0..k).chain([7, 3]).collect());
             }
             for picks in pick_lists {
-                let got = ops::mixed_backward_inputs(e, &ddy, &dw, &picks).unwrap();
+                let got = ops::mixed_backward_inputs(e, &ddy, run, k, &picks).unwrap();
                 assert_eq!(got.len(), picks.len());
                 for (g, &j) in got.iter().zip(&picks) {
                     let what = format!("mixed_backward_inputs, k = {k}, weight {j} of {picks:?}");
                     check(e, &what, g, &reference::scale(&dy, weights[j]), EXACT);
                 }
             }
-            assert!(ops::mixed_backward_inputs(e, &ddy, &dw, &[k]).is_err());
+            assert!(ops::mixed_backward_inputs(e, &ddy, run, k, &[k]).is_err());
         }
     }
 }
@@ -121,8 +140,9 @@ fn weight_gradient_is_deterministic_and_matches_the_stacked_op() {
     let refs: Vec<&DeviceBuffer<f32>> = on_device.iter().collect();
     let dy = e.to_device(&random(n, 1)).unwrap();
     let weights = e.to_device(&random(k, 2)).unwrap();
-    let first = bits(e, &ops::mixed_backward_weights(e, &dy, &refs).unwrap());
-    let second = bits(e, &ops::mixed_backward_weights(e, &dy, &refs).unwrap());
+    let run = whole(&weights);
+    let first = bits(e, &ops::mixed_backward_weights(e, &dy, &refs, run).unwrap());
+    let second = bits(e, &ops::mixed_backward_weights(e, &dy, &refs, run).unwrap());
     assert_eq!(first, second);
 
     let stacked = e.to_device(&xs.concat()).unwrap();
@@ -132,7 +152,7 @@ fn weight_gradient_is_deterministic_and_matches_the_stacked_op() {
         bits(e, &grad),
         "weight gradient, separate vs stacked"
     );
-    let y = ops::mixed_forward(e, &refs, &weights).unwrap();
+    let y = ops::mixed_forward(e, &refs, run).unwrap();
     let y_stacked = elementwise::weighted_sum(e, &stacked, &weights).unwrap();
     assert_eq!(
         bits(e, &y),
@@ -152,7 +172,7 @@ fn a_candidate_may_appear_twice() {
         e.to_device(&[0.25f32, 0.5]).unwrap(),
     );
     let got = e
-        .to_host(&ops::mixed_forward(e, &[&dx, &dx], &dw).unwrap())
+        .to_host(&ops::mixed_forward(e, &[&dx, &dx], whole(&dw)).unwrap())
         .unwrap();
     assert_eq!(got, reference::weighted_sum(&[&x, &x], &[0.25, 0.5]));
 }
@@ -171,19 +191,48 @@ fn wrong_arguments_are_errors() {
         );
     };
     let forward = "mixed_forward";
-    refused(ops::mixed_forward(e, &[], &w2), forward);
-    refused(ops::mixed_forward(e, &[&a, &b], &w2), forward);
-    refused(ops::mixed_forward(e, &[&a, &a, &a], &w2), forward);
-    refused(ops::mixed_forward(e, &nine, &buffer(9)), forward);
-    assert!(ops::mixed_forward(e, &nine[..MAX_CANDIDATES], &buffer(8)).is_ok());
+    let (w8, w9) = (buffer(8), buffer(9));
+    // Two weights from position 1 of a buffer of two do not fit.
+    let past_the_end = WeightRun {
+        weights: &w2,
+        offset: 1,
+    };
+    refused(ops::mixed_forward(e, &[], whole(&w2)), forward);
+    refused(ops::mixed_forward(e, &[&a, &b], whole(&w2)), forward);
+    refused(ops::mixed_forward(e, &[&a, &a, &a], whole(&w2)), forward);
+    refused(ops::mixed_forward(e, &[&a, &a], past_the_end), forward);
+    refused(ops::mixed_forward(e, &nine, whole(&w9)), forward);
+    assert!(ops::mixed_forward(e, &nine[..MAX_CANDIDATES], whole(&w8)).is_ok());
+    let inputs = "mixed_backward_inputs";
+    let scaled = |run, count, picks: &[usize]| {
+        ops::mixed_backward_inputs(e, &a, run, count, picks).map(|mut g| g.remove(0))
+    };
+    refused(scaled(past_the_end, 2, &[0]), inputs);
+    refused(scaled(whole(&w2), 2, &[2]), inputs);
+    refused(scaled(whole(&w9), 9, &[8]), inputs);
+    assert!(scaled(whole(&w2), 2, &[1]).is_ok());
     refused(ops::sum(e, &[]), "sum");
     refused(ops::sum(e, &[&a, &b]), "sum");
     refused(ops::sum(e, &nine), "sum");
     assert!(ops::sum(e, &nine[..MAX_CANDIDATES]).is_ok());
     let weights = "mixed_backward_weights";
-    refused(ops::mixed_backward_weights(e, &a, &[]), weights);
-    refused(ops::mixed_backward_weights(e, &a, &[&a, &b]), weights);
-    refused(ops::mixed_backward_weights(e, &b, &[&a, &a]), weights);
-    refused(ops::mixed_backward_weights(e, &a, &nine), weights);
-    assert!(ops::mixed_backward_weights(e, &a, &nine[..MAX_CANDIDATES]).is_ok());
+    refused(ops::mixed_backward_weights(e, &a, &[], whole(&w2)), weights);
+    refused(
+        ops::mixed_backward_weights(e, &a, &[&a, &b], whole(&w2)),
+        weights,
+    );
+    refused(
+        ops::mixed_backward_weights(e, &b, &[&a, &a], whole(&w2)),
+        weights,
+    );
+    refused(
+        ops::mixed_backward_weights(e, &a, &[&a, &a], past_the_end),
+        weights,
+    );
+    refused(
+        ops::mixed_backward_weights(e, &a, &nine, whole(&w9)),
+        weights,
+    );
+    let eight = &nine[..MAX_CANDIDATES];
+    assert!(ops::mixed_backward_weights(e, &a, eight, whole(&w8)).is_ok());
 }

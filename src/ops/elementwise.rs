@@ -133,46 +133,63 @@ pub fn scale(tape: &mut Tape, x: Var, s: f32) -> Result<Var> {
     Ok(tape.record("scale", y, &[x], move |dy, _| Ok(vec![Some(dy.scaled(s)?)])))
 }
 
-/// The DARTS mixed op: `Σₖ wₖ · xₖ` with `weights` a 1-D variable of length `k` (typically a row of
-/// softmax(α)). Gradients: `dxₖ = wₖ · dy` and `dwₖ = Σᵢ dyᵢ · xₖᵢ` (the latter accumulated in f64),
-/// so the architecture weights learn from every candidate op's output.
+/// The DARTS mixed op: `Σₖ wₖ · xₖ` with `weights` a 1-D variable of length `k`. Gradients:
+/// `dxₖ = wₖ · dy` and `dwₖ = Σᵢ dyᵢ · xₖᵢ` (the latter accumulated in f64), so the architecture
+/// weights learn from every candidate op's output.
 pub fn weighted_sum(tape: &mut Tape, xs: &[Var], weights: Var) -> Result<Var> {
+    if !xs.is_empty() && tape.shape(weights) != [xs.len()] {
+        return Err(Error::shape(
+            "weighted_sum",
+            format!("weights of shape [{}] (one per input)", xs.len()),
+            tape.shape(weights),
+        ));
+    }
+    weighted_sum_at(tape, xs, weights, 0)
+}
+
+/// [`weighted_sum`] with its `k` weights read where they lie in `weights`, a variable of any
+/// shape: the `k` consecutive values from flat position `at` (a DARTS edge's row of softmax(α),
+/// with no copy of the row). The gradient of `weights` has its whole shape, zero outside the run.
+pub fn weighted_sum_at(tape: &mut Tape, xs: &[Var], weights: Var, at: usize) -> Result<Var> {
+    const OP: &str = "weighted_sum";
     let count = xs.len();
     if count == 0 {
         return Err(Error::WrongInputCount {
-            op: "weighted_sum",
+            op: OP,
             expected: "at least 1".into(),
             got: 0,
         });
     }
-    if tape.shape(weights) != [count] {
-        return Err(Error::shape(
-            "weighted_sum",
-            format!("weights of shape [{count}] (one per input)"),
-            tape.shape(weights),
+    let w = tape.value(weights).clone();
+    if at + count > w.numel() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "{count} weights from position {at} of weights of shape {:?}",
+                w.shape()
+            ),
         ));
     }
     for &x in &xs[1..] {
-        same_shape(tape, "weighted_sum", xs[0], x)?;
+        same_shape(tape, OP, xs[0], x)?;
     }
     let values: Vec<Tensor> = xs.iter().map(|&x| tape.value(x).clone()).collect();
-    let w = tape.value(weights).clone();
     let mut all: Vec<&Tensor> = values.iter().collect();
     all.push(&w);
-    common_device("weighted_sum", &all)?;
-    let y = mixed_forward(&values, &w)?;
+    common_device(OP, &all)?;
+    let y = mixed_forward(&values, &w, at)?;
     let mut inputs = xs.to_vec();
     inputs.push(weights);
-    Ok(tape.record("weighted_sum", y, &inputs, move |dy, needs| {
+    Ok(tape.record(OP, y, &inputs, move |dy, needs| {
         // dxₖ = wₖ · dy for the inputs that need it.
         let picks: Vec<usize> = (0..count).filter(|&i| needs[i]).collect();
-        let mut scaled = mixed_backward_inputs(dy, &w, &picks)?.into_iter();
+        let mut scaled = mixed_backward_inputs(dy, &w, at, count, &picks)?.into_iter();
         let mut grads: Vec<Option<Tensor>> = needs[..count]
             .iter()
             .map(|&need| if need { scaled.next() } else { None })
             .collect();
         grads.push(if needs[count] {
-            Some(mixed_backward_weights(dy, &values)?)
+            Some(mixed_backward_weights(dy, &values, &w, at)?)
         } else {
             None
         });
@@ -180,33 +197,53 @@ pub fn weighted_sum(tape: &mut Tape, xs: &[Var], weights: Var) -> Result<Var> {
     }))
 }
 
-/// `Σₖ wₖ · xₖ` on the inputs' device.
-fn mixed_forward(xs: &[Tensor], w: &Tensor) -> Result<Tensor> {
+/// `Σₖ w[at + k] · xₖ` on the inputs' device.
+fn mixed_forward(xs: &[Tensor], w: &Tensor, at: usize) -> Result<Tensor> {
     let shape = xs[0].shape();
     match w.storage() {
         Data::Cpu(wd) => {
             let slices: Vec<&[f32]> = xs.iter().map(Tensor::data).collect();
-            Tensor::from_vec(k::weighted_sum(&slices, wd), shape)
+            Tensor::from_vec(k::weighted_sum(&slices, &wd[at..at + xs.len()]), shape)
         }
         Data::Gpu(exec, wb) => {
             let buffers: Vec<_> = xs.iter().map(buffer).collect();
-            Tensor::from_buffer(mixed::mixed_forward(exec, &buffers, wb)?, shape, w.device())
+            let run = mixed::WeightRun {
+                weights: wb,
+                offset: at,
+            };
+            Tensor::from_buffer(
+                mixed::mixed_forward(exec, &buffers, run)?,
+                shape,
+                w.device(),
+            )
         }
     }
 }
 
-/// `wₖ · dy` for each `k` of `picks`, on the inputs' device; on a GPU the weights are read there
-/// (no copy to the host) and eight gradients come from one launch.
-fn mixed_backward_inputs(dy: &Tensor, w: &Tensor, picks: &[usize]) -> Result<Vec<Tensor>> {
+/// `w[at + k] · dy` for each `k` of `picks` (below `count`), on the inputs' device; on a GPU the
+/// weights are read there (no copy to the host) and eight gradients come from one launch.
+fn mixed_backward_inputs(
+    dy: &Tensor,
+    w: &Tensor,
+    at: usize,
+    count: usize,
+    picks: &[usize],
+) -> Result<Vec<Tensor>> {
     match (dy.storage(), w.storage()) {
         (Data::Cpu(d), Data::Cpu(wd)) => picks
             .iter()
-            .map(|&i| Tensor::from_vec(k::scale(d, wd[i]), dy.shape()))
+            .map(|&i| Tensor::from_vec(k::scale(d, wd[at + i]), dy.shape()))
             .collect(),
-        (Data::Gpu(exec, d), Data::Gpu(_, wb)) => mixed::mixed_backward_inputs(exec, d, wb, picks)?
-            .into_iter()
-            .map(|g| Tensor::from_buffer(g, dy.shape(), dy.device()))
-            .collect(),
+        (Data::Gpu(exec, d), Data::Gpu(_, wb)) => {
+            let run = mixed::WeightRun {
+                weights: wb,
+                offset: at,
+            };
+            mixed::mixed_backward_inputs(exec, d, run, count, picks)?
+                .into_iter()
+                .map(|g| Tensor::from_buffer(g, dy.shape(), dy.device()))
+                .collect()
+        }
         _ => Err(Error::invalid(
             "weighted_sum backward",
             format!("dy on {} and the weights on {}", dy.device(), w.device()),
@@ -214,23 +251,32 @@ fn mixed_backward_inputs(dy: &Tensor, w: &Tensor, picks: &[usize]) -> Result<Vec
     }
 }
 
-/// `dwₖ = Σᵢ dyᵢ · xₖᵢ`, accumulated in f64, on the inputs' device.
-fn mixed_backward_weights(dy: &Tensor, xs: &[Tensor]) -> Result<Tensor> {
-    match dy.storage() {
-        Data::Cpu(d) => {
-            let dw = xs
-                .iter()
-                .map(|x| cpu::dot_f64(d, x.data()) as f32)
-                .collect();
-            Tensor::from_vec(dw, &[xs.len()])
+/// The weights' gradient, of the shape of `w`: `Σᵢ dyᵢ · xₖᵢ` (accumulated in f64) at `at + k`,
+/// zero elsewhere, on the inputs' device.
+fn mixed_backward_weights(dy: &Tensor, xs: &[Tensor], w: &Tensor, at: usize) -> Result<Tensor> {
+    match (dy.storage(), w.storage()) {
+        (Data::Cpu(d), Data::Cpu(_)) => {
+            let mut dw = vec![0.0; w.numel()];
+            for (g, x) in dw[at..].iter_mut().zip(xs) {
+                *g = cpu::dot_f64(d, x.data()) as f32;
+            }
+            Tensor::from_vec(dw, w.shape())
         }
-        Data::Gpu(exec, d) => {
+        (Data::Gpu(exec, d), Data::Gpu(_, wb)) => {
             let buffers: Vec<_> = xs.iter().map(buffer).collect();
+            let run = mixed::WeightRun {
+                weights: wb,
+                offset: at,
+            };
             Tensor::from_buffer(
-                mixed::mixed_backward_weights(exec, d, &buffers)?,
-                &[xs.len()],
+                mixed::mixed_backward_weights(exec, d, &buffers, run)?,
+                w.shape(),
                 dy.device(),
             )
         }
+        _ => Err(Error::invalid(
+            "weighted_sum backward",
+            format!("dy on {} and the weights on {}", dy.device(), w.device()),
+        )),
     }
 }

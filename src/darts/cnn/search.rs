@@ -7,9 +7,9 @@ use crate::darts::cnn::ops::{Candidate, EdgeInput, FactorizedReduce, ReluConvBn}
 use crate::darts::genotype::PRIMITIVES;
 use crate::nn::{BatchNorm2d, Conv2d, Ctx, Linear, ParamStore, join_name};
 use crate::ops::conv::Conv2dParams;
-use crate::ops::elementwise::{add_all, weighted_sum};
+use crate::ops::elementwise::{add_all, weighted_sum_at};
 use crate::ops::pool::global_avg_pool;
-use crate::ops::shape::{concat, reshape, slice};
+use crate::ops::shape::concat;
 use crate::ops::softmax::softmax;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -98,15 +98,23 @@ impl MixedOp {
         Ok(MixedOp { candidates })
     }
 
-    /// `Σₖ weights[k] · opₖ(x)` over the [`COMPUTED`] primitives, with `weights` their `[7]`
-    /// softmax weights; `input` holds `x` and its ReLU, shared with the other edges that read `x`.
-    pub fn forward(&self, ctx: &mut Ctx, input: &mut EdgeInput, weights: Var) -> Result<Var> {
+    /// `Σₖ w[k] · opₖ(x)` over the [`COMPUTED`] primitives, with `w` their softmax weights, read
+    /// in place from row `edge` of the cell's `[edges, 8]` weights; `input` holds `x` and its ReLU,
+    /// shared with the other edges that read `x`.
+    pub fn forward(
+        &self,
+        ctx: &mut Ctx,
+        input: &mut EdgeInput,
+        weights: Var,
+        edge: usize,
+    ) -> Result<Var> {
         let outputs = self
             .candidates
             .iter()
             .map(|op| op.forward(ctx, input))
             .collect::<Result<Vec<_>>>()?;
-        weighted_sum(&mut ctx.tape, &outputs, weights)
+        let at = edge * PRIMITIVES.len() + COMPUTED.start;
+        weighted_sum_at(&mut ctx.tape, &outputs, weights, at)
     }
 }
 
@@ -195,9 +203,7 @@ impl SearchCell {
         for _ in 0..self.steps {
             let mut inputs = Vec::with_capacity(states.len());
             for state in &mut states {
-                let row = slice(&mut ctx.tape, weights, &[edge..edge + 1, COMPUTED])?;
-                let row = reshape(&mut ctx.tape, row, &[COMPUTED.len()])?;
-                inputs.push(self.edges[edge].forward(ctx, state, row)?);
+                inputs.push(self.edges[edge].forward(ctx, state, weights, edge)?);
                 edge += 1;
             }
             states.push(EdgeInput::new(add_all(&mut ctx.tape, &inputs)?));

@@ -314,7 +314,7 @@ pub fn weighted_sum_backward_weights(
             n,
         )?;
         kernels::elementwise_weighted_sum_weight_final_bwd_f32(
-            exec, pass2, &workspace, &mut dw, p,
+            exec, pass2, &workspace, &mut dw, p, k, 0, k,
         )?;
     }
     Ok(dw)

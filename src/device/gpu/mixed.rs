@@ -58,22 +58,44 @@ fn slots<'a>(xs: &[&'a DeviceBuffer<f32>]) -> [&'a DeviceBuffer<f32>; MAX_CANDID
     std::array::from_fn(|j| xs.get(j).copied().unwrap_or(xs[0]))
 }
 
-/// The DARTS mixed op `y = Σₖ weights[k] · xs[k]` over `k = xs.len()` candidates of equal length
-/// (1 to [`MAX_CANDIDATES`]), summed in `k` order: the same bits as
-/// `device::cpu::elementwise::weighted_sum`.
+/// Where a mixed op's `k` weights lie: `weights[offset .. offset + k]`, a run of a larger buffer
+/// (a DARTS edge's row of the architecture weights) or all of a buffer of `k`.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightRun<'a> {
+    /// The buffer holding the weights.
+    pub weights: &'a DeviceBuffer<f32>,
+    /// The position of the first weight.
+    pub offset: usize,
+}
+
+impl WeightRun<'_> {
+    /// The kernels' offset, after checking that `k` weights from it fit the buffer.
+    fn offset(&self, op: &'static str, k: usize) -> Result<i32, GpuError> {
+        if self.offset + k > self.weights.len() {
+            return Err(invalid(
+                op,
+                format!(
+                    "{k} weights from position {} of a buffer of {}",
+                    self.offset,
+                    self.weights.len()
+                ),
+            ));
+        }
+        int(op, self.offset)
+    }
+}
+
+/// The DARTS mixed op `y = Σₖ w[k] · xs[k]` over `k = xs.len()` candidates of equal length
+/// (1 to [`MAX_CANDIDATES`]), with the weights `w` the run `weights`, summed in `k` order: the
+/// same bits as `device::cpu::elementwise::weighted_sum`.
 pub fn mixed_forward(
     exec: &dyn Executor,
     xs: &[&DeviceBuffer<f32>],
-    weights: &DeviceBuffer<f32>,
+    weights: WeightRun<'_>,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let op = "mixed_forward";
-    if weights.len() != xs.len() {
-        return Err(invalid(
-            op,
-            format!("{} weights for {} candidates", weights.len(), xs.len()),
-        ));
-    }
-    weighted(exec, op, xs, Some(weights))
+    let offset = weights.offset(op, xs.len())?;
+    weighted(exec, op, xs, Some((weights.weights, offset)))
 }
 
 /// `y = xs[0] + xs[1] + …`, added in that order (1 to [`MAX_CANDIDATES`] buffers of equal length)
@@ -83,24 +105,25 @@ pub fn sum(exec: &dyn Executor, xs: &[&DeviceBuffer<f32>]) -> Result<DeviceBuffe
     weighted(exec, "sum", xs, None)
 }
 
-/// The launch of [`mixed_forward`] and [`sum`]: `Σₖ weights[k] · xs[k]`, every weight 1 where
-/// there are none (`weights`, when given, holds one per buffer).
+/// The launch of [`mixed_forward`] and [`sum`]: `Σₖ weights[offset + k] · xs[k]`, every weight 1
+/// where there are none (`(weights, offset)`, when given, holds one per buffer from `offset`).
 fn weighted(
     exec: &dyn Executor,
     op: &'static str,
     xs: &[&DeviceBuffer<f32>],
-    weights: Option<&DeviceBuffer<f32>>,
+    weights: Option<(&DeviceBuffer<f32>, i32)>,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let (k, n, len) = candidates(op, xs)?;
     let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(xs);
     let mut y = exec.alloc(len)?;
     let config = LaunchConfig::grid_stride(len, THREADS);
-    // SAFETY: the kernel reads x0..x(k−1) at [0..n), weights[0..k) where given, and writes
-    // y[0..n); each candidate holds n elements, weights k and y n. Slots from k on are never
-    // read.
+    let (w, offset) = (weights.map(|(w, _)| w), weights.map_or(0, |(_, o)| o));
+    // SAFETY: the kernel reads x0..x(k−1) at [0..n), weights[offset..offset + k) where given,
+    // and writes y[0..n); each candidate holds n elements, the weights those k (checked by the
+    // callers) and y n. Slots from k on are never read.
     unsafe {
         kernels::mixed_sum_fwd_f32(
-            exec, config, x0, x1, x2, x3, x4, x5, x6, x7, weights, &mut y, k, n,
+            exec, config, x0, x1, x2, x3, x4, x5, x6, x7, w, offset, &mut y, k, n,
         )
     }?;
     Ok(y)
@@ -109,14 +132,18 @@ fn weighted(
 /// The mixing weights' gradient of the mixed op, `dw[k] = Σᵢ dy[i] · xs[k][i]`, summed in f64 by
 /// a deterministic two-pass reduction (see `kernels/mixed.cu`): the same bits on every run and
 /// every GPU, and the same as `elementwise::weighted_sum_backward_weights` on the stacked
-/// candidates.
+/// candidates. The gradient has the shape of the weights' buffer: `dw` at the run's place (see
+/// [`WeightRun`]), zeros elsewhere.
 pub fn mixed_backward_weights(
     exec: &dyn Executor,
     dy: &DeviceBuffer<f32>,
     xs: &[&DeviceBuffer<f32>],
+    weights: WeightRun<'_>,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let op = "mixed_backward_weights";
     let (k, n, len) = candidates(op, xs)?;
+    let offset = weights.offset(op, xs.len())?;
+    let total = weights.weights.len();
     if dy.len() != len {
         return Err(invalid(
             op,
@@ -129,18 +156,18 @@ pub fn mixed_backward_weights(
         .min(MAX_PARTIALS);
     let p = int(op, partials)?;
     let mut workspace = exec.alloc(2 * partials * xs.len())?;
-    let mut dw = exec.alloc(xs.len())?;
+    let mut dw = exec.alloc(total)?;
     let pass1 = LaunchConfig {
         grid: [p as u32, k as u32, 1],
         block: [THREADS, 1, 1],
         shared_bytes: 0,
     };
-    let pass2 = LaunchConfig::linear(k as u32, THREADS);
+    let pass2 = LaunchConfig::grid_stride(total, THREADS);
     let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(xs);
     // SAFETY: pass 1 reads dy[0..n) and candidates 0..k at [0..n) (block (b, j) reads candidate
     // j < k) and writes workspace[0..2·p·k) (block (b, j) writes slots 2(j·p + b) and the next);
-    // pass 2 reads those 2·p·k values and writes dw[0..k). Each buffer holds that many elements.
-    // Both passes run on one queue, in order.
+    // pass 2 reads those 2·p·k values and writes dw[0..total), offset + k <= total (checked).
+    // Each buffer holds that many elements. Both passes run on one queue, in order.
     unsafe {
         kernels::mixed_sum_weight_partial_bwd_f32(
             exec,
@@ -158,31 +185,35 @@ pub fn mixed_backward_weights(
             n,
         )?;
         kernels::elementwise_weighted_sum_weight_final_bwd_f32(
-            exec, pass2, &workspace, &mut dw, p,
+            exec,
+            pass2,
+            &workspace,
+            &mut dw,
+            p,
+            k,
+            offset,
+            int(op, total)?,
         )?;
     }
     Ok(dw)
 }
 
-/// The candidates' input gradients `w[k]·dy` for each `k` of `picks` (each below
-/// `weights.len()`), in that order: one launch per eight, reading `dy` once for each.
+/// The candidates' input gradients `w[k]·dy` for each `k` of `picks` (each below `count`, the
+/// number of candidates, at most [`MAX_CANDIDATES`]), in that order, with the weights `w` the run
+/// `weights` of `count`: one launch per eight, reading `dy` once for each.
 pub fn mixed_backward_inputs(
     exec: &dyn Executor,
     dy: &DeviceBuffer<f32>,
-    weights: &DeviceBuffer<f32>,
+    weights: WeightRun<'_>,
+    count: usize,
     picks: &[usize],
 ) -> Result<Vec<DeviceBuffer<f32>>, GpuError> {
     let op = "mixed_backward_inputs";
-    if let Some(&bad) = picks
-        .iter()
-        .find(|&&k| k >= weights.len().min(MAX_CANDIDATES))
-    {
+    let offset = weights.offset(op, count)?;
+    if let Some(&bad) = picks.iter().find(|&&k| k >= count.min(MAX_CANDIDATES)) {
         return Err(invalid(
             op,
-            format!(
-                "weight {bad} of {} (at most {MAX_CANDIDATES})",
-                weights.len()
-            ),
+            format!("weight {bad} of {count} (at most {MAX_CANDIDATES})"),
         ));
     }
     let n = int(op, dy.len())?;
@@ -205,14 +236,16 @@ pub fn mixed_backward_inputs(
             .iter()
             .enumerate()
             .fold(0u32, |bits, (s, &k)| bits | (k as u32) << (3 * s));
-        // SAFETY: the kernel reads w[k] for the picked k (each below w.len(), checked) and dy at
-        // [0..n), and writes the first `chunk.len()` outputs at [0..n); each holds n elements.
+        // SAFETY: the kernel reads w[offset + k] for the picked k (each below count, and
+        // offset + count within w, checked) and dy at [0..n), and writes the first
+        // `chunk.len()` outputs at [0..n); each holds n elements.
         unsafe {
             kernels::mixed_scale_bwd_f32(
                 exec,
                 config,
                 dy,
-                weights,
+                weights.weights,
+                offset,
                 o0,
                 o1,
                 o2,
