@@ -5,13 +5,13 @@
 //! the order they run, the tape is already topologically sorted: [`Tape::backward`] walks it in
 //! reverse, hands each closure the gradient of its output, and adds (`+=`) what comes back into the
 //! gradients of the inputs. Each closure is consumed as it runs, so what it saved is freed at once.
+//! DARTS needs first derivatives only (its second-order term is a finite difference), so there is
+//! no double backward.
 //!
 //! A variable read by many ops (a DARTS state feeds up to twenty candidate ops) receives as many
 //! gradient contributions. Rather than adding each as it arrives, one launch per contribution, the
 //! tape keeps up to [`SUM_TERMS`] of them and adds them in one pass ([`Tensor::sum_of`], in arrival
 //! order, so with the bits of adding them one by one).
-//! DARTS needs first derivatives only (its second-order term is a finite difference), so there is
-//! no double backward.
 
 use std::time::Instant;
 
