@@ -604,18 +604,25 @@ fn emu_entries(families: &[Family]) -> String {
             .map(|(t, n)| format!("{} {n}", t.c()))
             .collect();
         let names: Vec<&str> = k.params.iter().map(|(_, n)| n.as_str()).collect();
+        let buffers: Vec<String> = k
+            .params
+            .iter()
+            .filter(|(t, _)| t.pointee().is_some())
+            .map(|(t, n)| format!("{{{n}, {}}}", *t == CType::ConstU64Ptr))
+            .collect();
         let _ = write!(
             s,
             "// {location}\n\
              extern \"C\" void {name}({params});\n\
              extern \"C\" int emu_launch_{name}(const unsigned* grid, const unsigned* block, \
              unsigned shared_bytes, char* error, std::size_t error_len, {params}) {{\n    \
-             return darts_emu::launch(grid, block, shared_bytes, error, error_len, [&] {{ \
-             {name}({args}); }});\n}}\n\n",
+             return darts_emu::launch(\"{name}\", {{{buffers}}}, grid, block, shared_bytes, \
+             error, error_len, [&] {{ {name}({args}); }});\n}}\n\n",
             location = k.location,
             name = k.name,
             params = params.join(", "),
             args = names.join(", "),
+            buffers = buffers.join(", "),
         );
     }
     s

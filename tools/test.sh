@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+# The emulator, wherever the tests use it, puts every buffer between guard pages, so that a kernel
+# that reads or writes outside its buffers fails (src/device/gpu/emu.rs).
+DARTS_EMU_BOUNDS_CHECK=1 cargo test --locked

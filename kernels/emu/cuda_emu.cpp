@@ -20,12 +20,30 @@
 //
 // The switch is a few lines of assembly on x86-64 (below) and <ucontext.h> elsewhere, or anywhere
 // when built with -DDARTS_EMU_UCONTEXT (slower: it saves the signal mask with a system call).
+//
+// Guarded buffers, the bounds check: the bounds-checked executor (src/device/gpu/emu.rs) maps each
+// buffer with darts_emu_guarded_map (at the end of this file), laid out as
+//
+//   | guard page | poison ... | buffer, rounded up to 64 bytes (the rest poison) | guard page |
+//
+// so that an access past the end or before the start either lands in the poison or faults in a
+// guard page. A read of the poison brings NaN into the results. A write to it is found when the
+// launch ends: the launch checks the poison around every guarded buffer it could reach (its
+// pointer arguments, and the buffers whose addresses a table argument holds), and one that
+// changed fails the launch and is poisoned again. A fault while a kernel runs goes through
+// on_fault, which names the kernel on stderr and hands the fault back to the handler that was
+// there before (Rust's, which ends the process): the closest the host gets to the GPU's "illegal
+// address" error.
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -248,6 +266,160 @@ void poison(void* begin, std::size_t bytes) {
     if (bytes > 0) std::memset(begin, kPoison, bytes);
 }
 
+// ---- Guarded buffers --------------------------------------------------------------------------
+
+std::size_t page_size() {
+    static const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+    return page;
+}
+
+std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+
+// Where a guarded buffer of `bytes` lies in its mapping.
+struct GuardedLayout {
+    std::size_t occupied;  // `bytes` rounded up to 64
+    std::size_t span;      // `occupied` rounded up to whole pages: the mapping between the guards
+
+    explicit GuardedLayout(std::size_t bytes)
+        : occupied(round_up(bytes, 64)), span(round_up(round_up(bytes, 64), page_size())) {}
+
+    // The first byte after the lower guard page, from the buffer's start.
+    template <class Byte>
+    Byte* pages(Byte* buffer) const {
+        return buffer - (span - occupied);
+    }
+};
+
+// The live guarded buffers (start -> bytes), for the check at the end of a launch.
+std::mutex guarded_mutex;
+std::map<const char*, std::size_t> guarded_buffers;
+
+// The live guarded buffer whose mapping (poison included) holds `address`, if any: the first one
+// starting above it (`address` in its poison before) or the last one starting at or below it.
+const std::pair<const char* const, std::size_t>* guarded_buffer_at(const char* address) {
+    auto above = guarded_buffers.upper_bound(address);
+    if (above != guarded_buffers.end() &&
+        address >= GuardedLayout(above->second).pages(above->first)) {
+        return &*above;
+    }
+    if (above == guarded_buffers.begin()) return nullptr;
+    auto at = std::prev(above);
+    return address < at->first + GuardedLayout(at->second).occupied ? &*at : nullptr;
+}
+
+// The poison around a guarded buffer that a kernel overwrote, if any: how many bytes and the first
+// one's offset from the buffer's start (negative before it). Poisons those bytes again.
+struct Damage {
+    std::size_t bytes = 0;
+    std::ptrdiff_t first = 0;
+};
+
+Damage repair(const char* start, std::size_t bytes) {
+    const GuardedLayout layout(bytes);
+    char* buffer = const_cast<char*>(start);
+    Damage damage;
+    auto scan = [&](char* from, char* to) {
+        for (char* p = from; p < to; ++p) {
+            if (static_cast<unsigned char>(*p) == kPoison) continue;
+            if (damage.bytes++ == 0) damage.first = p - buffer;
+            *p = char(kPoison);
+        }
+    };
+    scan(layout.pages(buffer), buffer);
+    scan(buffer + bytes, buffer + layout.occupied);
+    return damage;
+}
+
+// The error for the first guarded buffer that a launch with pointer arguments `args[0 .. count)`
+// could reach and wrote outside of, or "". All of them are checked and repaired, so a later launch
+// does not report this one's damage. Arguments that are not guarded buffers are skipped.
+std::string check_guarded_buffers(const BufferArg* args, std::size_t count) {
+    std::lock_guard<std::mutex> lock(guarded_mutex);
+    if (guarded_buffers.empty()) return "";
+    std::vector<const std::pair<const char* const, std::size_t>*> reached;
+    auto reach = [&](const void* address) {
+        const auto* buffer = guarded_buffer_at(static_cast<const char*>(address));
+        if (buffer && std::find(reached.begin(), reached.end(), buffer) == reached.end()) {
+            reached.push_back(buffer);
+        }
+    };
+    for (std::size_t a = 0; a < count; ++a) {
+        if (args[a].pointer == nullptr) continue;
+        reach(args[a].pointer);
+        const auto* table = guarded_buffer_at(static_cast<const char*>(args[a].pointer));
+        if (!args[a].table || table == nullptr) continue;
+        const auto* words = reinterpret_cast<const std::uint64_t*>(table->first);
+        for (std::size_t w = 0; w < table->second / sizeof(std::uint64_t); ++w) {
+            reach(reinterpret_cast<const void*>(std::uintptr_t(words[w])));
+        }
+    }
+    std::string error;
+    for (const auto* buffer : reached) {
+        const Damage damage = repair(buffer->first, buffer->second);
+        if (damage.bytes == 0 || !error.empty()) continue;
+        const std::string where =
+            damage.first < 0
+                ? std::to_string(-damage.first) + " bytes before its start"
+                : std::to_string(std::size_t(damage.first) - buffer->second) + " bytes past its end";
+        error = "wrote outside a buffer of " + std::to_string(buffer->second) + " bytes: " +
+                std::to_string(damage.bytes) +
+                " bytes of the poison around it changed, the first " + where;
+    }
+    return error;
+}
+
+// ---- Fault report -----------------------------------------------------------------------------
+
+// The kernel being run, for the fault report; null between launches.
+std::atomic<const char*> running_kernel{nullptr};
+// The SIGSEGV action before on_fault, which a fault is handed back to.
+struct sigaction previous_fault_action;
+std::once_flag fault_report_installed;
+
+// write(2) of a C string to stderr: async-signal-safe, unlike stdio.
+void write_stderr(const char* text) {
+    std::size_t left = std::strlen(text);
+    while (left > 0) {
+        const ssize_t n = write(STDERR_FILENO, text, left);
+        if (n <= 0) return;
+        text += n;
+        left -= std::size_t(n);
+    }
+}
+
+// SIGSEGV: names the running kernel (if any) and the address, then puts the previous action back
+// and returns, so the faulting access runs again under it.
+void on_fault(int sig, siginfo_t* info, void*) {
+    const char* kernel = running_kernel.load(std::memory_order_relaxed);
+    if (kernel != nullptr) {
+        char address[2 + 16 + 1] = "0x";
+        auto value = reinterpret_cast<std::uintptr_t>(info->si_addr);
+        for (int digit = 0; digit < 16; ++digit) {
+            address[2 + digit] = "0123456789abcdef"[(value >> (60 - 4 * digit)) & 0xF];
+        }
+        address[18] = '\0';
+        write_stderr("darts emulator: kernel ");
+        write_stderr(kernel);
+        write_stderr(" faulted at address ");
+        write_stderr(address);
+        write_stderr(": an access outside its buffers (on a GPU, an illegal address error), or a "
+                     "CUDA thread's stack overflow\n");
+    }
+    sigaction(sig, &previous_fault_action, nullptr);
+}
+
+// Installs on_fault, once per process, on the signal stack of the faulting thread where it has one
+// (Rust's runtime gives its threads one).
+void install_fault_report() {
+    std::call_once(fault_report_installed, [] {
+        struct sigaction action {};
+        action.sa_sigaction = on_fault;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, &previous_fault_action);
+    });
+}
+
 // Runs the kernel body as one CUDA thread. An exception (`__trap()`) stops this thread only and
 // never leaves the fiber: the first one becomes the launch's error.
 void fiber_main(Fiber* f) noexcept {
@@ -385,7 +557,8 @@ void warp_exchange(const void* value, void* out, unsigned size, unsigned src_lan
     std::memcpy(out, &slots[src_lane % kWarp], size);
 }
 
-int launch_erased(const unsigned grid[3], const unsigned block[3], unsigned shared_bytes,
+int launch_erased(const char* name, const BufferArg* buffers, std::size_t buffer_count,
+                  const unsigned grid[3], const unsigned block[3], unsigned shared_bytes,
                   char* error, std::size_t error_len, void (*body)(void*), void* ctx) {
     unsigned long long threads = 1ull * block[0] * block[1] * block[2];
     unsigned long long blocks = 1ull * grid[0] * grid[1] * grid[2];
@@ -413,6 +586,8 @@ int launch_erased(const unsigned grid[3], const unsigned block[3], unsigned shar
     grid_dim = dim3(grid[0], grid[1], grid[2]);
     block_dim = dim3(block[0], block[1], block[2]);
     current = &l;
+    install_fault_report();
+    running_kernel.store(name, std::memory_order_relaxed);
     // Stop at the end of the first block that fails: the launch has failed already.
     for (unsigned long long b = 0; b < blocks && l.error.empty(); ++b) {
         block_idx.x = unsigned(b % grid_dim.x);
@@ -424,6 +599,8 @@ int launch_erased(const unsigned grid[3], const unsigned block[3], unsigned shar
         poison(l.dynamic.data(), l.dynamic_bytes);
         if (!run_block(l, b % 2 == 0)) break;
     }
+    running_kernel.store(nullptr, std::memory_order_relaxed);
+    l.record_error(check_guarded_buffers(buffers, buffer_count));
     current = nullptr;
     running = nullptr;
     if (!l.error.empty()) return fail(error, error_len, l.error);
@@ -431,3 +608,38 @@ int launch_erased(const unsigned grid[3], const unsigned block[3], unsigned shar
 }
 
 }  // namespace darts_emu
+
+// ---- Guarded buffers: the bounds-checked executor's allocations -------------------------------
+
+// A buffer of `bytes` (> 0) between two guard pages, its rounded-up end against the upper one,
+// filled with poison and checked at the end of every launch; null if it cannot be mapped.
+extern "C" void* darts_emu_guarded_map(std::size_t bytes) {
+    using namespace darts_emu;
+    const std::size_t page = page_size();
+    const GuardedLayout layout(bytes);
+    void* base = mmap(nullptr, layout.span + 2 * page, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    char* pages = static_cast<char*>(base) + page;
+    if (mprotect(pages, layout.span, PROT_READ | PROT_WRITE) != 0) {
+        munmap(base, layout.span + 2 * page);
+        return nullptr;
+    }
+    poison(pages, layout.span);
+    char* buffer = pages + (layout.span - layout.occupied);
+    std::lock_guard<std::mutex> lock(guarded_mutex);
+    guarded_buffers.emplace(buffer, bytes);
+    return buffer;
+}
+
+// Unmaps a buffer of darts_emu_guarded_map(bytes), guards and all.
+extern "C" void darts_emu_guarded_unmap(void* buffer, std::size_t bytes) {
+    using namespace darts_emu;
+    char* start = static_cast<char*>(buffer);
+    {
+        std::lock_guard<std::mutex> lock(guarded_mutex);
+        guarded_buffers.erase(start);
+    }
+    const GuardedLayout layout(bytes);
+    munmap(layout.pages(start) - page_size(), layout.span + 2 * page_size());
+}

@@ -36,6 +36,14 @@
 //   (the compiler refuses to mix those with plain statics in one section: "section type
 //   conflict"). Helpers take a pointer to the kernel's scratch array instead.
 // - Launches are serialised: one kernel runs at a time in the whole process.
+// - Global memory is whatever the host hands the kernel. The bounds-checked emulator (the kernel
+//   tests use it) gives every buffer its own mapping between two inaccessible guard pages, its
+//   end (rounded up to 64 bytes) against the upper one, the rest of its pages filled with the
+//   poison below: a kernel that writes past either end changes that poison, which the launch
+//   then reports naming the kernel, and one that reads past it reads NaN into its results, or
+//   faults in a guard page. A fault during a launch is reported, naming the kernel, before the
+//   process ends (cuda_emu.cpp: guarded buffers). A write of poison itself (a NaN computed from
+//   the poison it read there) changes nothing, and goes unseen.
 // - Tensor cores: the warp matrix API (`nvcuda::wmma`, TF32 16×16×8) is emulated by
 //   kernels/emu/include/mma.h. Other tensor-core instructions and inline PTX cannot be emulated.
 #pragma once
@@ -53,6 +61,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <stdexcept>
 #include <type_traits>
 
@@ -114,17 +123,29 @@ void* dynamic_shared();
 // bytes into `out`. Every live lane of the warp must call it the same number of times.
 void warp_exchange(const void* value, void* out, unsigned size, unsigned src_lane);
 
-// Runs `body(ctx)` as every thread of a grid of blocks. Returns 0, or non-zero with a message in
-// `error` (a bad launch shape, an exception thrown by a kernel thread, or a deadlock).
-int launch_erased(const unsigned grid[3], const unsigned block[3], unsigned shared_bytes,
+// A pointer argument of a launch, for the bounds check: the buffers a kernel can reach are its
+// pointer arguments and, for a table of 64-bit words (a multi-tensor launch), the buffers whose
+// addresses the table holds.
+struct BufferArg {
+    const void* pointer;
+    bool table;
+};
+
+// Runs `body(ctx)` as every thread of a grid of blocks of kernel `name` (named in the report of
+// a memory fault), whose pointer arguments are `buffers[0 .. buffer_count)`. Returns 0, or
+// non-zero with a message in `error` (a bad launch shape, an exception thrown by a kernel thread,
+// a deadlock, or a write outside a guarded buffer).
+int launch_erased(const char* name, const BufferArg* buffers, std::size_t buffer_count,
+                  const unsigned grid[3], const unsigned block[3], unsigned shared_bytes,
                   char* error, std::size_t error_len, void (*body)(void*), void* ctx);
 
 template <class F>
-int launch(const unsigned grid[3], const unsigned block[3], unsigned shared_bytes, char* error,
-           std::size_t error_len, F&& kernel) {
+int launch(const char* name, std::initializer_list<BufferArg> buffers, const unsigned grid[3],
+           const unsigned block[3], unsigned shared_bytes, char* error, std::size_t error_len,
+           F&& kernel) {
     using Body = std::remove_reference_t<F>;
-    return launch_erased(grid, block, shared_bytes, error, error_len,
-                         [](void* ctx) { (*static_cast<Body*>(ctx))(); }, &kernel);
+    return launch_erased(name, buffers.begin(), buffers.size(), grid, block, shared_bytes, error,
+                         error_len, [](void* ctx) { (*static_cast<Body*>(ctx))(); }, &kernel);
 }
 
 template <class T>

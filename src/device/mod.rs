@@ -66,13 +66,22 @@ impl Device {
     }
 
     /// The executor that runs this device's kernels (`None` for the CPU), created on first use
-    /// and kept for the life of the process: one CUDA context and stream per GPU.
+    /// and kept for the life of the process: one CUDA context and stream per GPU. The emulator is
+    /// the bounds-checked one ([`EmuExecutor::bounds_checked`]) when the environment variable
+    /// [`EMU_BOUNDS_CHECK_VAR`] is `1` at its first use.
     pub fn executor(self) -> crate::Result<Option<&'static dyn Executor>> {
-        static EMU: EmuExecutor = EmuExecutor::new();
+        static EMU: OnceLock<EmuExecutor> = OnceLock::new();
         static CUDA: OnceLock<Mutex<Vec<(usize, &'static CudaExecutor)>>> = OnceLock::new();
         match self {
             Device::Cpu => Ok(None),
-            Device::Emu => Ok(Some(&EMU)),
+            Device::Emu => {
+                Ok(Some(EMU.get_or_init(
+                    || match std::env::var(EMU_BOUNDS_CHECK_VAR).as_deref() {
+                        Ok("1") => EmuExecutor::bounds_checked(),
+                        _ => EmuExecutor::new(),
+                    },
+                )))
+            }
             Device::Cuda(ordinal) => {
                 let opened = CUDA.get_or_init(|| Mutex::new(Vec::new()));
                 let mut opened = opened.lock().unwrap_or_else(|e| e.into_inner());
@@ -89,6 +98,11 @@ impl Device {
         }
     }
 }
+
+/// The environment variable that, set to `1`, makes `--device emu` the bounds-checked emulator:
+/// a kernel that writes outside its buffers fails, one that reads far outside them faults with a
+/// report naming it. Each buffer is then a mapping of its own, which is slower.
+pub const EMU_BOUNDS_CHECK_VAR: &str = "DARTS_EMU_BOUNDS_CHECK";
 
 impl Device {
     /// Waits until the work queued on this device has finished (a no-op on the CPU, whose ops

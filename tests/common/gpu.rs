@@ -148,14 +148,15 @@ pub fn check_backend(
     );
 }
 
-/// [`check_backend`] on the emulator.
+/// [`check_backend`] on the bounds-checked emulator, so that a kernel that writes outside its
+/// buffers fails, and one that reads outside them reads NaN or faults.
 pub fn check_emulator(
     check_against_cpu: fn(&dyn Executor),
     covered: &[KernelId],
     shared: &[KernelId],
 ) {
     check_backend(
-        Box::new(EmuExecutor::new()),
+        Box::new(EmuExecutor::bounds_checked()),
         check_against_cpu,
         covered,
         shared,

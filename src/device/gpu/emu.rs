@@ -1,8 +1,15 @@
 //! The emulated GPU: device memory is host memory, and a launch runs the kernel's host build
 //! (`kernels/*.cu` compiled as C++ against `kernels/emu/cuda_emu.h`) block by block on the calling
 //! thread, one fiber per CUDA thread. Slow and exact; CI runs every kernel here.
+//!
+//! The bounds-checked emulator ([`EmuExecutor::bounds_checked`]) also does what the GPU would do
+//! to a kernel that indexes past its buffers, and more: each buffer lies between two guard pages
+//! in poisoned memory, a read outside it brings NaN into the results or faults (the emulator then
+//! names the kernel before the process ends), and a write outside it, found when the launch ends,
+//! is the launch's error.
 
 use std::cell::UnsafeCell;
+use std::ptr::NonNull;
 
 use super::kernels::{self, KernelId};
 use super::{
@@ -16,6 +23,7 @@ use super::{
 pub struct EmuExecutor {
     gemm: GemmSetting,
     counters: Counters,
+    bounds_checked: bool,
 }
 
 impl EmuExecutor {
@@ -24,41 +32,98 @@ impl EmuExecutor {
         EmuExecutor {
             gemm: GemmSetting::new(),
             counters: Counters::new(),
+            bounds_checked: false,
         }
     }
+
+    /// The emulator with every buffer between guard pages in poisoned memory: a launch that
+    /// writes outside one of the buffers it can reach fails with an error naming the kernel, the
+    /// buffer's size and where the write went, and one that reads outside reads NaN or faults.
+    /// Each allocation is a mapping of its own (a few system calls, and at least three pages).
+    pub const fn bounds_checked() -> EmuExecutor {
+        EmuExecutor {
+            bounds_checked: true,
+            ..EmuExecutor::new()
+        }
+    }
+}
+
+// The guarded buffers of kernels/emu/cuda_emu.cpp.
+unsafe extern "C" {
+    fn darts_emu_guarded_map(bytes: usize) -> *mut u8;
+    fn darts_emu_guarded_unmap(buffer: *mut u8, bytes: usize);
 }
 
 /// 64 bytes, aligned like a cache line, so that kernels may read `float4`s from any buffer.
 #[repr(C, align(64))]
-struct Line([u8; 64]);
+pub(crate) struct Line([u8; 64]);
 
-/// Host memory standing in for device memory. It is written through raw pointers (by kernels and
-/// copies), never through Rust references, hence the `UnsafeCell`.
-pub(crate) struct HostBlock {
-    lines: Box<[UnsafeCell<Line>]>,
+/// Host memory standing in for device memory: heap lines, or a guarded mapping of the
+/// bounds-checked emulator. It is written through raw pointers (by kernels and copies), never
+/// through Rust references, hence the `UnsafeCell`.
+pub(crate) enum HostBlock {
+    Heap(Box<[UnsafeCell<Line>]>),
+    Guarded(GuardedBlock),
 }
 
-// SAFETY: the bytes are only touched by `write` (reached through `&mut DeviceMemory`), `read`,
-// and kernels, whose launch contract forbids other threads from using a buffer a kernel writes
-// while it runs; so shared references across threads never race.
+/// `bytes` bytes from `darts_emu_guarded_map`, unmapped on drop.
+pub(crate) struct GuardedBlock {
+    start: NonNull<u8>,
+    bytes: usize,
+}
+
+// SAFETY (both): the bytes are only touched by `write` (reached through `&mut DeviceMemory`),
+// `read`, and kernels, whose launch contract forbids other threads from using a buffer a kernel
+// writes while it runs; so shared references across threads never race. A guarded block owns its
+// mapping alone, so it may be dropped on any thread.
 unsafe impl Sync for HostBlock {}
+unsafe impl Send for GuardedBlock {}
+
+impl Drop for GuardedBlock {
+    fn drop(&mut self) {
+        // SAFETY: `start` came from darts_emu_guarded_map(bytes) and is unmapped once, here.
+        unsafe { darts_emu_guarded_unmap(self.start.as_ptr(), self.bytes) }
+    }
+}
 
 impl HostBlock {
-    fn new(bytes: usize) -> HostBlock {
-        HostBlock {
-            lines: (0..bytes.div_ceil(64))
-                .map(|_| UnsafeCell::new(Line([0xFF; 64])))
-                .collect(),
+    /// `bytes` bytes of `0xFF`, in a guarded mapping when `guarded`.
+    fn new(bytes: usize, guarded: bool) -> Result<HostBlock, GpuError> {
+        if !guarded {
+            return Ok(HostBlock::Heap(
+                (0..bytes.div_ceil(64))
+                    .map(|_| UnsafeCell::new(Line([0xFF; 64])))
+                    .collect(),
+            ));
+        }
+        // SAFETY: maps fresh memory (bytes > 0, checked by the caller) and touches nothing else.
+        let start = unsafe { darts_emu_guarded_map(bytes) };
+        match NonNull::new(start) {
+            Some(start) => Ok(HostBlock::Guarded(GuardedBlock { start, bytes })),
+            None => Err(GpuError::Buffer(format!(
+                "the bounds-checked emulator cannot map a buffer of {bytes} bytes"
+            ))),
         }
     }
 
     fn pointer(&self) -> *mut u8 {
-        UnsafeCell::raw_get(self.lines.as_ptr()).cast()
+        match self {
+            HostBlock::Heap(lines) => UnsafeCell::raw_get(lines.as_ptr()).cast(),
+            HostBlock::Guarded(block) => block.start.as_ptr(),
+        }
+    }
+
+    /// The bytes a copy may touch: the heap lines whole, or the guarded buffer's own bytes.
+    fn capacity(&self) -> usize {
+        match self {
+            HostBlock::Heap(lines) => lines.len() * 64,
+            HostBlock::Guarded(block) => block.bytes,
+        }
     }
 
     /// Copies `src` to the start of the block (`src` fits: checked by the caller).
     fn write(&self, src: &[u8]) {
-        assert!(src.len() <= self.lines.len() * 64);
+        assert!(src.len() <= self.capacity());
         // SAFETY: `src` fits in the block (asserted), the block is not borrowed as a Rust slice
         // anywhere, and no kernel runs on it now (the caller holds it mutably or, for `read`,
         // after the synchronous launch returned).
@@ -67,7 +132,7 @@ impl HostBlock {
 
     /// Copies the start of the block into `dst` (`dst` fits: checked by the caller).
     fn read(&self, dst: &mut [u8]) {
-        assert!(dst.len() <= self.lines.len() * 64);
+        assert!(dst.len() <= self.capacity());
         // SAFETY: as in `write`, with the roles of the two regions swapped.
         unsafe {
             std::ptr::copy_nonoverlapping(self.pointer().cast_const(), dst.as_mut_ptr(), dst.len())
@@ -178,7 +243,7 @@ impl Executor for EmuExecutor {
         }
         Ok(DeviceMemory {
             bytes,
-            storage: Storage::Host(HostBlock::new(bytes)),
+            storage: Storage::Host(HostBlock::new(bytes, self.bounds_checked)?),
         })
     }
 

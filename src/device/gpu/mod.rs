@@ -58,7 +58,8 @@ pub enum GpuError {
         kernel: &'static str,
         message: String,
     },
-    /// The emulator caught a failure inside a kernel (an exception or `__trap()`).
+    /// The emulator caught a failure inside a kernel (an exception, `__trap()`, or, on the
+    /// bounds-checked emulator, a write outside its buffers).
     Kernel {
         kernel: &'static str,
         message: String,
