@@ -10,11 +10,13 @@
 #   tools/gpu-check.sh run [OUT]    on the GPU machine, in the repository root with gpu-check-bin/
 #                                   beside it: runs every kernel test (each compares the kernels
 #                                   with the CPU reference on the emulator and on the GPU), the op
-#                                   and fixture tests on CUDA, times the search step (first and
-#                                   second order, paper shapes, float and TF32 GEMMs) and the CUDA
-#                                   criterion benches, and ends with a short table. Logs and the
-#                                   table (summary.md) go to OUT, default gpu-check/. Each step has
-#                                   a time limit; the whole run stays within 10 minutes.
+#                                   and fixture tests on CUDA, the kernels' CUDA cases under
+#                                   compute-sanitizer (memcheck, racecheck) where it is installed,
+#                                   times the search step (first and second order, paper shapes,
+#                                   float and TF32 GEMMs) and the CUDA criterion benches, and ends
+#                                   with a short table. Logs and the table (summary.md) go to OUT,
+#                                   default gpu-check/. Each step has a time limit; the whole run
+#                                   stays within 10 minutes.
 #
 # `tools/gpu-check.sh` with no argument does both, for a GPU machine that can build.
 set -uo pipefail
@@ -74,6 +76,41 @@ test_row() {
   rows+=("| $name | $verdict | ${result#test result: } | $skipped |")
 }
 
+# compute-sanitizer over the CUDA cases of the kernel suites, within 150 seconds in all: memcheck
+# (out-of-bounds and misaligned accesses, which the emulator cannot see all of) and racecheck
+# (shared-memory races on the real hardware). One table row per tool and binary.
+sanitizer_rows() {
+  local sanitizer
+  sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)"
+  if [ -z "$sanitizer" ]; then
+    rows+=("| compute-sanitizer | not found | | |")
+    return
+  fi
+  local deadline=$(($(date +%s) + 150))
+  local tool test
+  for tool in memcheck racecheck; do
+    for test in "$bin"/kernels_*; do
+      local name="$tool $(basename "$test")"
+      local left=$((deadline - $(date +%s)))
+      if [ $left -le 0 ]; then
+        rows+=("| $name | not run (150 s spent) | | |")
+        continue
+      fi
+      local log="$out/$tool-$(basename "$test").log"
+      timeout "$left" "$sanitizer" --tool "$tool" --error-exitcode 1 \
+        "$test" cuda_matches_the_cpu_reference --test-threads 1 --nocapture >"$log" 2>&1
+      local status=$?
+      local summary
+      summary="$(grep -E '(ERROR|RACECHECK) SUMMARY' "$log" | tail -n 1 | sed 's/^=* *//')"
+      local verdict="did not run (see $log)"
+      [ -n "$summary" ] && verdict=FAIL
+      [ -n "$summary" ] && [ $status -eq 0 ] && verdict=pass
+      [ $status -eq 124 ] && verdict="TIMEOUT"
+      rows+=("| $name | $verdict | $summary | $(grep -ci 'skipped' "$log") |")
+    done
+  done
+}
+
 run_checks() {
   out="${1:-gpu-check}"
   if [ ! -f "$bin/COMMIT" ]; then
@@ -97,6 +134,7 @@ run_checks() {
   # The fixtures' CUDA half only: the CPU and emulator halves run in CI.
   export DARTS_REFERENCE_FIXTURES=tests/fixtures
   test_row reference_fixtures 120 cuda
+  sanitizer_rows
 
   local benches=() launches=()
   for flags in "" "--unrolled" "--tf32" "--unrolled --tf32"; do
