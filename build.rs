@@ -3,13 +3,15 @@
 //! 1. **PTX** (when nvcc is found): `nvcc --ptx` per family into `OUT_DIR/<family>.ptx`, checked to
 //!    be PTX ISA 9.0 at most (what driver 580 / CUDA 13.0 loads), and assembled once with
 //!    `ptxas -arch=sm_90 -v` so that a kernel that does not assemble fails the build; its
-//!    register/spill report goes to `OUT_DIR/<family>.ptxas.txt` (`tools/kernel-report.sh`).
-//!    Sets the cfg `has_ptx`. Without nvcc: a warning, empty PTX, no cfg; the crate still builds.
+//!    register/spill report goes to `OUT_DIR/<family>.ptxas.txt` (`tools/kernel-report.sh`
+//!    prints it; `tests/kernel_spills.rs` fails on a spill). Sets the cfg `has_ptx`. Without
+//!    nvcc: a warning, empty PTX and reports, no cfg; the crate still builds.
 //! 2. **The emulator**: the same `.cu` files as host C++20 against `kernels/emu/cuda_emu.h`, plus
 //!    a generated file of `extern "C" emu_launch_<kernel>` entry points, into a static library.
-//! 3. **`OUT_DIR/kernels.rs`**: the PTX text of every family, the `KernelId` table, one typed
-//!    launcher per kernel and the emulator's dispatch, all generated from the one-line kernel
-//!    signatures, so that Rust and CUDA can never disagree on argument order or types.
+//! 3. **`OUT_DIR/kernels.rs`**: the PTX text and ptxas report of every family, the `KernelId`
+//!    table, one typed launcher per kernel and the emulator's dispatch, all generated from the
+//!    one-line kernel signatures, so that Rust and CUDA can never disagree on argument order or
+//!    types.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,7 @@ fn run() -> Result<(), String> {
             );
             for family in &families {
                 write(&out.join(format!("{}.ptx", family.name)), "")?;
+                write(&out.join(format!("{}.ptxas.txt", family.name)), "")?;
             }
             None
         }
@@ -698,6 +701,21 @@ fn rust_bindings(families: &[Family], ptx_arch: Option<u32>) -> String {
         let _ = writeln!(
             s,
             "            Family::{} => include_str!(concat!(env!(\"OUT_DIR\"), \"/{}.ptx\")),",
+            camel_case(&f.name),
+            f.name
+        );
+    }
+    let _ = writeln!(
+        s,
+        "        }}\n    }}\n\n    \
+         /// What ptxas said assembling that PTX for sm_90 with `-v`: registers, shared memory, \
+         stack\n    /// and spills per kernel (empty when the crate was built without nvcc).\n    \
+         pub const fn ptxas_report(self) -> &'static str {{\n        match self {{"
+    );
+    for f in families {
+        let _ = writeln!(
+            s,
+            "            Family::{} => include_str!(concat!(env!(\"OUT_DIR\"), \"/{}.ptxas.txt\")),",
             camel_case(&f.name),
             f.name
         );
