@@ -39,7 +39,7 @@ const SUMS: Tolerance = Tolerance {
     eps: 1e-5,
 };
 
-/// One test geometry on a batch of 2 images of 7×9.
+/// One test geometry on a batch of 2 images (of 7×9 but for one case).
 struct Case {
     name: &'static str,
     c_in: usize,
@@ -47,11 +47,12 @@ struct Case {
     kernel: [usize; 2],
     params: Conv2dParams,
     bias: bool,
+    input: [usize; 2],
 }
 
 impl Case {
     fn geometry(&self) -> ConvGeometry {
-        let input = [7, 9];
+        let input = self.input;
         ConvGeometry {
             batch: 2,
             c_in: self.c_in,
@@ -84,8 +85,22 @@ fn cases() -> Vec<Case> {
         kernel,
         params,
         bias,
+        input: [7, 9],
     };
     vec![
+        // Enough terms per weight-gradient sum (2·33·31) for the depthwise backward's largest
+        // blocks, 256 threads; the 7×9 cases get one warp.
+        Case {
+            input: [33, 31],
+            ..case(
+                "sep_conv 3x3 on 33x31 (depthwise)",
+                3,
+                3,
+                [3, 3],
+                params([1, 1], [1, 1], 1, 3),
+                false,
+            )
+        },
         case(
             "sep_conv 3x3 (depthwise)",
             5,
@@ -367,67 +382,85 @@ fn each_path_launches_its_kernels() {
 
 /// The depthwise kernels on one-block grids (the forward's block, and the backward's block for
 /// each gradient, walk everything by their grid-stride loops) give the same bits as on the grids
-/// the plan picks.
+/// the plan picks. The backward keeps the plan's block size, on which its block trees depend.
 #[test]
 fn depthwise_kernels_are_the_same_on_any_grid() {
     let exec = EmuExecutor::new();
     let e: &dyn Executor = &exec;
-    let case = &cases()[2];
-    let g = case.geometry();
-    let data = Data::new(&g, 3, GemmPrecision::F32);
-    let plan = ConvPlan::new(&g).unwrap();
-    let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
-    let dy = e.to_device(&data.dy).unwrap();
-    let forward = host(e, plan.forward(e, &x, &w, None));
-    let [input, weight] = plan.backward(e, &x, &w, &dy, [true, true]).unwrap();
-    let input = e.to_host(&input.unwrap()).unwrap();
-    let weight = e.to_host(&weight.unwrap()).unwrap();
+    let all = cases();
+    // The 33×31 case has 256-thread backward blocks, the other a single warp.
+    for case in [&all[0], &all[3]] {
+        let g = case.geometry();
+        let data = Data::new(&g, 3, GemmPrecision::F32);
+        let plan = ConvPlan::new(&g).unwrap();
+        let (x, w) = (e.to_device(&data.x).unwrap(), e.to_device(&data.w).unwrap());
+        let dy = e.to_device(&data.dy).unwrap();
+        let forward = host(e, plan.forward(e, &x, &w, None));
+        let [input, weight] = plan.backward(e, &x, &w, &dy, [true, true]).unwrap();
+        let input = e.to_host(&input.unwrap()).unwrap();
+        let weight = e.to_host(&weight.unwrap()).unwrap();
 
-    let (n, c) = (g.batch as i32, g.c_in as i32);
-    let window = ConvWindow::new(&g).unwrap();
-    let mut y = e.alloc::<f32>(data.dy.len()).unwrap();
-    let mut dweight = e.alloc::<f32>(data.w.len()).unwrap();
-    let mut dx = e.alloc::<f32>(data.x.len()).unwrap();
-    // SAFETY: x, w, y and dy hold N·C·H·W, C·kh·kw, N·C·Ho·Wo and N·C·Ho·Wo elements of this
-    // (consistent, depthwise) geometry, dweight C·kh·kw and dx N·C·H·W; block 0 of the backward
-    // computes dweight, block 1 dx.
-    unsafe {
-        kernels::conv_depthwise_fwd_f32(
-            e,
-            LaunchConfig::linear(1, 32),
-            &x,
-            &w,
-            &mut y,
-            n,
-            c,
-            window,
-        )
-        .unwrap();
-        kernels::conv_depthwise_bwd_f32(
-            e,
-            LaunchConfig::linear(2, 256),
-            &x,
-            &dy,
-            &w,
-            Some(&mut dx),
-            Some(&mut dweight),
-            n,
-            c,
-            window,
-            1,
-        )
-        .unwrap();
+        let (n, c) = (g.batch as i32, g.c_in as i32);
+        let window = ConvWindow::new(&g).unwrap();
+        let mut y = e.alloc::<f32>(data.dy.len()).unwrap();
+        let mut dweight = e.alloc::<f32>(data.w.len()).unwrap();
+        let mut dx = e.alloc::<f32>(data.x.len()).unwrap();
+        // SAFETY: x, w, y and dy hold N·C·H·W, C·kh·kw, N·C·Ho·Wo and N·C·Ho·Wo elements of this
+        // (consistent, depthwise) geometry, dweight C·kh·kw and dx N·C·H·W; block 0 of the
+        // backward computes dweight, block 1 dx.
+        unsafe {
+            kernels::conv_depthwise_fwd_f32(
+                e,
+                LaunchConfig::linear(1, 32),
+                &x,
+                &w,
+                &mut y,
+                n,
+                c,
+                window,
+            )
+            .unwrap();
+            kernels::conv_depthwise_bwd_f32(
+                e,
+                LaunchConfig::linear(2, plan.depthwise_backward_threads()),
+                &x,
+                &dy,
+                &w,
+                Some(&mut dx),
+                Some(&mut dweight),
+                n,
+                c,
+                window,
+                1,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            bits(&e.to_host(&y).unwrap()),
+            bits(&forward),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            bits(&e.to_host(&dweight).unwrap()),
+            bits(&weight),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            bits(&e.to_host(&dx).unwrap()),
+            bits(&input),
+            "{}",
+            case.name
+        );
     }
-    assert_eq!(bits(&e.to_host(&y).unwrap()), bits(&forward));
-    assert_eq!(bits(&e.to_host(&dweight).unwrap()), bits(&weight));
-    assert_eq!(bits(&e.to_host(&dx).unwrap()), bits(&input));
 }
 
 #[test]
 fn wrong_sizes_are_errors() {
     let exec = EmuExecutor::new();
     let e: &dyn Executor = &exec;
-    let g = cases()[4].geometry();
+    let g = cases()[5].geometry();
     let argument = |r: Result<ConvPlan, GpuError>| matches!(r, Err(GpuError::Argument { .. }));
     assert!(argument(ConvPlan::new(&ConvGeometry { groups: 2, ..g })));
     assert!(argument(ConvPlan::new(&ConvGeometry { groups: 0, ..g })));

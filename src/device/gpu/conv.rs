@@ -22,6 +22,9 @@ use crate::device::cpu::conv::ConvGeometry;
 /// Threads per block: a multiple of 32 (the block reductions need it).
 const THREADS: u32 = 256;
 
+/// Terms of a depthwise weight-gradient sum per thread, at least, before the block's tree.
+const DEPTHWISE_TERMS_PER_THREAD: usize = 8;
+
 /// The most floats a chunk's workspace (columns plus weight-gradient partials) may hold: 64 MiB.
 const MAX_WORKSPACE: usize = 1 << 24;
 
@@ -469,15 +472,16 @@ impl ConvPlan {
             true => Some(exec.alloc(self.lens.w)?),
             false => None,
         };
+        let threads = self.depthwise_backward_threads();
         let weight_blocks = if weight { self.lens.w } else { 0 };
         let input_blocks = match input {
-            true => LaunchConfig::grid_stride(self.lens.x, THREADS).grid[0] as usize,
+            true => LaunchConfig::grid_stride(self.lens.x, threads).grid[0] as usize,
             false => 0,
         };
         if weight_blocks + input_blocks == 0 {
             return Ok([dx, dw]);
         }
-        let config = LaunchConfig::linear(int(weight_blocks + input_blocks)? as u32, THREADS);
+        let config = LaunchConfig::linear(int(weight_blocks + input_blocks)? as u32, threads);
         // SAFETY: blocks below weight_blocks (= C·kh·kw when dw is wanted) write dw[block] for
         // block < C·kh·kw, reading x and dy inside the (n, c) planes at bounds-checked positions;
         // the others write dx[0..N·C·H·W) and read dy and w[c·kh·kw + tap] likewise. x, w and dy
@@ -499,6 +503,18 @@ impl ConvPlan {
             )
         }?;
         Ok([dx, dw])
+    }
+
+    /// Threads per block of the depthwise backward: enough whole warps for
+    /// [`DEPTHWISE_TERMS_PER_THREAD`] of the `N·Ho·Wo` terms that each weight-gradient block sums,
+    /// at most 256. Small images then get small blocks instead of mostly idle ones. The weight
+    /// gradient's bits depend on it (through each block's tree), and it on the geometry alone.
+    pub fn depthwise_backward_threads(&self) -> u32 {
+        let terms = self.g.batch * self.out_plane();
+        terms
+            .div_ceil(DEPTHWISE_TERMS_PER_THREAD)
+            .next_multiple_of(32)
+            .min(THREADS as usize) as u32
     }
 
     /// The gradient with respect to `x` on the GEMM paths (the lengths checked by
