@@ -633,6 +633,36 @@ fn emu_entries(families: &[Family]) -> String {
 
 // ---- Generated Rust -----------------------------------------------------------------------------
 
+/// Writes the generated `impl Family`'s `pub const fn {name}(self) -> &'static str`, after a
+/// blank line and documented by `doc`: a match with one arm per family, whose value is the Rust
+/// expression `value(family)`.
+fn family_str_fn(
+    s: &mut String,
+    families: &[Family],
+    doc: &str,
+    name: &str,
+    value: impl Fn(&Family) -> String,
+) {
+    let _ = writeln!(
+        s,
+        "\n    /// {doc}\n    pub const fn {name}(self) -> &'static str {{\n        match self {{"
+    );
+    for f in families {
+        let _ = writeln!(
+            s,
+            "            Family::{} => {},",
+            camel_case(&f.name),
+            value(f)
+        );
+    }
+    let _ = writeln!(s, "        }}\n    }}");
+}
+
+/// The Rust expression for the text of `OUT_DIR/{file}`, included at compile time.
+fn include_from_out_dir(file: &str) -> String {
+    format!("include_str!(concat!(env!(\"OUT_DIR\"), \"/{file}\"))")
+}
+
 fn rust_bindings(families: &[Family], ptx_arch: Option<u32>) -> String {
     let has_ptx = ptx_arch.is_some();
     let ptx_arch = ptx_arch.unwrap_or(0);
@@ -671,56 +701,36 @@ fn rust_bindings(families: &[Family], ptx_arch: Option<u32>) -> String {
     let _ = writeln!(
         s,
         "}}\n\nimpl Family {{\n    /// Every family, in file-name order.\n    \
-         pub const ALL: &'static [Family] = &[{}];\n",
+         pub const ALL: &'static [Family] = &[{}];",
         families
             .iter()
             .map(|f| format!("Family::{}", camel_case(&f.name)))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(
-        s,
-        "    /// The family's name, as in `kernels/<name>.cu`.\n    \
-         pub const fn name(self) -> &'static str {{\n        match self {{"
+    family_str_fn(
+        &mut s,
+        families,
+        "The family's name, as in `kernels/<name>.cu`.",
+        "name",
+        |f| format!("\"{}\"", f.name),
     );
-    for f in families {
-        let _ = writeln!(
-            s,
-            "            Family::{} => \"{}\",",
-            camel_case(&f.name),
-            f.name
-        );
-    }
-    let _ = writeln!(
-        s,
-        "        }}\n    }}\n\n    \
-         /// The PTX nvcc made of the family (empty when the crate was built without nvcc).\n    \
-         pub const fn ptx(self) -> &'static str {{\n        match self {{"
+    family_str_fn(
+        &mut s,
+        families,
+        "The PTX nvcc made of the family (empty when the crate was built without nvcc).",
+        "ptx",
+        |f| include_from_out_dir(&format!("{}.ptx", f.name)),
     );
-    for f in families {
-        let _ = writeln!(
-            s,
-            "            Family::{} => include_str!(concat!(env!(\"OUT_DIR\"), \"/{}.ptx\")),",
-            camel_case(&f.name),
-            f.name
-        );
-    }
-    let _ = writeln!(
-        s,
-        "        }}\n    }}\n\n    \
-         /// What ptxas said assembling that PTX for sm_90 with `-v`: registers, shared memory, \
-         stack\n    /// and spills per kernel (empty when the crate was built without nvcc).\n    \
-         pub const fn ptxas_report(self) -> &'static str {{\n        match self {{"
+    family_str_fn(
+        &mut s,
+        families,
+        "What ptxas said assembling that PTX for sm_90 with `-v`: registers, shared memory, stack\n    \
+         /// and spills per kernel (empty when the crate was built without nvcc).",
+        "ptxas_report",
+        |f| include_from_out_dir(&format!("{}.ptxas.txt", f.name)),
     );
-    for f in families {
-        let _ = writeln!(
-            s,
-            "            Family::{} => include_str!(concat!(env!(\"OUT_DIR\"), \"/{}.ptxas.txt\")),",
-            camel_case(&f.name),
-            f.name
-        );
-    }
-    let _ = writeln!(s, "        }}\n    }}\n}}\n");
+    let _ = writeln!(s, "}}\n");
 
     // Kernel ids.
     let _ = writeln!(
