@@ -4,7 +4,8 @@
 //! process-wide.
 
 use darts::Device;
-use darts::train::bench::{SearchBench, bench_search, launch_table};
+use darts::device::gpu::GemmPrecision;
+use darts::train::bench::{BenchReport, SearchBench, bench_search, launch_table};
 
 /// A search step small enough for the emulator.
 fn tiny(device: Device) -> SearchBench {
@@ -42,12 +43,26 @@ fn a_gpu_step_reports_its_launches_and_copies() {
     // two losses and predictions and the gradient norm.
     assert!(report.uploads_per_step.unwrap() <= 5.0, "{report:?}");
     assert!(report.downloads_per_step.unwrap() <= 5.0, "{report:?}");
+    assert_eq!(json_of(&report)["tf32"], false);
+
+    // The report says which GEMMs ran, in the key tools/compare-table.py pairs runs by.
+    Device::Emu.set_gemm_precision(GemmPrecision::Tf32).unwrap();
+    let tf32 = bench_search(tiny(Device::Emu), |_, _| {}, false);
+    Device::Emu.set_gemm_precision(GemmPrecision::F32).unwrap();
+    let tf32 = tf32.unwrap();
+    assert_eq!(json_of(&tf32)["tf32"], true);
+    assert!(tf32.device.contains("TF32"), "{}", tf32.device);
+}
+
+fn json_of(report: &BenchReport) -> serde_json::Value {
+    serde_json::to_value(report).unwrap()
 }
 
 #[test]
 fn a_cpu_step_reports_no_launches() {
     let report = bench_search(tiny(Device::Cpu), |_, _| {}, false).unwrap();
     assert_eq!(report.launches_per_step, None);
+    assert_eq!(json_of(&report)["tf32"], false);
     assert!(report.launches_by_kernel.is_empty());
     assert_eq!(report.uploads_per_step, None);
     assert_eq!(launch_table(&report), "");

@@ -10,7 +10,9 @@
 #
 # Usage: tools/compare.sh [--batches "16 64"] [--orders "first second"] [--warmup 1] [--steps 1]
 #          [--threads N] [--init-channels 16] [--layers 8] [--image-size 32] [--device cpu|cuda]
-#          [--darts PATH] [--python PATH] [--out DIR]
+#          [--tf32] [--darts PATH] [--python PATH] [--out DIR]
+# --tf32 (with --device cuda) lets both sides' convolutions and matrix products use TF32 tensor
+# cores; without it both compute in float.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -23,11 +25,12 @@ init_channels=16
 layers=8
 image_size=32
 device=cpu
+tf32=()
 darts=""
 python="$root/tools/reference/.venv/bin/python"
 out=""
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --batches) batches="$2"; shift 2 ;;
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
         --layers) layers="$2"; shift 2 ;;
         --image-size) image_size="$2"; shift 2 ;;
         --device) device="$2"; shift 2 ;;
+        --tf32) tf32=(--tf32); shift ;;
         --darts) darts="$2"; shift 2 ;;
         --python) python="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
@@ -50,6 +54,10 @@ case "$device" in
     cpu|cuda) ;;
     *) echo "compare.sh: --device takes 'cpu' or 'cuda', not '$device'" >&2; exit 2 ;;
 esac
+if [ ${#tf32[@]} -gt 0 ] && [ "$device" != cuda ]; then
+    echo "compare.sh: --tf32 is for --device cuda (the CPUs compute in float)" >&2
+    exit 2
+fi
 for order in $orders; do
     case "$order" in
         first|second) ;;
@@ -89,53 +97,22 @@ for order in $orders; do
     flag=()
     [ "$order" = second ] && flag=(--unrolled)
     for batch in $batches; do
-        name="$order-b$batch"
+        name="$order-b$batch${tf32:+-tf32}"
         echo "== $order order, batch $batch" >&2
         if [ "$have_darts" = 1 ]; then
             RAYON_NUM_THREADS="$threads" "$darts" bench search-cnn --device "$device" "${flag[@]}" \
+                "${tf32[@]}" \
                 --batch-size "$batch" "${shape[@]}" "${timing[@]}" \
                 --json "$out/darts-$name.json" >&2 \
                 || echo "compare.sh: darts bench failed for $name" >&2
         fi
-        (cd "$root/tools/reference" && "$python" bench.py "${flag[@]}" --batch-size "$batch" \
+        (cd "$root/tools/reference" && "$python" bench.py "${flag[@]}" "${tf32[@]}" \
+            --batch-size "$batch" \
             "${shape[@]}" "${timing[@]}" --threads "$threads" --device "$device" \
             --json "$out/pytorch-$name.json" >&2) \
             || echo "compare.sh: PyTorch bench failed for $name" >&2
     done
 done
 
-"$python" - "$out" "$orders" "$batches" "$device" <<'PY'
-import json, os, sys
-
-out, orders, batches, device = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4]
-memory = "peak_device_bytes" if device == "cuda" else "peak_host_bytes"
-
-def load(name):
-    path = os.path.join(out, name)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-def ms(r):
-    return f"{r['median_ms']:.1f}" if r else "n/a"
-
-def mib(r):
-    b = r and r.get(memory)
-    return f"{b / 2**20:.0f}" if b else "n/a"
-
-print()
-print(f"device: {device}; memory columns: {memory}")
-print("| order | batch | threads | darts-rs ms/step | PyTorch ms/step | darts-rs / PyTorch "
-      "| darts-rs peak MiB | PyTorch peak MiB |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for order in orders:
-    for batch in batches:
-        ours = load(f"darts-{order}-b{batch}.json")
-        theirs = load(f"pytorch-{order}-b{batch}.json")
-        ratio = f"{ours['median_ms'] / theirs['median_ms']:.2f}" if ours and theirs else "n/a"
-        threads = (ours or theirs or {}).get("threads", "n/a")
-        print(f"| {order} | {batch} | {threads} | {ms(ours)} | {ms(theirs)} | {ratio} "
-              f"| {mib(ours)} | {mib(theirs)} |")
-print(f"\nJSON results in {out}")
-PY
+echo
+"$python" "$root/tools/compare-table.py" "$out" --device "$device"

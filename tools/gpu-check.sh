@@ -13,7 +13,9 @@
 #                                   and fixture tests on CUDA, the kernels' CUDA cases under
 #                                   compute-sanitizer (memcheck, racecheck) where it is installed,
 #                                   times the search step (first and second order, paper shapes,
-#                                   float and TF32 GEMMs) and the CUDA criterion benches, and ends
+#                                   float and TF32 GEMMs) and the same steps in PyTorch with cuDNN
+#                                   (tools/reference/bench.py, with GPU_CHECK_PYTHON or python3,
+#                                   where it has torch), runs the CUDA criterion benches, and ends
 #                                   with a short table. Logs and the table (summary.md) go to OUT,
 #                                   default gpu-check/. Each step has a time limit, and the whole
 #                                   run GPU_CHECK_SECONDS (default 420): a step the budget has no
@@ -133,6 +135,7 @@ run_checks() {
     exit 2
   fi
   mkdir -p "$out"
+  out="$(cd "$out" && pwd)"  # absolute: the PyTorch benches run in tools/reference
   # darts bench reports the commit it was built from; its checkout is not on this machine.
   export DARTS_COMMIT
   DARTS_COMMIT="$(cat "$bin/COMMIT")"
@@ -151,19 +154,29 @@ run_checks() {
   export DARTS_REFERENCE_FIXTURES=tests/fixtures
   test_row reference_fixtures 120 cuda
 
+  # The search step at the paper's shapes, first and second order, float and TF32 GEMMs; each
+  # case then in PyTorch (cuDNN) on the same GPU, where a Python with torch is found.
+  local python="${GPU_CHECK_PYTHON:-python3}" have_torch=1
+  "$python" -c 'import torch; assert torch.cuda.is_available()' >"$out/pytorch.txt" 2>&1 ||
+    have_torch=0
   local benches=() launches=()
-  for flags in "" "--unrolled" "--tf32" "--unrolled --tf32"; do
-    local name limit
-    name="bench-cuda$(echo "$flags" | tr -d ' ')"
+  for name in first-b64 second-b64 first-b64-tf32 second-b64-tf32; do
+    local flags=() limit
+    [[ $name == second-* ]] && flags+=(--unrolled)
+    [[ $name == *-tf32 ]] && flags+=(--tf32)
     limit="$(capped 120)"
     if [ "$limit" -eq 0 ]; then
       benches+=("| $name: not run (time budget spent) |")
       continue
     fi
-    timeout "$limit" "$bin/darts" bench search-cnn --device cuda $flags --warmup 2 --steps 10 \
-      --json "$out/$name.json" >"$out/$name.txt" 2>&1
-    benches+=("$(tail -n 1 "$out/$name.txt")")
-    launches+=("$name: $(grep -o 'per step: .*' "$out/$name.txt")")
+    timeout "$limit" "$bin/darts" bench search-cnn --device cuda "${flags[@]}" --warmup 2 \
+      --steps 10 --json "$out/darts-$name.json" >"$out/darts-$name.txt" 2>&1
+    benches+=("$(tail -n 1 "$out/darts-$name.txt")")
+    launches+=("$name: $(grep -o 'per step: .*' "$out/darts-$name.txt")")
+    limit="$(capped 90)"
+    [ "$have_torch" = 1 ] && [ "$limit" -gt 0 ] && (cd tools/reference &&
+      timeout "$limit" "$python" bench.py "${flags[@]}" --device cuda --warmup 2 --steps 10 \
+        --json "$out/pytorch-$name.json") >"$out/pytorch-$name.txt" 2>&1
   done
   sanitizer_rows
   local limit
@@ -187,6 +200,13 @@ run_checks() {
     printf '%s\n' "${benches[@]}"
     echo
     printf '%s\n' "${launches[@]}"
+    echo
+    echo "darts-rs vs PyTorch on this GPU (same shapes, steps and precision; $out/pytorch*.txt):"
+    if [ "$have_torch" = 1 ]; then
+      "$python" tools/compare-table.py "$out" --device cuda
+    else
+      echo "not run: $python has no PyTorch that sees a GPU ($(tail -n 1 "$out/pytorch.txt"))"
+    fi
     echo
     echo "criterion (CUDA, median of each): see $out/criterion-cuda.txt"
     grep -B1 'time:' "$out/criterion-cuda.txt" 2>/dev/null | grep -v '^--$' | head -n 120

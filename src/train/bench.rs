@@ -11,7 +11,7 @@ use crate::darts::architect::{Architect, ArchitectConfig, Batch};
 use crate::darts::cnn::search::{SearchConfig, SearchNetwork, init_alphas};
 use crate::darts::searcher::Searcher;
 use crate::device::Device;
-use crate::device::gpu::{Counters, KernelId};
+use crate::device::gpu::{Counters, GemmPrecision, KernelId};
 use crate::nn::ParamStore;
 use crate::optim::sgd::Sgd;
 use crate::rng::Rng;
@@ -65,6 +65,8 @@ pub struct BenchReport {
     pub layers: usize,
     pub image_size: usize,
     pub threads: usize,
+    /// Whether the GEMMs ran on TF32 tensor cores (`--tf32`); false on the CPU.
+    pub tf32: bool,
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
@@ -201,6 +203,7 @@ pub fn bench_search(
         layers: config.layers,
         image_size: config.image_size,
         threads: rayon::current_num_threads(),
+        tf32: exec.is_some_and(|e| e.gemm_precision() == GemmPrecision::Tf32),
         median_ms: median,
         min_ms: times[0],
         max_ms: times[times.len() - 1],

@@ -10,7 +10,7 @@ step. As in `darts bench`, the two batches are random and fixed, the weight lear
 
 Usage: tools/reference/.venv/bin/python tools/reference/bench.py [--unrolled] [--batch-size 64]
        [--init-channels 16] [--layers 8] [--image-size 32] [--in-channels 3] [--classes 10]
-       [--warmup 1] [--steps 5] [--threads N] [--device cpu|cuda] [--json FILE]
+       [--warmup 1] [--steps 5] [--threads N] [--device cpu|cuda] [--tf32] [--json FILE]
 """
 
 import argparse
@@ -41,6 +41,9 @@ def parse_args():
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="torch.set_num_threads (default: all cores)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--tf32", action="store_true",
+                   help="let cuDNN's convolutions and the matrix products use TF32 tensor cores "
+                        "(PyTorch's default for convolutions; off here unless asked, as in darts)")
     p.add_argument("--json", help="also write the result as JSON to this file")
     args = p.parse_args()
     if args.steps < 1 or args.batch_size < 1 or args.threads < 1 or args.warmup < 0:
@@ -50,6 +53,19 @@ def parse_args():
     return args
 
 
+def set_tf32(on):
+    """Lets cuDNN's convolutions and the matrix products round float inputs to TF32, or not, with
+    the settings of PyTorch 2.9 and newer where they exist (the older ones are deprecated)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision") and conv is not None:
+        precision = "tf32" if on else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        conv.fp32_precision = precision
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -57,6 +73,7 @@ def main():
     device = torch.device(args.device)
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
+    set_tf32(args.tf32)
     config = ref.SearchConfig(in_channels=args.in_channels, init_channels=args.init_channels,
                               num_classes=args.classes, layers=args.layers)
     hyper = ref.Hyper()
@@ -75,7 +92,8 @@ def main():
 
     train, val = batch(), batch()
     order = "second" if args.unrolled else "first"
-    print(f"search-cnn ({order} order): batch {args.batch_size}, C {args.init_channels}, "
+    gemm = ", TF32" if args.tf32 and args.device == "cuda" else ""
+    print(f"search-cnn ({order} order{gemm}): batch {args.batch_size}, C {args.init_channels}, "
           f"{args.layers} cells, {args.in_channels}x{args.image_size}x{args.image_size}; "
           f"{args.warmup} warm-up + {args.steps} timed steps, {args.threads} threads, "
           f"torch {torch.__version__}", file=sys.stderr)
@@ -100,6 +118,7 @@ def main():
         "layers": args.layers,
         "image_size": args.image_size,
         "threads": args.threads,
+        "tf32": args.tf32 and args.device == "cuda",
         "median_ms": median,
         "min_ms": min(times),
         "max_ms": max(times),
