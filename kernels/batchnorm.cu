@@ -1,6 +1,7 @@
 // batchnorm.cu: batch normalisation on [N, C, HW] data (NCHW images, or [N, C] with HW = 1):
 // the per-channel batch statistics, the normalisation, the input gradient in its compact form,
-// the per-channel gradient sums that give dgamma and dbeta, and the running-statistics update.
+// the per-channel gradient sums that give dgamma and dbeta, the running-statistics update, and
+// the backward of a DARTS mixed op over batch-normalised candidates (the last section).
 // The CPU reference is src/device/cpu/batchnorm.rs, with the per-channel arithmetic of
 // src/ops/batchnorm.rs (whose module comment derives the backward); tests/kernels_batchnorm.rs
 // compares every kernel here with them.
@@ -300,6 +301,100 @@ extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__
             const float xhat_term = __fmul_rn(__fmul_rn(__fsub_rn(x[at], mu), s), mean_dy_xhat);
             const float g = output_grad(dy, relu_out_or_null, at);
             dx[at] = __fmul_rn(kc, __fsub_rn(__fsub_rn(g, mean_dy), xhat_term));
+        }
+    }
+}
+
+// ---- The mixed op over batch-normalised candidates --------------------------------------------
+// A DARTS search edge ends each candidate but the identity with a batch norm without affine
+// parameters, and sums the candidates' outputs with the mixing weights w: out = sum_s w_s t_s,
+// where t_s = xhat_s, the normalised x_s, or t_s = x_s (a plain candidate). With dy the gradient
+// at out, the gradient at t_s is g_s = w_s dy, and the input gradients are (module comment above,
+// with gamma = 1)
+//     dx_s = inv_std_s[ch] * (g_s - mean(g_s) - xhat_s * mean(g_s * xhat_s))    (normalised)
+//     dx_s = g_s                                                                (plain)
+// Op by op that is one scale launch for all s, then two launches per batch norm: up to thirteen
+// for an edge. Here it is the batch-norm backward's two passes, each over all candidates at once
+// (grid z is the candidate), with xhat_s read from the forward's normalised output t_s rather than
+// recomputed from x_s and the mean: the backward reads t_s, which the weights' gradient reads
+// anyway (sum_i dy t_s, mixed.cu's mixed_sum_weight_partial_bwd_f32), and not x_s as well. The
+// arithmetic is the CPU's (device::cpu::batchnorm::mixed_normalized_backward), operation by
+// operation.
+
+// Slot of the z-th set bit of `mask` (z < popcount(mask)).
+__device__ __forceinline__ int nth_set_bit(unsigned mask, unsigned z) {
+    for (int s = 0; s < MAX_SLOTS; ++s) {
+        if ((mask >> s) & 1u) {
+            if (z == 0) return s;
+            --z;
+        }
+    }
+    return MAX_SLOTS - 1;
+}
+
+// Pass 1. Grid (P, C', B) for the B normalised slots (the set bits of norm_mask, in slot order),
+// blocks as batchnorm_grad_partial_bwd_f32's: block (b, ch, z) sums g = w[w_offset + s] * dy and
+// g * t_s over its grid-stride share of channel ch of the z-th of them, s, in double, and writes
+// the pair at 2 ((z C + ch) P + b) of the workspace. Slots hold N C hw elements.
+extern "C" __global__ void batchnorm_mixed_partial_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, const float* __restrict__ t0, const float* __restrict__ t1, const float* __restrict__ t2, const float* __restrict__ t3, const float* __restrict__ t4, const float* __restrict__ t5, const float* __restrict__ t6, const float* __restrict__ t7, unsigned norm_mask, unsigned* __restrict__ partials, int n, int c, int hw) {
+    __shared__ double scratch[WARP_SIZE];
+    const int s = nth_set_bit(norm_mask, blockIdx.z);
+    const float* t = slot_of(s, t0, t1, t2, t3, t4, t5, t6, t7);
+    const float weight = w[w_offset + s];
+    const size_t m = size_t(n) * hw;
+    for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        double sum_g = 0.0;
+        double sum_gt = 0.0;
+        for (size_t j = global_thread_index(); j < m; j += global_thread_count()) {
+            const size_t at = channel_element(unsigned(j), c, hw, ch);
+            const double g = double(__fmul_rn(weight, dy[at]));
+            sum_g += g;
+            sum_gt += g * double(t[at]);  // exact product: fused or not, one rounding
+        }
+        sum_g = block_reduce_sum(sum_g, scratch);
+        sum_gt = block_reduce_sum(sum_gt, scratch);
+        if (threadIdx.x == 0) {
+            double* slot = as_doubles(partials) + 2 * ((size_t(blockIdx.z) * c + ch) * gridDim.x + blockIdx.x);
+            slot[0] = sum_g;
+            slot[1] = sum_gt;
+        }
+    }
+}
+
+// Pass 2. Grid (P, C', K) over all K slots, blocks as pass 1: block (b, ch, s) writes dx_s over
+// its share of channel ch, or nothing where dx_s is null (the whole block returns). A normalised
+// slot, the z-th (its inv_std given), first adds its channel's p partials (channel_totals: the
+// same tree in every block) into mean(g) = float(sum / M) and mean(g t) likewise, then writes
+// dx = inv_std[ch] * ((g - mean(g)) - t * mean(g t)); a plain slot writes dx = g.
+extern "C" __global__ void batchnorm_mixed_input_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, const float* __restrict__ t0, const float* __restrict__ t1, const float* __restrict__ t2, const float* __restrict__ t3, const float* __restrict__ t4, const float* __restrict__ t5, const float* __restrict__ t6, const float* __restrict__ t7, const float* __restrict__ inv_std0_or_null, const float* __restrict__ inv_std1_or_null, const float* __restrict__ inv_std2_or_null, const float* __restrict__ inv_std3_or_null, const float* __restrict__ inv_std4_or_null, const float* __restrict__ inv_std5_or_null, const float* __restrict__ inv_std6_or_null, const float* __restrict__ inv_std7_or_null, const unsigned* __restrict__ partials, float* __restrict__ dx0_or_null, float* __restrict__ dx1_or_null, float* __restrict__ dx2_or_null, float* __restrict__ dx3_or_null, float* __restrict__ dx4_or_null, float* __restrict__ dx5_or_null, float* __restrict__ dx6_or_null, float* __restrict__ dx7_or_null, unsigned norm_mask, int p, int n, int c, int hw) {
+    __shared__ double scratch[WARP_SIZE];
+    __shared__ double totals[2];
+    const int s = int(blockIdx.z);
+    float* dx = slot_of(s, dx0_or_null, dx1_or_null, dx2_or_null, dx3_or_null, dx4_or_null, dx5_or_null, dx6_or_null, dx7_or_null);
+    if (!dx) return;
+    const float* t = slot_of(s, t0, t1, t2, t3, t4, t5, t6, t7);
+    const float* inv_std = slot_of(s, inv_std0_or_null, inv_std1_or_null, inv_std2_or_null, inv_std3_or_null, inv_std4_or_null, inv_std5_or_null, inv_std6_or_null, inv_std7_or_null);
+    const bool normalised = (norm_mask >> s) & 1u;
+    // This slot's partials: the z-th normalised slot's, z the set bits below s.
+    const unsigned* mine = partials + 4 * size_t(__popc(norm_mask & ((1u << s) - 1u))) * c * p;
+    const float weight = w[w_offset + s];
+    const double m = double(n) * double(hw);
+    for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        float mean_g = 0.0f;
+        float mean_gt = 0.0f;
+        float k = 0.0f;
+        if (normalised) {
+            double s1;
+            double s2;
+            channel_totals(mine, p, ch, scratch, totals, s1, s2);
+            mean_g = float(s1 / m);
+            mean_gt = float(s2 / m);
+            k = inv_std[ch];
+        }
+        for (size_t j = global_thread_index(); j < size_t(m); j += global_thread_count()) {
+            const size_t at = channel_element(unsigned(j), c, hw, ch);
+            const float g = __fmul_rn(weight, dy[at]);
+            dx[at] = normalised ? __fmul_rn(k, __fsub_rn(__fsub_rn(g, mean_g), __fmul_rn(t[at], mean_gt))) : g;
         }
     }
 }

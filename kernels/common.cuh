@@ -89,6 +89,27 @@ __device__ __forceinline__ T* multi_buffer(const MultiChunk& c, int slot) {
     return reinterpret_cast<T*>(c.slots[slot]);
 }
 
+// ---- Eight buffer slots -----------------------------------------------------------------------
+// The mixed-op kernels take up to eight candidate buffers as eight pointer parameters p0..p7 (a
+// kernel's parameters live in constant memory: no pointer table to build or copy to the device).
+// Slot j of them: free when j is known at compile time (an unrolled loop), a few selects when it
+// is uniform over a block (blockIdx.y or .z).
+#define MAX_SLOTS 8
+
+template <class T>
+__device__ __forceinline__ T* slot_of(int j, T* p0, T* p1, T* p2, T* p3, T* p4, T* p5, T* p6, T* p7) {
+    switch (j) {
+        case 0: return p0;
+        case 1: return p1;
+        case 2: return p2;
+        case 3: return p3;
+        case 4: return p4;
+        case 5: return p5;
+        case 6: return p6;
+        default: return p7;
+    }
+}
+
 // ---- Reductions -------------------------------------------------------------------------------
 // Sum over the 32 lanes of a warp with a fixed tree: lane i adds lane i+16, then i+8, ... so the
 // order of additions never changes. The full sum lands in lane 0 (the other lanes hold partials).

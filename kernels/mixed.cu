@@ -17,7 +17,7 @@
 // One thread per element in a grid-stride loop, adding in k order with __fmul_rn / __fadd_rn (which
 // nvcc never contracts into a fused multiply-add), exactly as the CPU does, so the result equals
 // the CPU's bit for bit. nvcc unrolls the loops over the 8 slots (their trip count is a constant;
-// tools/kernel-report.sh shows no stack frame), so `candidate(j, ...)` is resolved at compile time
+// tools/kernel-report.sh shows no stack frame), so `slot_of(j, ...)` is resolved at compile time
 // and the weights sit in registers; slots j >= k are skipped by a branch that is the same for every
 // thread. Memory-bound: K + 1 floats moved per element, the least possible.
 //
@@ -46,36 +46,18 @@
 // product per element, the CPU's bits.
 #include "common.cuh"
 
-// The most candidates a mixed op takes: one pointer parameter each.
-#define MIXED_MAX_CANDIDATES 8
-
-// Candidate j of x0..x7. With j known at compile time (an unrolled loop) this is free; with j
-// uniform over a block (blockIdx.y) it is a few selects.
-__device__ __forceinline__ const float* candidate(int j, const float* x0, const float* x1, const float* x2, const float* x3, const float* x4, const float* x5, const float* x6, const float* x7) {
-    switch (j) {
-        case 0: return x0;
-        case 1: return x1;
-        case 2: return x2;
-        case 3: return x3;
-        case 4: return x4;
-        case 5: return x5;
-        case 6: return x6;
-        default: return x7;
-    }
-}
-
 // y[i] = sum_{j < k} w[w_offset + j] * x_j[i], added in j order as the CPU does, every weight 1
 // where w is null. 1 <= k <= 8.
 extern "C" __global__ void mixed_sum_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ w_or_null, int w_offset, float* __restrict__ y, int k, int n) {
-    float weight[MIXED_MAX_CANDIDATES];
-    for (int j = 0; j < MIXED_MAX_CANDIDATES; ++j) {
+    float weight[MAX_SLOTS];
+    for (int j = 0; j < MAX_SLOTS; ++j) {
         weight[j] = j >= k ? 0.0f : w_or_null ? w_or_null[w_offset + j] : 1.0f;
     }
     for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
         float acc = __fmul_rn(x0[i], weight[0]);
-        for (int j = 1; j < MIXED_MAX_CANDIDATES; ++j) {
+        for (int j = 1; j < MAX_SLOTS; ++j) {
             if (j < k) {
-                acc = __fadd_rn(acc, __fmul_rn(weight[j], candidate(j, x0, x1, x2, x3, x4, x5, x6, x7)[i]));
+                acc = __fadd_rn(acc, __fmul_rn(weight[j], slot_of(j, x0, x1, x2, x3, x4, x5, x6, x7)[i]));
             }
         }
         y[i] = acc;
@@ -87,7 +69,7 @@ extern "C" __global__ void mixed_sum_fwd_f32(const float* __restrict__ x0, const
 // elementwise_weighted_sum_weight_final_bwd_f32 (pass 2) reads.
 extern "C" __global__ void mixed_sum_weight_partial_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, float* __restrict__ partials, int n) {
     __shared__ double scratch[WARP_SIZE];
-    const float* x = candidate(blockIdx.y, x0, x1, x2, x3, x4, x5, x6, x7);
+    const float* x = slot_of(int(blockIdx.y), x0, x1, x2, x3, x4, x5, x6, x7);
     double s = 0.0;
     for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
         s += double(dy[i]) * double(x[i]);  // the product of two floats is exact in double
@@ -101,31 +83,17 @@ extern "C" __global__ void mixed_sum_weight_partial_bwd_f32(const float* __restr
     }
 }
 
-// Output s of o0..o7 (the writable twin of `candidate`).
-__device__ __forceinline__ float* output(int s, float* o0, float* o1, float* o2, float* o3, float* o4, float* o5, float* o6, float* o7) {
-    switch (s) {
-        case 0: return o0;
-        case 1: return o1;
-        case 2: return o2;
-        case 3: return o3;
-        case 4: return o4;
-        case 5: return o5;
-        case 6: return o6;
-        default: return o7;
-    }
-}
-
 // o_s[i] = w[w_offset + ((picks >> 3s) & 7)] * dy[i] for s < outputs (1 <= outputs <= 8); the
 // other outputs are never touched.
 extern "C" __global__ void mixed_scale_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, float* __restrict__ o0, float* __restrict__ o1, float* __restrict__ o2, float* __restrict__ o3, float* __restrict__ o4, float* __restrict__ o5, float* __restrict__ o6, float* __restrict__ o7, unsigned picks, int outputs, int n) {
-    float weight[MIXED_MAX_CANDIDATES];
-    for (int s = 0; s < MIXED_MAX_CANDIDATES; ++s) {
+    float weight[MAX_SLOTS];
+    for (int s = 0; s < MAX_SLOTS; ++s) {
         weight[s] = s < outputs ? w[w_offset + int((picks >> (3 * s)) & 7u)] : 0.0f;
     }
     for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
         const float d = dy[i];
-        for (int s = 0; s < MIXED_MAX_CANDIDATES; ++s) {
-            if (s < outputs) output(s, o0, o1, o2, o3, o4, o5, o6, o7)[i] = __fmul_rn(weight[s], d);
+        for (int s = 0; s < MAX_SLOTS; ++s) {
+            if (s < outputs) slot_of(s, o0, o1, o2, o3, o4, o5, o6, o7)[i] = __fmul_rn(weight[s], d);
         }
     }
 }

@@ -14,7 +14,8 @@ use darts::device::cpu::batchnorm::{
     self as reference, ChannelLayout, Normalizer as CpuNormalizer,
 };
 use darts::device::cpu::elementwise::relu_backward;
-use darts::device::gpu::batchnorm::{self as ops, Normalizer, OutputGrad, Running};
+use darts::device::gpu::batchnorm::{self as ops, MixedTerm, Normalizer, OutputGrad, Running};
+use darts::device::gpu::mixed::WeightRun;
 use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 use darts::ops::batchnorm::{self as bn, Activation, RunningStats};
 use darts::{Tape, Tensor};
@@ -29,6 +30,8 @@ const COVERED: &[KernelId] = &[
     KernelId::BatchnormGradPartialBwdF32,
     KernelId::BatchnormGradFinalBwdF32,
     KernelId::BatchnormNormalizeBwdF32,
+    KernelId::BatchnormMixedPartialBwdF32,
+    KernelId::BatchnormMixedInputBwdF32,
 ];
 
 const EPS: f32 = 1e-5;
@@ -313,6 +316,66 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     }
 }
 
+/// The mixed op's input gradients (both kernels) against the CPU reference, for `normalized`
+/// slots (true: a batch-normalised candidate) of which `needed` want a gradient: seven as on a
+/// DARTS edge, or other patterns. The weights are a run from position 3 of a longer buffer;
+/// every output starts as NaN, and an unneeded one must stay unallocated.
+fn check_mixed(
+    e: &dyn Executor,
+    l: &ChannelLayout,
+    seed: u64,
+    normalized: &[bool],
+    needed: &[bool],
+) {
+    let count = l.n * l.c * l.hw;
+    let what = format!("mixed {l:?} {normalized:?} {needed:?}");
+    let dy = random(count, seed);
+    let w = random(normalized.len() + 5, seed + 1);
+    let ts: Vec<Vec<f32>> = (0..normalized.len())
+        .map(|s| input(l, seed + 2 + s as u64, s % 2 == 0))
+        .collect();
+    let inv_stds: Vec<Vec<f32>> = (0..normalized.len())
+        .map(|s| {
+            random(l.c, seed + 20 + s as u64)
+                .iter()
+                .map(|v| v.abs() + 0.1)
+                .collect()
+        })
+        .collect();
+    let (ddy, dw) = (e.to_device(&dy).unwrap(), e.to_device(&w).unwrap());
+    let dts: Vec<DeviceBuffer<f32>> = ts.iter().map(|t| e.to_device(t).unwrap()).collect();
+    let dinv: Vec<DeviceBuffer<f32>> = inv_stds.iter().map(|v| e.to_device(v).unwrap()).collect();
+    let terms: Vec<MixedTerm<'_>> = (0..normalized.len())
+        .map(|s| MixedTerm {
+            t: &dts[s],
+            inv_std: normalized[s].then(|| &dinv[s]),
+        })
+        .collect();
+    let run = WeightRun {
+        weights: &dw,
+        offset: 3,
+    };
+    let got = ops::mixed_input_backward(e, &ddy, run, &terms, l, needed).unwrap();
+    assert_eq!(got.len(), normalized.len(), "{what}");
+    for (s, dx) in got.iter().enumerate() {
+        let weight = w[3 + s];
+        match (dx, needed[s]) {
+            (None, false) => {}
+            (Some(dx), true) if normalized[s] => {
+                let want =
+                    reference::mixed_normalized_backward(&dy, weight, &ts[s], &inv_stds[s], l);
+                // The means come from the kernels' own sums (see train_backward's check).
+                check(e, &format!("{what} dx{s}"), dx, &want, PIPELINE);
+            }
+            (Some(dx), true) => {
+                let want: Vec<f32> = dy.iter().map(|&g| weight * g).collect();
+                check(e, &format!("{what} dx{s}"), dx, &want, EXACT);
+            }
+            (dx, need) => panic!("{what}: slot {s} needed {need}, got {}", dx.is_some()),
+        }
+    }
+}
+
 /// The tensor shape of a layout: `[N, C, HW, 1]`, or `[N, C]` when HW = 1.
 fn shape(l: &ChannelLayout) -> Vec<usize> {
     if l.hw == 1 {
@@ -485,6 +548,17 @@ fn check_against_cpu(e: &dyn Executor) {
         let l = ChannelLayout { n, c, hw };
         let seed = 100 * case as u64;
         check_kernels(e, &l, seed);
+        let edge = [true, true, false, true, true, true, true];
+        check_mixed(e, &l, seed + 30, &edge, &[true; 7]);
+        check_mixed(
+            e,
+            &l,
+            seed + 40,
+            &edge,
+            &[true, false, true, true, false, true, true],
+        );
+        check_mixed(e, &l, seed + 50, &[true; 8], &[true; 8]);
+        check_mixed(e, &l, seed + 60, &[false, false], &[true, true]);
         for act in [Activation::Identity, Activation::Relu] {
             check_train_pipeline(e, &l, seed + 10, case % 2 == 0, act);
             check_eval_pipeline(e, &l, seed + 20, act);

@@ -167,3 +167,44 @@ pub fn normalize_backward(
         });
     dx
 }
+
+/// The input gradient of a batch-normalised candidate of a DARTS mixed op `Σₛ wₛ · tₛ`, from
+/// `dy` at the sum, the candidate's weight `w`, its term `t = x̂` (the forward's normalised
+/// output, no affine parameters) and `inv_std`: with `g = w · dy`,
+/// `dx = inv_std[c] · ((g − mean(g)) − t · mean(g · t))`, the means over each channel (summed in
+/// f64, rounded once). The batch-norm backward with `t` for `x̂`; `kernels/batchnorm.cu`'s mixed
+/// backward computes it operation by operation alike.
+pub fn mixed_normalized_backward(
+    dy: &[f32],
+    w: f32,
+    t: &[f32],
+    inv_std: &[f32],
+    l: &ChannelLayout,
+) -> Vec<f32> {
+    let count = l.per_channel() as f64;
+    let means: Vec<(f32, f32)> = l.per_channel_map(|ch| {
+        let (sum_g, sum_gt) =
+            l.planes(dy, ch)
+                .zip(l.planes(t, ch))
+                .fold((0.0f64, 0.0f64), |sums, (dy, t)| {
+                    dy.iter().zip(t).fold(sums, |(a, b), (&dy, &t)| {
+                        let g = (w * dy) as f64;
+                        (a + g, b + g * t as f64)
+                    })
+                });
+        ((sum_g / count) as f32, (sum_gt / count) as f32)
+    });
+    let mut dx = vec![0.0; t.len()];
+    dx.par_chunks_mut(l.hw)
+        .zip(dy.par_chunks(l.hw).zip(t.par_chunks(l.hw)))
+        .enumerate()
+        .with_min_len(l.planes_per_task())
+        .for_each(|(plane, (dx, (dy, t)))| {
+            let ch = plane % l.c;
+            let ((mean_g, mean_gt), k) = (means[ch], inv_std[ch]);
+            for ((dx, &dy), &t) in dx.iter_mut().zip(dy).zip(t) {
+                *dx = k * ((w * dy - mean_g) - t * mean_gt);
+            }
+        });
+    dx
+}

@@ -2,7 +2,9 @@
 //! `[N, C, HW]`: the batch statistics (with the affine coefficients and the running-statistics
 //! update in the same launches), the eval-mode coefficients, the per-channel affine map, and the
 //! gradient sums and training-mode input gradient of the backward; each forward can apply a ReLU
-//! to its output, and each backward then masks its gradient with that output. Each function
+//! to its output, and each backward then masks its gradient with that output. Also the input
+//! gradients of a DARTS mixed op over batch-normalised candidates, all in two launches
+//! ([`mixed_input_backward`]). Each function
 //! mirrors a CPU reference in `device::cpu::batchnorm`, or the per-channel arithmetic of
 //! `ops::batchnorm` (same arguments, same result), checks lengths, allocates its outputs and
 //! launches.
@@ -12,6 +14,7 @@
 //! the same bits on every run and every GPU.
 
 use super::kernels;
+use super::mixed::{MAX_CANDIDATES, WeightRun, slots};
 use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 use crate::device::cpu::batchnorm::{Activation, ChannelLayout};
 
@@ -544,4 +547,144 @@ pub fn train_backward(
         )?;
     }
     Ok((dx, sums))
+}
+
+/// One candidate of a DARTS mixed op over batch-normalised outputs, as the backward sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct MixedTerm<'a> {
+    /// The candidate's term of the sum: its normalised output `x̂`, or its input as it is.
+    pub t: &'a DeviceBuffer<f32>,
+    /// `1 / σ` per channel of a normalised candidate (its forward's `inv_std`); `None` for a
+    /// plain one.
+    pub inv_std: Option<&'a DeviceBuffer<f32>>,
+}
+
+/// The input gradients of the mixed op `Σₛ w[offset + s] · tₛ` over `terms` (1 to
+/// [`MAX_CANDIDATES`], each laid out as `l`), where each normalised term is the batch norm
+/// (training mode, no affine parameters) of its candidate: for each `s` with `needs[s]`,
+/// `dxₛ = inv_stdₛ · (g − mean(g) − tₛ · mean(g · tₛ))` with `g = w[offset + s] · dy` (the means per
+/// channel), or `g` for a plain term; `None` for the others. Two launches for all the terms
+/// together (`kernels/batchnorm.cu`), where the ops one by one take a scale and two launches per
+/// batch norm; the same arithmetic as `device::cpu::batchnorm::mixed_normalized_backward`.
+pub fn mixed_input_backward(
+    exec: &dyn Executor,
+    dy: &DeviceBuffer<f32>,
+    weights: WeightRun<'_>,
+    terms: &[MixedTerm<'_>],
+    l: &ChannelLayout,
+    needs: &[bool],
+) -> Result<Vec<Option<DeviceBuffer<f32>>>, GpuError> {
+    let op = "mixed_input_backward";
+    let d = Dims::new(op, l, "dy", dy)?;
+    if terms.is_empty() || terms.len() > MAX_CANDIDATES || needs.len() != terms.len() {
+        return Err(invalid(
+            op,
+            format!(
+                "{} terms and {} needs: 1 to {MAX_CANDIDATES} terms, one need each",
+                terms.len(),
+                needs.len()
+            ),
+        ));
+    }
+    let offset = weights.offset(op, terms.len())?;
+    let mut norm_mask = 0u32;
+    for (s, term) in terms.iter().enumerate() {
+        Dims::new(op, l, &format!("term {s}"), term.t)?;
+        if let Some(inv_std) = term.inv_std {
+            check_channels(op, l.c, &[("inv_std", inv_std)])?;
+            norm_mask |= 1 << s;
+            if d.m < 2 {
+                return Err(invalid(
+                    op,
+                    format!("a batch norm needs more than 1 value per channel, got {l:?}"),
+                ));
+            }
+        }
+    }
+    let normalised = norm_mask.count_ones() as usize;
+    let p = int(op, d.partials())?;
+    let mut workspace = exec.alloc((4 * d.partials() * l.c * normalised).max(1))?;
+    let ts: Vec<&DeviceBuffer<f32>> = terms.iter().map(|term| term.t).collect();
+    let [t0, t1, t2, t3, t4, t5, t6, t7] = slots(&ts);
+    let [i0, i1, i2, i3, i4, i5, i6, i7]: [Option<&DeviceBuffer<f32>>; MAX_CANDIDATES] =
+        std::array::from_fn(|s| terms.get(s).and_then(|term| term.inv_std));
+    let mut dxs = needs
+        .iter()
+        .map(|&need| need.then(|| exec.alloc(dy.len())).transpose())
+        .collect::<Result<Vec<_>, GpuError>>()?;
+    let mut outputs = dxs.iter_mut().map(Option::as_mut);
+    let [o0, o1, o2, o3, o4, o5, o6, o7] = std::array::from_fn(|_| outputs.next().flatten());
+    let over = |slots: usize| {
+        let mut config = d.pass1();
+        config.grid[2] = slots as u32;
+        config
+    };
+    // SAFETY: both passes read dy and the terms t0..t(K−1) at [0..N·C·HW) and w[offset + s] for
+    // s < K (checked; the slots past K alias t0 and are never read). Pass 1, on B = popcount(mask)
+    // grid layers, writes the 2 doubles at 2((z·C + ch)·P + b) of the workspace, which holds the
+    // 4·P·C·B words that makes. Pass 2, on K layers, reads those words and inv_std at [0..C) of the
+    // normalised slots (checked), and writes the given outputs at [0..N·C·HW) (allocated here);
+    // null outputs, and every slot past K, are never touched. Both run on one queue, in order.
+    unsafe {
+        if normalised > 0 {
+            kernels::batchnorm_mixed_partial_bwd_f32(
+                exec,
+                over(normalised),
+                dy,
+                weights.weights,
+                offset,
+                t0,
+                t1,
+                t2,
+                t3,
+                t4,
+                t5,
+                t6,
+                t7,
+                norm_mask,
+                &mut workspace,
+                d.n,
+                d.c,
+                d.hw,
+            )?;
+        }
+        kernels::batchnorm_mixed_input_bwd_f32(
+            exec,
+            over(terms.len()),
+            dy,
+            weights.weights,
+            offset,
+            t0,
+            t1,
+            t2,
+            t3,
+            t4,
+            t5,
+            t6,
+            t7,
+            i0,
+            i1,
+            i2,
+            i3,
+            i4,
+            i5,
+            i6,
+            i7,
+            &workspace,
+            o0,
+            o1,
+            o2,
+            o3,
+            o4,
+            o5,
+            o6,
+            o7,
+            norm_mask,
+            p,
+            d.n,
+            d.c,
+            d.hw,
+        )?;
+    }
+    Ok(dxs)
 }

@@ -54,7 +54,7 @@ fn candidates(op: &'static str, xs: &[&DeviceBuffer<f32>]) -> Result<(i32, i32, 
 
 /// The kernels' eight candidate slots: `xs`, then `xs[0]` in the slots past `xs.len()` (never
 /// read).
-fn slots<'a>(xs: &[&'a DeviceBuffer<f32>]) -> [&'a DeviceBuffer<f32>; MAX_CANDIDATES] {
+pub(super) fn slots<'a>(xs: &[&'a DeviceBuffer<f32>]) -> [&'a DeviceBuffer<f32>; MAX_CANDIDATES] {
     std::array::from_fn(|j| xs.get(j).copied().unwrap_or(xs[0]))
 }
 
@@ -70,7 +70,7 @@ pub struct WeightRun<'a> {
 
 impl WeightRun<'_> {
     /// The kernels' offset, after checking that `k` weights from it fit the buffer.
-    fn offset(&self, op: &'static str, k: usize) -> Result<i32, GpuError> {
+    pub(super) fn offset(&self, op: &'static str, k: usize) -> Result<i32, GpuError> {
         if self.offset + k > self.weights.len() {
             return Err(invalid(
                 op,
