@@ -12,6 +12,8 @@ use darts::device::gpu::softmax::{Normalize, Strategy, lanes_forward};
 use darts::device::gpu::{GemmPrecision, elementwise, mixed};
 use darts::ops::batchnorm::{Activation, batch_norm_train};
 use darts::ops::conv::{Conv2dParams, conv2d};
+use darts::ops::elementwise::weighted_sum_at;
+use darts::ops::mixed::{MixedTerm, normalized_weighted_sum_at};
 use darts::ops::pool::{avg_pool2d, max_pool2d};
 use darts::ops::softmax::softmax;
 use darts::{Device, Result, Rng, Tape, Tensor, Var};
@@ -52,6 +54,36 @@ fn cases() -> Vec<Case> {
             inputs: vec![x.clone()],
             op: Box::new(|t, v| {
                 Ok(batch_norm_train(t, v[0], None, 1e-5, None, Activation::Identity)?.0)
+            }),
+        });
+        // A DARTS search edge's end: seven candidates, six batch-normalised, and the weighted
+        // sum, as one op and op by op.
+        let mut edge: Vec<Tensor> = (0..7).map(|k| randn(&[64, c, hw, hw], 10 + k)).collect();
+        edge.push(randn(&[7], 17));
+        cases.push(Case {
+            name: format!("mixed_edge_fused/{c}x{hw}x{hw}"),
+            inputs: edge.clone(),
+            op: Box::new(|t, v| {
+                let terms: Vec<MixedTerm<'_>> = (v[..7].iter().enumerate())
+                    .map(|(k, &x)| match k {
+                        2 => MixedTerm::Plain(x),
+                        _ => MixedTerm::Normalized(x, None),
+                    })
+                    .collect();
+                Ok(normalized_weighted_sum_at(t, &terms, v[7], 0, 1e-5)?.0)
+            }),
+        });
+        cases.push(Case {
+            name: format!("mixed_edge_ops/{c}x{hw}x{hw}"),
+            inputs: edge,
+            op: Box::new(|t, v| {
+                let ts = (v[..7].iter().enumerate())
+                    .map(|(k, &x)| match k {
+                        2 => Ok(x),
+                        _ => Ok(batch_norm_train(t, x, None, 1e-5, None, Activation::Identity)?.0),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                weighted_sum_at(t, &ts, v[7], 0)
             }),
         });
         cases.push(Case {

@@ -14,6 +14,7 @@ use darts::ops::elementwise::{
     add, add_all, mul, relu, scale, sigmoid, sub, tanh, weighted_sum, weighted_sum_at,
 };
 use darts::ops::matmul::{embedding, linear, matmul};
+use darts::ops::mixed::{MixedTerm, normalized_weighted_sum_at};
 use darts::ops::pool::{avg_pool2d, global_avg_pool, max_pool2d};
 use darts::ops::reduce::{mean, sum};
 use darts::ops::rnn::{NodeActivation, recurrent_node};
@@ -223,6 +224,28 @@ fn batch_norm() {
             assert_close("running statistics", e, &c, ATOL, RTOL);
         }
     }
+}
+
+#[test]
+fn mixed_edge() {
+    // Seven candidates of a DARTS edge, all but the third batch-normalised, summed with row 1 of
+    // a [3, 8] matrix of weights (from flat position 9); awkward sizes.
+    let shape = [3, 5, 7, 3];
+    let mut inputs: Vec<Tensor> = (0..7)
+        .map(|k| randn(&shape, 60 + k).map(|v| (1.0 + k as f32 * 0.3) * v + k as f32 - 2.0))
+        .collect();
+    inputs.push(uniform(&[3, 8], 0.05, 1.0, 70));
+    check("normalized_weighted_sum", inputs, |t, v| {
+        let terms: Vec<MixedTerm<'_>> = v[..7]
+            .iter()
+            .enumerate()
+            .map(|(k, &x)| match k {
+                2 => MixedTerm::Plain(x),
+                _ => MixedTerm::Normalized(x, None),
+            })
+            .collect();
+        Ok(normalized_weighted_sum_at(t, &terms, v[7], 9, 1e-5)?.0)
+    });
 }
 
 #[test]

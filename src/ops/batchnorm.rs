@@ -41,7 +41,12 @@ pub struct RunningStats<'a> {
 
 /// The layout of a `[N, C, H, W]` or `[N, C]` input.
 fn layout(tape: &Tape, op: &'static str, x: Var) -> Result<ChannelLayout> {
-    match *tape.shape(x) {
+    layout_of(op, tape.shape(x))
+}
+
+/// The layout of a `[N, C, H, W]` or `[N, C]` shape.
+pub(crate) fn layout_of(op: &'static str, shape: &[usize]) -> Result<ChannelLayout> {
+    match *shape {
         [n, c, h, w] => Ok(ChannelLayout { n, c, hw: h * w }),
         [n, c] => Ok(ChannelLayout { n, c, hw: 1 }),
         ref other => Err(Error::shape(
@@ -178,6 +183,27 @@ fn normalize(
 /// A backward closure of [`normalize`].
 type Backward = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
 
+/// `y = x·scale + shift` per channel with `scale = γ/σ` (also the factor `k` of the input
+/// gradient) and `shift = β − μ·scale`; γ = 1 and β = 0 without affine parameters.
+fn coefficients(params: Option<&(Tensor, Tensor)>, norm: &Normalizer) -> (Vec<f32>, Vec<f32>) {
+    let c = norm.mean.len();
+    let (gamma, beta) = match params {
+        Some((g, b)) => (g.to_vec(), b.to_vec()),
+        None => (vec![1.0; c], vec![0.0; c]),
+    };
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(&norm.inv_std)
+        .map(|(g, s)| g * s)
+        .collect();
+    let shift = beta
+        .iter()
+        .zip(norm.mean.iter().zip(&scale))
+        .map(|(b, (m, a))| b - m * a)
+        .collect();
+    (scale, shift)
+}
+
 /// [`normalize`] on the CPU reference.
 fn normalize_cpu(
     xv: Tensor,
@@ -186,22 +212,7 @@ fn normalize_cpu(
     norm: Normalizer,
     Mode { train, act }: Mode,
 ) -> Result<(Tensor, Backward)> {
-    let (gamma, beta) = match &params {
-        Some((g, b)) => (g.to_vec(), b.to_vec()),
-        None => (vec![1.0; l.c], vec![0.0; l.c]),
-    };
-    // y = x·scale + shift with scale = γ/σ (also the factor k of the input gradient) and
-    // shift = β − μ·scale.
-    let scale: Vec<f32> = gamma
-        .iter()
-        .zip(&norm.inv_std)
-        .map(|(g, s)| g * s)
-        .collect();
-    let shift: Vec<f32> = beta
-        .iter()
-        .zip(norm.mean.iter().zip(&scale))
-        .map(|(b, (m, a))| b - m * a)
-        .collect();
+    let (scale, shift) = coefficients(params.as_ref(), &norm);
     let y = Tensor::from_vec(
         k::scale_shift(xv.data(), &l, &scale, &shift, act),
         xv.shape(),
@@ -372,25 +383,33 @@ pub fn batch_norm_train(
     const OP: &str = "batch_norm_train";
     let l = layout(tape, OP, x)?;
     check_eps(OP, eps)?;
-    let count = l.per_channel();
-    if count < 2 {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "training needs more than 1 value per channel, got input shape {:?}",
-                tape.shape(x)
-            ),
-        ));
-    }
+    check_train_count(OP, tape.shape(x), &l)?;
     let affine = affine_values(tape, OP, x, affine, l.c)?;
-    let xv = tape.value(x);
+    let (norm, new_running) = train_statistics(OP, tape.value(x), &l, eps, &affine, running, act)?;
+    let y = normalize(tape, OP, x, l, affine, norm, Mode { train: true, act })?;
+    Ok((y, new_running))
+}
+
+/// The batch statistics of a training-mode forward of `xv` (laid out as `l`, more than one value
+/// per channel), and with `running` the new running `(mean, var)`: on the CPU the mean and `1/σ`;
+/// on a GPU also the normalised output (with `affine` and `act`), which the same launches write.
+fn train_statistics(
+    op: &'static str,
+    xv: &Tensor,
+    l: &ChannelLayout,
+    eps: f32,
+    affine: &Option<Affine>,
+    running: Option<RunningStats<'_>>,
+    act: Activation,
+) -> Result<(Norm, Option<(Tensor, Tensor)>)> {
+    let count = l.per_channel();
     if let Some(r) = &running {
-        check_running(OP, xv, r, l.c)?;
+        check_running(op, xv, r, l.c)?;
     }
     let device = xv.device();
-    let (norm, new_running) = match xv.storage() {
+    Ok(match xv.storage() {
         Data::Cpu(data) => {
-            let (mean, m2) = k::channel_moments(data, &l);
+            let (mean, m2) = k::channel_moments(data, l);
             let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
             let new_running = match running {
                 Some(r) => {
@@ -417,8 +436,7 @@ pub fn batch_norm_train(
                 var: buffer(r.var),
                 momentum: r.momentum,
             });
-            let affine = affine_buffers(&affine);
-            let out = g::train_forward(exec, data, &l, eps, affine, running, act)?;
+            let out = g::train_forward(exec, data, l, eps, affine_buffers(affine), running, act)?;
             let new_running = match out.running {
                 Some((m, v)) => Some((
                     Tensor::from_buffer(m, &[l.c], device)?,
@@ -434,9 +452,61 @@ pub fn batch_norm_train(
             };
             (Norm::Gpu(Box::new(norm)), new_running)
         }
+    })
+}
+
+/// A training-mode batch norm without affine parameters, computed but not recorded: the fused
+/// DARTS mixed op (`ops::mixed`) records one op for several of them and the sum of their outputs.
+pub(crate) struct Normalized {
+    /// The normalised output `x̂ = (x − mean)/σ`, with the bits `batch_norm_train` gives it.
+    pub y: Tensor,
+    /// `1/σ` per channel (`[C]`), on `x`'s device.
+    pub inv_std: Tensor,
+    /// The new running `(mean, var)`, when running statistics were given.
+    pub running: Option<(Tensor, Tensor)>,
+}
+
+/// [`batch_norm_train`] of `x` without affine parameters or activation, as values (see
+/// [`Normalized`]); `op` names the caller in errors.
+pub(crate) fn train_normalized(
+    op: &'static str,
+    x: &Tensor,
+    eps: f32,
+    running: Option<RunningStats<'_>>,
+) -> Result<Normalized> {
+    let l = layout_of(op, x.shape())?;
+    check_eps(op, eps)?;
+    check_train_count(op, x.shape(), &l)?;
+    let (norm, running) = train_statistics(op, x, &l, eps, &None, running, Activation::Identity)?;
+    let device = x.device();
+    let (y, inv_std) = match norm {
+        Norm::Cpu(norm) => {
+            let (scale, shift) = coefficients(None, &norm);
+            let y = k::scale_shift(x.data(), &l, &scale, &shift, Activation::Identity);
+            let inv_std = Tensor::from_vec(norm.inv_std, &[l.c])?;
+            (Tensor::from_vec(y, x.shape())?, inv_std)
+        }
+        Norm::Gpu(norm) => (
+            Tensor::from_buffer(norm.y, x.shape(), device)?,
+            Tensor::from_buffer(norm.inv_std, &[l.c], device)?,
+        ),
     };
-    let y = normalize(tape, OP, x, l, affine, norm, Mode { train: true, act })?;
-    Ok((y, new_running))
+    Ok(Normalized {
+        y,
+        inv_std,
+        running,
+    })
+}
+
+/// Fails unless every channel of `l` has more than one value, as training needs.
+fn check_train_count(op: &'static str, shape: &[usize], l: &ChannelLayout) -> Result<()> {
+    if l.per_channel() < 2 {
+        return Err(Error::invalid(
+            op,
+            format!("training needs more than 1 value per channel, got input shape {shape:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Eval-mode batch norm with the given running statistics (`[C]` each):

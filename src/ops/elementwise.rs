@@ -153,30 +153,8 @@ pub fn weighted_sum(tape: &mut Tape, xs: &[Var], weights: Var) -> Result<Var> {
 pub fn weighted_sum_at(tape: &mut Tape, xs: &[Var], weights: Var, at: usize) -> Result<Var> {
     const OP: &str = "weighted_sum";
     let count = xs.len();
-    if count == 0 {
-        return Err(Error::WrongInputCount {
-            op: OP,
-            expected: "at least 1".into(),
-            got: 0,
-        });
-    }
-    let w = tape.value(weights).clone();
-    if at + count > w.numel() {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "{count} weights from position {at} of weights of shape {:?}",
-                w.shape()
-            ),
-        ));
-    }
-    for &x in &xs[1..] {
-        same_shape(tape, OP, xs[0], x)?;
-    }
+    let w = check_mixed(tape, OP, xs, weights, at)?;
     let values: Vec<Tensor> = xs.iter().map(|&x| tape.value(x).clone()).collect();
-    let mut all: Vec<&Tensor> = values.iter().collect();
-    all.push(&w);
-    common_device(OP, &all)?;
     let y = mixed_forward(&values, &w, at)?;
     let mut inputs = xs.to_vec();
     inputs.push(weights);
@@ -197,8 +175,45 @@ pub fn weighted_sum_at(tape: &mut Tape, xs: &[Var], weights: Var, at: usize) -> 
     }))
 }
 
+/// Checks the operands of a mixed op `Σₖ weights[at + k] · xs[k]` for `op`: at least one input,
+/// all of one shape, `k` weights from `at` within `weights`, everything on one device. Returns the
+/// weights' value.
+pub(crate) fn check_mixed(
+    tape: &Tape,
+    op: &'static str,
+    xs: &[Var],
+    weights: Var,
+    at: usize,
+) -> Result<Tensor> {
+    let count = xs.len();
+    if count == 0 {
+        return Err(Error::WrongInputCount {
+            op,
+            expected: "at least 1".into(),
+            got: 0,
+        });
+    }
+    let w = tape.value(weights).clone();
+    if at + count > w.numel() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{count} weights from position {at} of weights of shape {:?}",
+                w.shape()
+            ),
+        ));
+    }
+    for &x in &xs[1..] {
+        same_shape(tape, op, xs[0], x)?;
+    }
+    let mut all: Vec<&Tensor> = xs.iter().map(|&x| tape.value(x)).collect();
+    all.push(&w);
+    common_device(op, &all)?;
+    Ok(w)
+}
+
 /// `Σₖ w[at + k] · xₖ` on the inputs' device.
-fn mixed_forward(xs: &[Tensor], w: &Tensor, at: usize) -> Result<Tensor> {
+pub(crate) fn mixed_forward(xs: &[Tensor], w: &Tensor, at: usize) -> Result<Tensor> {
     let shape = xs[0].shape();
     match w.storage() {
         Data::Cpu(wd) => {
@@ -253,7 +268,12 @@ fn mixed_backward_inputs(
 
 /// The weights' gradient, of the shape of `w`: `Σᵢ dyᵢ · xₖᵢ` (accumulated in f64) at `at + k`,
 /// zero elsewhere, on the inputs' device.
-fn mixed_backward_weights(dy: &Tensor, xs: &[Tensor], w: &Tensor, at: usize) -> Result<Tensor> {
+pub(crate) fn mixed_backward_weights(
+    dy: &Tensor,
+    xs: &[Tensor],
+    w: &Tensor,
+    at: usize,
+) -> Result<Tensor> {
     match (dy.storage(), w.storage()) {
         (Data::Cpu(d), Data::Cpu(_)) => {
             let mut dw = vec![0.0; w.numel()];

@@ -6,6 +6,7 @@ pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod matmul;
+pub mod mixed;
 pub mod pool;
 pub mod reduce;
 pub mod rnn;
