@@ -1,8 +1,10 @@
 mod common;
 
 use common::randn;
+use darts::nn::batchnorm::normalized_mixed_sum;
 use darts::nn::{BatchNorm2d, Conv2d, Ctx, Embedding, Linear, ParamStore};
 use darts::ops::conv::Conv2dParams;
+use darts::ops::elementwise::weighted_sum_at;
 use darts::ops::reduce::sum;
 use darts::{Error, Rng, Tensor};
 
@@ -111,6 +113,57 @@ fn batch_norm_updates_running_statistics_only_in_training() {
         let unbiased = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 99.0;
         assert!((store.get(mean_id).data()[c] as f64 - 0.1 * mean).abs() < 1e-5);
         assert!((store.get(var_id).data()[c] as f64 - (0.9 + 0.1 * unbiased)).abs() < 1e-4);
+    }
+}
+
+/// `normalized_mixed_sum` against each batch norm's `forward` and `weighted_sum_at`, on two
+/// identical stores: the same output and running statistics, in training (one op, as the node
+/// count shows) and in eval; with an affine batch norm among the terms, the ops one by one.
+#[test]
+fn mixed_sum_of_batch_norms_matches_each_norm() {
+    let make = || {
+        let mut store = ParamStore::new();
+        let a = BatchNorm2d::new(&mut store, "a", 3, false).unwrap();
+        let b = BatchNorm2d::new(&mut store, "b", 3, false).unwrap();
+        let c = BatchNorm2d::new(&mut store, "c", 3, true).unwrap();
+        (store, [a, b, c])
+    };
+    let xs: Vec<Tensor> = (0..3)
+        .map(|k| randn(&[4, 3, 2, 5], 20 + k).map(|v| 2.0 * v + k as f32))
+        .collect();
+    let w = randn(&[4], 30);
+    for (training, last) in [(true, 1), (false, 1), (true, 2)] {
+        let run = |fused: bool| {
+            let (mut store, norms) = make();
+            let mut ctx = Ctx::new(&mut store, training);
+            let vars: Vec<_> = xs.iter().map(|x| ctx.tape.leaf(x.clone())).collect();
+            let weights = ctx.tape.leaf(w.clone());
+            let terms = [
+                (vars[0], Some(&norms[0])),
+                (vars[1], None),
+                (vars[2], Some(&norms[last])),
+            ];
+            let y = if fused {
+                normalized_mixed_sum(&mut ctx, &terms, weights, 1).unwrap()
+            } else {
+                let ts: Vec<_> = terms
+                    .iter()
+                    .map(|&(x, bn)| bn.map_or(Ok(x), |bn| bn.forward(&mut ctx, x)).unwrap())
+                    .collect();
+                weighted_sum_at(&mut ctx.tape, &ts, weights, 1).unwrap()
+            };
+            let (value, nodes) = (ctx.value(y).to_vec(), ctx.tape.num_nodes());
+            drop(ctx);
+            let stats: Vec<Vec<f32>> = store.ids().map(|id| store.get(id).to_vec()).collect();
+            (value, stats, nodes)
+        };
+        let ((y, stats, nodes), (y_ops, stats_ops, nodes_ops)) = (run(true), run(false));
+        let case = format!("training {training}, second norm {last}");
+        assert_eq!(y, y_ops, "{case}");
+        assert_eq!(stats, stats_ops, "{case}");
+        let one_op = training && last == 1;
+        assert_eq!(nodes, if one_op { 1 } else { nodes_ops }, "{case}");
+        assert!(nodes_ops > 1, "{case}");
     }
 }
 

@@ -4,6 +4,8 @@ use crate::Result;
 use crate::autograd::Var;
 use crate::nn::{Ctx, ParamId, ParamStore, join_name};
 use crate::ops::batchnorm::{Activation, RunningStats, batch_norm_eval, batch_norm_train};
+use crate::ops::elementwise::weighted_sum_at;
+use crate::ops::mixed::{MixedTerm, normalized_weighted_sum_at};
 use crate::tensor::Tensor;
 
 /// PyTorch's BatchNorm2d epsilon.
@@ -76,4 +78,64 @@ impl BatchNorm2d {
             batch_norm_eval(&mut ctx.tape, x, affine, &mean, &var, BN_EPS, act)
         }
     }
+}
+
+/// The DARTS mixed op over candidates that each end in a batch norm or in none:
+/// `Σₛ weights[at + s] · tₛ` with `tₛ = bn(xₛ)` for each `(xₛ, Some(bn))` of `terms` and `tₛ = xₛ`
+/// for each `(xₛ, None)`, the weights read in place. In training, with batch norms without affine
+/// parameters (every one in the search cells), this is one op
+/// ([`normalized_weighted_sum_at`]), whose backward takes two launches for all the batch norms on
+/// a GPU, and which folds each batch's statistics into its norm's running buffers; otherwise each
+/// batch norm runs, then [`weighted_sum_at`]. The values are the same either way.
+pub fn normalized_mixed_sum(
+    ctx: &mut Ctx,
+    terms: &[(Var, Option<&BatchNorm2d>)],
+    weights: Var,
+    at: usize,
+) -> Result<Var> {
+    let affine_free = terms
+        .iter()
+        .all(|(_, bn)| bn.is_none_or(|bn| bn.affine.is_none()));
+    if !(ctx.training() && affine_free) {
+        let ts = terms
+            .iter()
+            .map(|&(x, bn)| match bn {
+                Some(bn) => bn.forward(ctx, x),
+                None => Ok(x),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return weighted_sum_at(&mut ctx.tape, &ts, weights, at);
+    }
+    let running: Vec<Option<(Tensor, Tensor)>> = terms
+        .iter()
+        .map(|(_, bn)| {
+            bn.map(|bn| {
+                let mean = ctx.buffer(bn.running_mean).clone();
+                (mean, ctx.buffer(bn.running_var).clone())
+            })
+        })
+        .collect();
+    let mixed: Vec<MixedTerm<'_>> = terms
+        .iter()
+        .zip(&running)
+        .map(|(&(x, _), running)| match running {
+            Some((mean, var)) => MixedTerm::Normalized(
+                x,
+                Some(RunningStats {
+                    mean,
+                    var,
+                    momentum: BN_MOMENTUM,
+                }),
+            ),
+            None => MixedTerm::Plain(x),
+        })
+        .collect();
+    let (y, new_running) = normalized_weighted_sum_at(&mut ctx.tape, &mixed, weights, at, BN_EPS)?;
+    for (&(_, bn), new) in terms.iter().zip(new_running) {
+        if let (Some(bn), Some((mean, var))) = (bn, new) {
+            ctx.set_buffer(bn.running_mean, mean)?;
+            ctx.set_buffer(bn.running_var, var)?;
+        }
+    }
+    Ok(y)
 }

@@ -4,10 +4,12 @@
 //! Inside the search network every batch norm is `affine = false`, and the two pools are followed
 //! by an extra `BN(C, affine = false)` (the original wraps them in `nn.Sequential(pool, BN)`).
 //!
-//! Two departures from the original's code, not from its math: the candidates read their input
+//! Three departures from the original's code, not from its math: the candidates read their input
 //! through an [`EdgeInput`], which computes `ReLU(x)` once for every candidate that starts with
-//! one, on every edge that reads the same state; and the ReLU in the middle of a separable
-//! convolution is applied by the batch norm before it, in the same op.
+//! one, on every edge that reads the same state; the ReLU in the middle of a separable
+//! convolution is applied by the batch norm before it, in the same op; and a search edge hands its
+//! candidates' final batch norms, with its weighted sum, to one op
+//! ([`Candidate::forward_to_norm`], `ops::mixed`).
 
 use crate::autograd::Var;
 use crate::darts::genotype::PRIMITIVES;
@@ -146,9 +148,14 @@ impl DwPwBlock {
     /// Applies the block to `h`, its input after the ReLU, and `then` to its output (the ReLU
     /// that starts the next block, inside the batch norm).
     fn forward(&self, ctx: &mut Ctx, h: Var, then: Activation) -> Result<Var> {
-        let h = self.depthwise.forward(ctx, h)?;
-        let h = self.pointwise.forward(ctx, h)?;
+        let h = self.convolutions(ctx, h)?;
         self.bn.forward_then(ctx, h, then)
+    }
+
+    /// The block's two convolutions, without the batch norm.
+    fn convolutions(&self, ctx: &mut Ctx, h: Var) -> Result<Var> {
+        let h = self.depthwise.forward(ctx, h)?;
+        self.pointwise.forward(ctx, h)
     }
 }
 
@@ -209,6 +216,13 @@ impl FactorizedReduce {
 
     /// Applies the reduction to `x`, the input after the ReLU.
     fn forward_after_relu(&self, ctx: &mut Ctx, x: Var) -> Result<Var> {
+        let joined = self.convolutions_after_relu(ctx, x)?;
+        self.bn.forward(ctx, joined)
+    }
+
+    /// The two convolutions of `x`, the input after the ReLU, concatenated: the reduction
+    /// without its batch norm.
+    fn convolutions_after_relu(&self, ctx: &mut Ctx, x: Var) -> Result<Var> {
         let [n, c, h, w] = crate::ops::nchw(&ctx.tape, "FactorizedReduce", x)?;
         if h % 2 != 0 || w % 2 != 0 || h < 2 || w < 2 {
             return Err(Error::shape(
@@ -220,8 +234,7 @@ impl FactorizedReduce {
         let a = self.conv_1.forward(ctx, x)?;
         let shifted = slice(&mut ctx.tape, x, &[0..n, 0..c, 1..h, 1..w])?;
         let b = self.conv_2.forward(ctx, shifted)?;
-        let joined = concat(&mut ctx.tape, &[a, b], 1)?;
-        self.bn.forward(ctx, joined)
+        concat(&mut ctx.tape, &[a, b], 1)
     }
 }
 
@@ -330,31 +343,43 @@ impl Candidate {
 
     /// Applies the operation to `input`, taking its ReLU from there where it starts with one.
     pub fn forward(&self, ctx: &mut Ctx, input: &mut EdgeInput) -> Result<Var> {
+        match self.forward_to_norm(ctx, input)? {
+            (h, Some(bn)) => bn.forward(ctx, h),
+            (x, None) => Ok(x),
+        }
+    }
+
+    /// The operation up to its final batch norm: that norm's input, and the norm (`None` for
+    /// `none` and the identity, which end in none). [`forward`](Self::forward) applies it; a
+    /// search edge hands all its candidates' to one op (`nn::batchnorm::normalized_mixed_sum`).
+    pub fn forward_to_norm(
+        &self,
+        ctx: &mut Ctx,
+        input: &mut EdgeInput,
+    ) -> Result<(Var, Option<&BatchNorm2d>)> {
         let x = input.x();
-        match self {
-            Candidate::Zero { stride } => zero(&mut ctx.tape, x, *stride),
+        Ok(match self {
+            Candidate::Zero { stride } => (zero(&mut ctx.tape, x, *stride)?, None),
             Candidate::MaxPool { stride, bn } => {
-                let h = max_pool2d(&mut ctx.tape, x, 3, *stride, 1)?;
-                bn.forward(ctx, h)
+                (max_pool2d(&mut ctx.tape, x, 3, *stride, 1)?, Some(bn))
             }
             Candidate::AvgPool { stride, bn } => {
-                let h = avg_pool2d(&mut ctx.tape, x, 3, *stride, 1)?;
-                bn.forward(ctx, h)
+                (avg_pool2d(&mut ctx.tape, x, 3, *stride, 1)?, Some(bn))
             }
-            Candidate::Identity => Ok(x),
+            Candidate::Identity => (x, None),
             Candidate::Reduce(reduce) => {
                 let h = input.relu(ctx)?;
-                reduce.forward_after_relu(ctx, h)
+                (reduce.convolutions_after_relu(ctx, h)?, Some(&reduce.bn))
             }
             Candidate::SepConv(first, second) => {
                 let h = input.relu(ctx)?;
                 let h = first.forward(ctx, h, Activation::Relu)?;
-                second.forward(ctx, h, Activation::Identity)
+                (second.convolutions(ctx, h)?, Some(&second.bn))
             }
             Candidate::DilConv(block) => {
                 let h = input.relu(ctx)?;
-                block.forward(ctx, h, Activation::Identity)
+                (block.convolutions(ctx, h)?, Some(&block.bn))
             }
-        }
+        })
     }
 }

@@ -5,9 +5,10 @@ use crate::autograd::Var;
 use crate::darts::architect::Supernet;
 use crate::darts::cnn::ops::{Candidate, EdgeInput, FactorizedReduce, ReluConvBn};
 use crate::darts::genotype::PRIMITIVES;
+use crate::nn::batchnorm::normalized_mixed_sum;
 use crate::nn::{BatchNorm2d, Conv2d, Ctx, Linear, ParamStore, join_name};
 use crate::ops::conv::Conv2dParams;
-use crate::ops::elementwise::{add_all, weighted_sum_at};
+use crate::ops::elementwise::add_all;
 use crate::ops::pool::global_avg_pool;
 use crate::ops::shape::concat;
 use crate::ops::softmax::softmax;
@@ -100,7 +101,8 @@ impl MixedOp {
 
     /// `Σₖ w[k] · opₖ(x)` over the [`COMPUTED`] primitives, with `w` their softmax weights, read
     /// in place from row `edge` of the cell's `[edges, 8]` weights; `input` holds `x` and its ReLU,
-    /// shared with the other edges that read `x`.
+    /// shared with the other edges that read `x`. The candidates' final batch norms run inside
+    /// the weighted sum (`nn::batchnorm::normalized_mixed_sum`).
     pub fn forward(
         &self,
         ctx: &mut Ctx,
@@ -108,13 +110,13 @@ impl MixedOp {
         weights: Var,
         edge: usize,
     ) -> Result<Var> {
-        let outputs = self
+        let terms = self
             .candidates
             .iter()
-            .map(|op| op.forward(ctx, input))
+            .map(|op| op.forward_to_norm(ctx, input))
             .collect::<Result<Vec<_>>>()?;
         let at = edge * PRIMITIVES.len() + COMPUTED.start;
-        weighted_sum_at(&mut ctx.tape, &outputs, weights, at)
+        normalized_mixed_sum(ctx, &terms, weights, at)
     }
 }
 
