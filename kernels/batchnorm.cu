@@ -101,10 +101,14 @@ __device__ __forceinline__ float output_grad(const float* dy, const float* relu_
 
 // ---- Batch statistics -------------------------------------------------------------------------
 
-// Pass 1 of the statistics. Grid (P, C'), 1-D blocks of a multiple of 32 threads; block (b, ch)
-// writes the doubles sum(d), sum(d^2) at 2 (ch P + b) of the workspace, d = x - x[first of ch].
-extern "C" __global__ void batchnorm_moments_partial_fwd_f32(const float* __restrict__ x, unsigned* __restrict__ partials, int n, int c, int hw) {
+// Pass 1 of the statistics, of up to eight inputs x0..x7 of one layout at once (a lone batch norm
+// passes one; a DARTS edge its candidates, one launch for all). Grid (P, C', B), 1-D blocks of a
+// multiple of 32 threads; block (b, ch, z) writes the doubles sum(d), sum(d^2) over its share of
+// channel ch of x_z at 2 ((z C + ch) P + b) of the workspace, d = x_z - x_z[first of ch]; so input
+// z's pass 2 reads its partials from word 4 z C P on.
+extern "C" __global__ void batchnorm_moments_partial_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, unsigned* __restrict__ partials, int n, int c, int hw) {
     __shared__ double scratch[WARP_SIZE];
+    const float* x = slot_of(int(blockIdx.z), x0, x1, x2, x3, x4, x5, x6, x7);
     const size_t m = size_t(n) * hw;
     for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
         const double shift = double(x[size_t(ch) * hw]);
@@ -118,7 +122,7 @@ extern "C" __global__ void batchnorm_moments_partial_fwd_f32(const float* __rest
         s1 = block_reduce_sum(s1, scratch);
         s2 = block_reduce_sum(s2, scratch);
         if (threadIdx.x == 0) {
-            double* slot = as_doubles(partials) + 2 * (size_t(ch) * gridDim.x + blockIdx.x);
+            double* slot = as_doubles(partials) + 2 * ((size_t(blockIdx.z) * c + ch) * gridDim.x + blockIdx.x);
             slot[0] = s1;
             slot[1] = s2;
         }
@@ -167,15 +171,16 @@ __device__ __forceinline__ void channel_totals(const unsigned* partials, int p, 
 // needs) and, with running statistics (all four running pointers given), PyTorch's update into
 // new buffers, in double as the CPU does it (the old statistics stay as they are, so nothing needs
 // copying first): new = (1 - momentum) running + momentum batch, the variance from the unbiased
-// batch variance m2 / (M - 1) rounded to float. M >= 2.
-extern "C" __global__ void batchnorm_normalize_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, const float* __restrict__ running_mean_or_null, const float* __restrict__ running_var_or_null, float* __restrict__ y, float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ new_mean_or_null, float* __restrict__ new_var_or_null, int p, int n, int c, int hw, float eps, float momentum, int relu) {
+// batch variance m2 / (M - 1) rounded to float. M >= 2. The partials start at word partials_at of
+// the workspace (4 z C P for input z of pass 1).
+extern "C" __global__ void batchnorm_normalize_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, int partials_at, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, const float* __restrict__ running_mean_or_null, const float* __restrict__ running_var_or_null, float* __restrict__ y, float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ new_mean_or_null, float* __restrict__ new_var_or_null, int p, int n, int c, int hw, float eps, float momentum, int relu) {
     __shared__ double scratch[WARP_SIZE];
     __shared__ double totals[2];
     const double m = double(n) * double(hw);
     for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
         double s1;
         double s2;
-        channel_totals(partials, p, ch, scratch, totals, s1, s2);
+        channel_totals(partials + partials_at, p, ch, scratch, totals, s1, s2);
         const double first = double(x[size_t(ch) * hw]);
         // Rounding can leave a zero-variance channel a hair below zero.
         const double m2 = fmax(s2 - s1 * s1 / m, 0.0);

@@ -316,6 +316,68 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     }
 }
 
+/// `train_forward_many` of three inputs (the second and third with running statistics, the
+/// third well conditioned) against `train_forward` of each: the same bits, statistics and
+/// running statistics included, from one statistics launch.
+fn check_many(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
+    let what = format!("train_forward_many {l:?}");
+    let xs: Vec<DeviceBuffer<f32>> = (0..3)
+        .map(|z| e.to_device(&input(l, seed + z, z == 2)).unwrap())
+        .collect();
+    let stats: Vec<(DeviceBuffer<f32>, DeviceBuffer<f32>)> = (0..3)
+        .map(|z| {
+            let var: Vec<f32> = random(l.c, seed + 10 + z).iter().map(|v| v * v).collect();
+            let mean = random(l.c, seed + 20 + z);
+            (e.to_device(&mean).unwrap(), e.to_device(&var).unwrap())
+        })
+        .collect();
+    let running: Vec<Option<Running<'_>>> = (0..3)
+        .map(|z| {
+            (z > 0).then(|| Running {
+                mean: &stats[z].0,
+                var: &stats[z].1,
+                momentum: 0.1,
+            })
+        })
+        .collect();
+    let inputs: Vec<&DeviceBuffer<f32>> = xs.iter().collect();
+    let many = ops::train_forward_many(e, &inputs, l, EPS, &running).unwrap();
+    assert_eq!(many.len(), 3, "{what}");
+    for (z, got) in many.iter().enumerate() {
+        let identity = Activation::Identity;
+        let one = ops::train_forward(e, &xs[z], l, EPS, None, running[z], identity).unwrap();
+        let host = |b: &DeviceBuffer<f32>| e.to_host(b).unwrap();
+        check(e, &format!("{what} y{z}"), &got.y, &host(&one.y), Bits);
+        check(
+            e,
+            &format!("{what} mean{z}"),
+            &got.mean,
+            &host(&one.mean),
+            Bits,
+        );
+        let (inv_std, scale) = (host(&one.inv_std), host(&one.scale));
+        check(
+            e,
+            &format!("{what} inv_std{z}"),
+            &got.inv_std,
+            &inv_std,
+            Bits,
+        );
+        check(e, &format!("{what} scale{z}"), &got.scale, &scale, Bits);
+        assert_eq!(got.running.is_some(), z > 0, "{what}");
+        if let (Some((m, v)), Some((want_m, want_v))) = (&got.running, &one.running) {
+            check(
+                e,
+                &format!("{what} running mean{z}"),
+                m,
+                &host(want_m),
+                Bits,
+            );
+            check(e, &format!("{what} running var{z}"), v, &host(want_v), Bits);
+        }
+    }
+}
+
 /// The mixed op's input gradients (both kernels) against the CPU reference, for `normalized`
 /// slots (true: a batch-normalised candidate) of which `needed` want a gradient: seven as on a
 /// DARTS edge, or other patterns. The weights are a run from position 3 of a longer buffer;
@@ -548,6 +610,9 @@ fn check_against_cpu(e: &dyn Executor) {
         let l = ChannelLayout { n, c, hw };
         let seed = 100 * case as u64;
         check_kernels(e, &l, seed);
+        if l.per_channel() >= 2 {
+            check_many(e, &l, seed + 70);
+        }
         let edge = [true, true, false, true, true, true, true];
         check_mixed(e, &l, seed + 30, &edge, &[true; 7]);
         check_mixed(

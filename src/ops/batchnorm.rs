@@ -466,36 +466,77 @@ pub(crate) struct Normalized {
     pub running: Option<(Tensor, Tensor)>,
 }
 
-/// [`batch_norm_train`] of `x` without affine parameters or activation, as values (see
-/// [`Normalized`]); `op` names the caller in errors.
-pub(crate) fn train_normalized(
+/// [`batch_norm_train`] of each of `xs` (tensors of one shape on one device) without affine
+/// parameters or activation, each with its `running` statistics if any (one entry per input), as
+/// values (see [`Normalized`]); on a GPU with one launch for the statistics of all of them
+/// (`gpu::batchnorm::train_forward_many`, at most eight inputs). `op` names the caller in errors.
+pub(crate) fn train_normalized_many(
     op: &'static str,
-    x: &Tensor,
+    xs: &[&Tensor],
     eps: f32,
-    running: Option<RunningStats<'_>>,
-) -> Result<Normalized> {
-    let l = layout_of(op, x.shape())?;
-    check_eps(op, eps)?;
-    check_train_count(op, x.shape(), &l)?;
-    let (norm, running) = train_statistics(op, x, &l, eps, &None, running, Activation::Identity)?;
-    let device = x.device();
-    let (y, inv_std) = match norm {
-        Norm::Cpu(norm) => {
-            let (scale, shift) = coefficients(None, &norm);
-            let y = k::scale_shift(x.data(), &l, &scale, &shift, Activation::Identity);
-            let inv_std = Tensor::from_vec(norm.inv_std, &[l.c])?;
-            (Tensor::from_vec(y, x.shape())?, inv_std)
-        }
-        Norm::Gpu(norm) => (
-            Tensor::from_buffer(norm.y, x.shape(), device)?,
-            Tensor::from_buffer(norm.inv_std, &[l.c], device)?,
-        ),
+    running: &[Option<RunningStats<'_>>],
+) -> Result<Vec<Normalized>> {
+    let Some(first) = xs.first() else {
+        return Ok(Vec::new());
     };
-    Ok(Normalized {
-        y,
-        inv_std,
-        running,
-    })
+    let l = layout_of(op, first.shape())?;
+    check_eps(op, eps)?;
+    check_train_count(op, first.shape(), &l)?;
+    for (x, r) in xs.iter().zip(running) {
+        if x.shape() != first.shape() {
+            return Err(Error::shape(
+                op,
+                format!("{:?} (the first input's shape)", first.shape()),
+                x.shape(),
+            ));
+        }
+        if let Some(r) = r {
+            check_running(op, x, r, l.c)?;
+        }
+    }
+    let device = common_device(op, xs)?;
+    let Data::Gpu(exec, _) = first.storage() else {
+        return (xs.iter().zip(running))
+            .map(|(x, &r)| {
+                let (norm, running) =
+                    train_statistics(op, x, &l, eps, &None, r, Activation::Identity)?;
+                let Norm::Cpu(norm) = norm else {
+                    unreachable!("the statistics of a tensor on the CPU are computed there")
+                };
+                let (scale, shift) = coefficients(None, &norm);
+                let y = k::scale_shift(x.data(), &l, &scale, &shift, Activation::Identity);
+                Ok(Normalized {
+                    y: Tensor::from_vec(y, x.shape())?,
+                    inv_std: Tensor::from_vec(norm.inv_std, &[l.c])?,
+                    running,
+                })
+            })
+            .collect();
+    };
+    let buffers: Vec<_> = xs.iter().map(|x| buffer(x)).collect();
+    let running: Vec<_> = (running.iter())
+        .map(|r| {
+            r.map(|r| g::Running {
+                mean: buffer(r.mean),
+                var: buffer(r.var),
+                momentum: r.momentum,
+            })
+        })
+        .collect();
+    let channels = |b| Tensor::from_buffer(b, &[l.c], device);
+    g::train_forward_many(exec, &buffers, &l, eps, &running)?
+        .into_iter()
+        .map(|out| {
+            Ok(Normalized {
+                y: Tensor::from_buffer(out.y, first.shape(), device)?,
+                inv_std: channels(out.inv_std)?,
+                running: match out.running {
+                    Some((m, v)) => Some((channels(m)?, channels(v)?)),
+                    None => None,
+                },
+            })
+        })
+        .collect()
 }
 
 /// Fails unless every channel of `l` has more than one value, as training needs.

@@ -17,7 +17,7 @@ use crate::device::cpu::batchnorm::ChannelLayout;
 use crate::device::cpu::{batchnorm as k, elementwise as cpu_elementwise};
 use crate::device::gpu::batchnorm as g;
 use crate::device::gpu::mixed::{MAX_CANDIDATES, WeightRun};
-use crate::ops::batchnorm::{RunningStats, layout_of, train_normalized};
+use crate::ops::batchnorm::{RunningStats, layout_of, train_normalized_many};
 use crate::ops::buffer;
 use crate::ops::elementwise::{check_mixed, mixed_backward_weights, mixed_forward};
 use crate::tensor::{Data, Tensor};
@@ -70,22 +70,29 @@ pub fn normalized_weighted_sum_at(
         });
     }
     let l = layout_of(OP, tape.shape(xs[0]))?;
+    // The normalised terms' batch norms, all at once (one launch for their statistics on a GPU).
+    let (normalized, running): (Vec<&Tensor>, Vec<Option<RunningStats<'_>>>) = (terms.iter())
+        .filter_map(|term| match *term {
+            MixedTerm::Normalized(x, running) => Some((tape.value(x), running)),
+            MixedTerm::Plain(_) => None,
+        })
+        .unzip();
+    let mut normalized = train_normalized_many(OP, &normalized, eps, &running)?.into_iter();
     let mut ts = Vec::with_capacity(terms.len());
     let mut inv_stds = Vec::with_capacity(terms.len());
     let mut new_running = Vec::with_capacity(terms.len());
     for term in terms {
-        let x = tape.value(term.var());
         match *term {
-            MixedTerm::Plain(_) => {
-                ts.push(x.clone());
+            MixedTerm::Plain(x) => {
+                ts.push(tape.value(x).clone());
                 inv_stds.push(None);
                 new_running.push(None);
             }
-            MixedTerm::Normalized(_, running) => {
-                let normalized = train_normalized(OP, x, eps, running)?;
-                ts.push(normalized.y);
-                inv_stds.push(Some(normalized.inv_std));
-                new_running.push(normalized.running);
+            MixedTerm::Normalized(..) => {
+                let n = normalized.next().expect("one result per normalised term");
+                ts.push(n.y);
+                inv_stds.push(Some(n.inv_std));
+                new_running.push(n.running);
             }
         }
     }

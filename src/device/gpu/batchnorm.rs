@@ -125,6 +125,7 @@ pub struct GradSums {
 }
 
 /// A checked layout as the kernels take it.
+#[derive(Debug)]
 struct Dims {
     n: i32,
     c: i32,
@@ -267,16 +268,78 @@ pub fn train_forward(
 ) -> Result<TrainForward, GpuError> {
     let op = "train_forward";
     let d = Dims::new(op, l, "x", x)?;
-    check_eps(op, eps)?;
+    check_train(op, &d, eps, running)?;
     check_affine(op, l.c, affine)?;
+    let workspace = moments(exec, &d, &[x])?;
+    let pass2 = Pass2 {
+        eps,
+        affine,
+        running,
+        act,
+    };
+    normalize(exec, &d, x, &workspace, 0, pass2)
+}
+
+/// [`train_forward`] of each of `xs` (1 to [`MAX_CANDIDATES`] inputs of layout `l`, the
+/// candidates of a DARTS edge), without affine parameters or activation, each with its own running
+/// statistics where `running` has them (one entry per input): the same results, bit for bit,
+/// with one launch for the statistics of all of them instead of one each.
+pub fn train_forward_many(
+    exec: &dyn Executor,
+    xs: &[&DeviceBuffer<f32>],
+    l: &ChannelLayout,
+    eps: f32,
+    running: &[Option<Running<'_>>],
+) -> Result<Vec<TrainForward>, GpuError> {
+    let op = "train_forward_many";
+    if xs.is_empty() || xs.len() > MAX_CANDIDATES || running.len() != xs.len() {
+        return Err(invalid(
+            op,
+            format!(
+                "{} inputs and {} running statistics: 1 to {MAX_CANDIDATES} inputs, one each",
+                xs.len(),
+                running.len()
+            ),
+        ));
+    }
+    let d = Dims::new(op, l, "input 0", xs[0])?;
+    for (z, (x, &r)) in xs.iter().zip(running).enumerate() {
+        Dims::new(op, l, &format!("input {z}"), x)?;
+        check_train(op, &d, eps, r)?;
+    }
+    let workspace = moments(exec, &d, xs)?;
+    let per_input = 4 * d.partials() * l.c;
+    (xs.iter().zip(running).enumerate())
+        .map(|(z, (x, &running))| {
+            let pass2 = Pass2 {
+                eps,
+                affine: None,
+                running,
+                act: Activation::Identity,
+            };
+            normalize(exec, &d, x, &workspace, int(op, z * per_input)?, pass2)
+        })
+        .collect()
+}
+
+/// Checks what a training-mode forward needs besides its input's layout: `eps`, more than one
+/// value per channel, and any running statistics (one per channel, momentum in `[0, 1]`).
+fn check_train(
+    op: &'static str,
+    d: &Dims,
+    eps: f32,
+    running: Option<Running<'_>>,
+) -> Result<(), GpuError> {
+    check_eps(op, eps)?;
     if d.m < 2 {
         return Err(invalid(
             op,
-            format!("training needs more than 1 value per channel, got layout {l:?}"),
+            format!("training needs more than 1 value per channel, got {d:?}"),
         ));
     }
     if let Some(r) = running {
-        check_channels(op, l.c, &[("running mean", r.mean), ("running var", r.var)])?;
+        let c = d.c as usize;
+        check_channels(op, c, &[("running mean", r.mean), ("running var", r.var)])?;
         if !(0.0..=1.0).contains(&r.momentum) {
             return Err(invalid(
                 op,
@@ -284,14 +347,77 @@ pub fn train_forward(
             ));
         }
     }
-    let mut workspace = d.workspace(exec)?;
+    Ok(())
+}
+
+/// Pass 1 of the statistics of `xs` (1 to [`MAX_CANDIDATES`], laid out as `d`, checked), in one
+/// launch: the workspace of per-block partial sums, input `z`'s from word `4·z·P·C` on.
+fn moments(
+    exec: &dyn Executor,
+    d: &Dims,
+    xs: &[&DeviceBuffer<f32>],
+) -> Result<DeviceBuffer<u32>, GpuError> {
+    let mut workspace = exec.alloc(4 * d.partials() * d.c as usize * xs.len())?;
+    let mut config = d.pass1();
+    config.grid[2] = xs.len() as u32;
+    let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(xs);
+    // SAFETY: block (b, ch, z) reads x_z at [0..N·C·HW) (z < xs.len(); each checked, and the
+    // slots past it alias x0 and are never read) and writes the 2 doubles at 2((z·C + ch)·P + b)
+    // of the workspace, which holds the 4·P·C·len words that makes, P being the grid's x.
+    unsafe {
+        kernels::batchnorm_moments_partial_fwd_f32(
+            exec,
+            config,
+            x0,
+            x1,
+            x2,
+            x3,
+            x4,
+            x5,
+            x6,
+            x7,
+            &mut workspace,
+            d.n,
+            d.c,
+            d.hw,
+        )?;
+    }
+    Ok(workspace)
+}
+
+/// What pass 2 of a training forward applies besides the statistics.
+#[derive(Clone, Copy)]
+struct Pass2<'a> {
+    eps: f32,
+    affine: Affine<'a>,
+    running: Option<Running<'a>>,
+    act: Activation,
+}
+
+/// Pass 2 of a training forward of `x` (laid out as `d`, checked with `pass2`'s arguments), from
+/// the partials at word `at` of `workspace`: the statistics, the output and the new running
+/// statistics, in one launch.
+fn normalize(
+    exec: &dyn Executor,
+    d: &Dims,
+    x: &DeviceBuffer<f32>,
+    workspace: &DeviceBuffer<u32>,
+    at: i32,
+    Pass2 {
+        eps,
+        affine,
+        running,
+        act,
+    }: Pass2<'_>,
+) -> Result<TrainForward, GpuError> {
+    let c = d.c as usize;
     let mut out = TrainForward {
         y: exec.alloc(x.len())?,
-        mean: exec.alloc(l.c)?,
-        inv_std: exec.alloc(l.c)?,
-        scale: exec.alloc(l.c)?,
+        mean: exec.alloc(c)?,
+        inv_std: exec.alloc(c)?,
+        scale: exec.alloc(c)?,
         running: match running {
-            Some(_) => Some((exec.alloc(l.c)?, exec.alloc(l.c)?)),
+            Some(_) => Some((exec.alloc(c)?, exec.alloc(c)?)),
             None => None,
         },
     };
@@ -299,28 +425,19 @@ pub fn train_forward(
         Some((m, v)) => (Some(m), Some(v)),
         None => (None, None),
     };
-    let p = int(op, d.partials())?;
-    // SAFETY: pass 1 reads x[0..N·C·HW) (checked) and writes workspace words [0..4·P·C) (block
-    // (b, ch) writes the 2 doubles at 2(ch·P + b)), with P its grid's x. Pass 2, on the same grid,
-    // reads x and writes y at [0..N·C·HW), reads those 4·P·C words and γ, β and the running
+    let p = int("train_forward", d.partials())?;
+    // SAFETY: on pass 1's grid (z = 0), the kernel reads x and writes y at [0..N·C·HW), reads the
+    // 4·P·C words of the workspace from `at` (pass 1 wrote them there) and γ, β and the running
     // statistics where given, and writes mean, inv_std, scale and, where given, the new running
-    // statistics at [0..C). Each buffer holds that many elements (checked, or allocated here);
-    // both passes run on one queue, in order.
+    // statistics at [0..C). Each buffer holds that many elements (checked, or allocated here); it
+    // runs after pass 1, on the same queue.
     unsafe {
-        kernels::batchnorm_moments_partial_fwd_f32(
-            exec,
-            d.pass1(),
-            x,
-            &mut workspace,
-            d.n,
-            d.c,
-            d.hw,
-        )?;
         kernels::batchnorm_normalize_fwd_f32(
             exec,
             d.pass1(),
             x,
-            &workspace,
+            workspace,
+            at,
             affine.map(|(gamma, _)| gamma),
             affine.map(|(_, beta)| beta),
             running.map(|r| r.mean),
