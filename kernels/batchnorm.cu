@@ -102,10 +102,10 @@ __device__ __forceinline__ float output_grad(const float* dy, const float* relu_
 // ---- Batch statistics -------------------------------------------------------------------------
 
 // Pass 1 of the statistics, of up to eight inputs x0..x7 of one layout at once (a lone batch norm
-// passes one; a DARTS edge its candidates, one launch for all). Grid (P, C', B), 1-D blocks of a
-// multiple of 32 threads; block (b, ch, z) writes the doubles sum(d), sum(d^2) over its share of
-// channel ch of x_z at 2 ((z C + ch) P + b) of the workspace, d = x_z - x_z[first of ch]; so input
-// z's pass 2 reads its partials from word 4 z C P on.
+// passes one; a DARTS edge its normalised candidates, one launch for all). Grid (P, C', B), 1-D
+// blocks of a multiple of 32 threads; block (b, ch, z) writes the doubles sum(d), sum(d^2) over its
+// share of channel ch of x_z at 2 ((z C + ch) P + b) of the workspace, d = x_z - x_z[first of ch];
+// so input z's partials start at word 4 z C P.
 extern "C" __global__ void batchnorm_moments_partial_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, unsigned* __restrict__ partials, int n, int c, int hw) {
     __shared__ double scratch[WARP_SIZE];
     const float* x = slot_of(int(blockIdx.z), x0, x1, x2, x3, x4, x5, x6, x7);
@@ -161,43 +161,57 @@ __device__ __forceinline__ void channel_totals(const unsigned* partials, int p, 
     __syncthreads();  // before the next channel overwrites `shared`
 }
 
+// A channel's batch statistics from its p partials of pass 1 (channel_totals, the same tree in
+// every block): mean = K + sum(d) / M and inv_std = 1 / sqrt(m2 / M + eps) (the biased variance
+// normalises, as in PyTorch), and m2 = sum((x - mean)^2) for the running variance; `first` is K,
+// the channel's first value.
+struct ChannelStats {
+    float mean;
+    float inv_std;
+    double m2;
+};
+
+__device__ __forceinline__ ChannelStats channel_statistics(const unsigned* partials, int p, int ch, double first, double m, float eps, double* scratch, double* totals) {
+    double s1;
+    double s2;
+    channel_totals(partials, p, ch, scratch, totals, s1, s2);
+    // Rounding can leave a zero-variance channel a hair below zero.
+    const double m2 = fmax(s2 - s1 * s1 / m, 0.0);
+    return {float(first + s1 / m), float(1.0 / sqrt(m2 / m + double(eps))), m2};
+}
+
+// PyTorch's running update of channel ch, into new buffers, in double as the CPU does it (the old
+// statistics stay as they are, so nothing needs copying first): new = (1 - momentum) running +
+// momentum batch, the variance from the unbiased batch variance m2 / (M - 1) rounded to float.
+__device__ __forceinline__ void update_running(int ch, const ChannelStats& st, double m, float momentum, const float* running_mean, const float* running_var, float* new_mean, float* new_var) {
+    const double keep = 1.0 - double(momentum);
+    const float var_unbiased = float(st.m2 / (m - 1.0));
+    new_mean[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_mean[ch])), __dmul_rn(double(momentum), double(st.mean))));
+    new_var[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_var[ch])), __dmul_rn(double(momentum), double(var_unbiased))));
+}
+
 // Pass 2 of the training forward: the statistics and all that follows from them, and the
-// normalisation itself. Grid (P, C') and blocks as pass 1. Every block adds channel ch's p partials
-// (the same tree in each, so the same bits) and computes mean = K + sum(d) / M,
-// inv_std = 1 / sqrt(m2 / M + eps) (the biased variance normalises, as in PyTorch) and the affine
-// coefficients; then it writes y = x * scale + shift (or relu(y), with `relu` non-zero) over its
-// grid-stride share of the channel.
+// normalisation itself. Grid (P, C') and blocks as pass 1. Every block computes channel ch's
+// statistics (channel_statistics) and the affine coefficients; then it writes y = x * scale +
+// shift (or relu(y), with `relu` non-zero) over its grid-stride share of the channel.
 // Block 0 of the channel also writes mean[ch], inv_std[ch] and scale[ch] (what the backward
-// needs) and, with running statistics (all four running pointers given), PyTorch's update into
-// new buffers, in double as the CPU does it (the old statistics stay as they are, so nothing needs
-// copying first): new = (1 - momentum) running + momentum batch, the variance from the unbiased
-// batch variance m2 / (M - 1) rounded to float. M >= 2. The partials start at word partials_at of
-// the workspace (4 z C P for input z of pass 1).
-extern "C" __global__ void batchnorm_normalize_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, int partials_at, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, const float* __restrict__ running_mean_or_null, const float* __restrict__ running_var_or_null, float* __restrict__ y, float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ new_mean_or_null, float* __restrict__ new_var_or_null, int p, int n, int c, int hw, float eps, float momentum, int relu) {
+// needs) and, with running statistics (all four running pointers given), their update
+// (update_running). M >= 2.
+extern "C" __global__ void batchnorm_normalize_fwd_f32(const float* __restrict__ x, const unsigned* __restrict__ partials, const float* __restrict__ gamma_or_null, const float* __restrict__ beta_or_null, const float* __restrict__ running_mean_or_null, const float* __restrict__ running_var_or_null, float* __restrict__ y, float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ scale, float* __restrict__ new_mean_or_null, float* __restrict__ new_var_or_null, int p, int n, int c, int hw, float eps, float momentum, int relu) {
     __shared__ double scratch[WARP_SIZE];
     __shared__ double totals[2];
     const double m = double(n) * double(hw);
     for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
-        double s1;
-        double s2;
-        channel_totals(partials + partials_at, p, ch, scratch, totals, s1, s2);
-        const double first = double(x[size_t(ch) * hw]);
-        // Rounding can leave a zero-variance channel a hair below zero.
-        const double m2 = fmax(s2 - s1 * s1 / m, 0.0);
-        const float mu = float(first + s1 / m);
-        const float s = float(1.0 / sqrt(m2 / m + double(eps)));
+        const ChannelStats st = channel_statistics(partials, p, ch, double(x[size_t(ch) * hw]), m, eps, scratch, totals);
         float a;
         float shift;
-        affine_coefficients(ch, mu, s, gamma_or_null, beta_or_null, a, shift);
+        affine_coefficients(ch, st.mean, st.inv_std, gamma_or_null, beta_or_null, a, shift);
         if (blockIdx.x == 0 && threadIdx.x == 0) {
-            mean[ch] = mu;
-            inv_std[ch] = s;
+            mean[ch] = st.mean;
+            inv_std[ch] = st.inv_std;
             scale[ch] = a;
             if (running_mean_or_null && running_var_or_null && new_mean_or_null && new_var_or_null) {
-                const double keep = 1.0 - double(momentum);
-                const float var_unbiased = float(m2 / (m - 1.0));
-                new_mean_or_null[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_mean_or_null[ch])), __dmul_rn(double(momentum), double(mu))));
-                new_var_or_null[ch] = float(__dadd_rn(__dmul_rn(keep, double(running_var_or_null[ch])), __dmul_rn(double(momentum), double(var_unbiased))));
+                update_running(ch, st, m, momentum, running_mean_or_null, running_var_or_null, new_mean_or_null, new_var_or_null);
             }
         }
         for (size_t j = global_thread_index(); j < size_t(m); j += global_thread_count()) {
@@ -313,18 +327,25 @@ extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__
 // ---- The mixed op over batch-normalised candidates --------------------------------------------
 // A DARTS search edge ends each candidate but the identity with a batch norm without affine
 // parameters, and sums the candidates' outputs with the mixing weights w: out = sum_s w_s t_s,
-// where t_s = xhat_s, the normalised x_s, or t_s = x_s (a plain candidate). With dy the gradient
-// at out, the gradient at t_s is g_s = w_s dy, and the input gradients are (module comment above,
-// with gamma = 1)
+// where t_s = xhat_s, the normalised x_s, or t_s = x_s (a plain candidate).
+//
+// Forward. Op by op that is the statistics pass and a normalisation launch per batch norm, each
+// writing its t_s, then a launch that reads them all back for the sum: with the statistics of all
+// the batch norms from one launch (batchnorm_moments_partial_fwd_f32), still seven for an edge,
+// and six tensors the size of the output written, read and kept. Here the statistics pass is
+// followed by one launch that normalises and sums at once: no t_s is ever written. What the
+// backward needs of the forward is each normalised slot's mean and 1/sigma per channel, kept in a
+// [K, 2, C] stats buffer (common.cuh), from which the backward kernels recompute t_s with the
+// forward's own float operations (normalized_term).
+//
+// Backward. With dy the gradient at out, the gradient at t_s is g_s = w_s dy, and the input
+// gradients are (module comment above, with gamma = 1)
 //     dx_s = inv_std_s[ch] * (g_s - mean(g_s) - xhat_s * mean(g_s * xhat_s))    (normalised)
 //     dx_s = g_s                                                                (plain)
 // Op by op that is one scale launch for all s, then two launches per batch norm: up to thirteen
 // for an edge. Here it is the batch-norm backward's two passes, each over all candidates at once
-// (grid z is the candidate), with xhat_s read from the forward's normalised output t_s rather than
-// recomputed from x_s and the mean: the backward reads t_s, which the weights' gradient reads
-// anyway (sum_i dy t_s, mixed.cu's mixed_sum_weight_partial_bwd_f32), and not x_s as well. The
-// arithmetic is the CPU's (device::cpu::batchnorm::mixed_normalized_backward), operation by
-// operation.
+// (grid z is the candidate). The arithmetic is the CPU's (device::cpu::batchnorm::
+// mixed_normalized_backward, on the recomputed terms), operation by operation.
 
 // Slot of the z-th set bit of `mask` (z < popcount(mask)).
 __device__ __forceinline__ int nth_set_bit(unsigned mask, unsigned z) {
@@ -337,24 +358,88 @@ __device__ __forceinline__ int nth_set_bit(unsigned mask, unsigned z) {
     return MAX_SLOTS - 1;
 }
 
-// Pass 1. Grid (P, C', B) for the B normalised slots (the set bits of norm_mask, in slot order),
-// blocks as batchnorm_grad_partial_bwd_f32's: block (b, ch, z) sums g = w[w_offset + s] * dy and
-// g * t_s over its grid-stride share of channel ch of the z-th of them, s, in double, and writes
-// the pair at 2 ((z C + ch) P + b) of the workspace. Slots hold N C hw elements.
-extern "C" __global__ void batchnorm_mixed_partial_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, const float* __restrict__ t0, const float* __restrict__ t1, const float* __restrict__ t2, const float* __restrict__ t3, const float* __restrict__ t4, const float* __restrict__ t5, const float* __restrict__ t6, const float* __restrict__ t7, unsigned norm_mask, unsigned* __restrict__ partials, int n, int c, int hw) {
+// Where slot s's pass-1 partials start in a workspace holding those of the normalised slots (the
+// set bits of norm_mask) in slot order, 4 C P words each.
+__device__ __forceinline__ size_t mixed_partials_at(unsigned norm_mask, int s, int c, int p) {
+    return 4 * size_t(__popc(norm_mask & ((1u << s) - 1u))) * c * p;
+}
+
+// Forward, after pass 1 of the statistics over the normalised slots (in slot order). Grid (P, C')
+// and blocks as that pass. Block (b, ch) computes channel ch's statistics of every normalised
+// slot s < k (channel_statistics, so every block agrees to the bit), then writes
+// y = sum_s w[w_offset + s] * t_s over its grid-stride share of the channel, t_s = normalized_term
+// of x_s or x_s itself, multiplied and added in s order as mixed_sum_fwd_f32 does: the bits of each
+// batch norm's output summed by the mixed op. Block 0 of the channel also writes the stats
+// (zeros in a plain slot's rows) and, for a slot whose four running pointers are given, the
+// running update. 1 <= k <= 8; M >= 2 when any slot is normalised.
+extern "C" __global__ void batchnorm_mixed_sum_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ w, int w_offset, unsigned norm_mask, int k, const unsigned* __restrict__ partials, const float* __restrict__ running_mean0_or_null, const float* __restrict__ running_mean1_or_null, const float* __restrict__ running_mean2_or_null, const float* __restrict__ running_mean3_or_null, const float* __restrict__ running_mean4_or_null, const float* __restrict__ running_mean5_or_null, const float* __restrict__ running_mean6_or_null, const float* __restrict__ running_mean7_or_null, const float* __restrict__ running_var0_or_null, const float* __restrict__ running_var1_or_null, const float* __restrict__ running_var2_or_null, const float* __restrict__ running_var3_or_null, const float* __restrict__ running_var4_or_null, const float* __restrict__ running_var5_or_null, const float* __restrict__ running_var6_or_null, const float* __restrict__ running_var7_or_null, float* __restrict__ stats, float* __restrict__ y, float* __restrict__ new_mean0_or_null, float* __restrict__ new_mean1_or_null, float* __restrict__ new_mean2_or_null, float* __restrict__ new_mean3_or_null, float* __restrict__ new_mean4_or_null, float* __restrict__ new_mean5_or_null, float* __restrict__ new_mean6_or_null, float* __restrict__ new_mean7_or_null, float* __restrict__ new_var0_or_null, float* __restrict__ new_var1_or_null, float* __restrict__ new_var2_or_null, float* __restrict__ new_var3_or_null, float* __restrict__ new_var4_or_null, float* __restrict__ new_var5_or_null, float* __restrict__ new_var6_or_null, float* __restrict__ new_var7_or_null, int p, int n, int c, int hw, float eps, float momentum) {
+    __shared__ double scratch[WARP_SIZE];
+    __shared__ double totals[2];
+    const double m = double(n) * double(hw);
+    float weight[MAX_SLOTS];
+    for (int s = 0; s < MAX_SLOTS; ++s) weight[s] = s < k ? w[w_offset + s] : 0.0f;
+    for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        float mean[MAX_SLOTS];
+        float inv_std[MAX_SLOTS];
+        // Unrolled, so that mean[s] and inv_std[s] stay in registers.
+        UNROLL for (int s = 0; s < MAX_SLOTS; ++s) {
+            mean[s] = 0.0f;
+            inv_std[s] = 0.0f;
+            if (s >= k || !((norm_mask >> s) & 1u)) continue;  // the same for the whole block
+            const float* x = slot_of(s, x0, x1, x2, x3, x4, x5, x6, x7);
+            const ChannelStats st = channel_statistics(partials + mixed_partials_at(norm_mask, s, c, p), p, ch, double(x[size_t(ch) * hw]), m, eps, scratch, totals);
+            mean[s] = st.mean;
+            inv_std[s] = st.inv_std;
+            const float* running_mean = slot_of(s, running_mean0_or_null, running_mean1_or_null, running_mean2_or_null, running_mean3_or_null, running_mean4_or_null, running_mean5_or_null, running_mean6_or_null, running_mean7_or_null);
+            const float* running_var = slot_of(s, running_var0_or_null, running_var1_or_null, running_var2_or_null, running_var3_or_null, running_var4_or_null, running_var5_or_null, running_var6_or_null, running_var7_or_null);
+            float* new_mean = slot_of(s, new_mean0_or_null, new_mean1_or_null, new_mean2_or_null, new_mean3_or_null, new_mean4_or_null, new_mean5_or_null, new_mean6_or_null, new_mean7_or_null);
+            float* new_var = slot_of(s, new_var0_or_null, new_var1_or_null, new_var2_or_null, new_var3_or_null, new_var4_or_null, new_var5_or_null, new_var6_or_null, new_var7_or_null);
+            if (blockIdx.x == 0 && threadIdx.x == 0 && running_mean && running_var && new_mean && new_var) {
+                update_running(ch, st, m, momentum, running_mean, running_var, new_mean, new_var);
+            }
+        }
+        if (blockIdx.x == 0 && threadIdx.x == 0) {
+            for (int s = 0; s < MAX_SLOTS; ++s) {
+                if (s >= k) continue;
+                stats[2 * size_t(s) * c + ch] = mean[s];
+                stats[(2 * size_t(s) + 1) * c + ch] = inv_std[s];
+            }
+        }
+        for (size_t j = global_thread_index(); j < size_t(m); j += global_thread_count()) {
+            const size_t at = channel_element(unsigned(j), c, hw, ch);
+            float acc = 0.0f;
+            for (int s = 0; s < MAX_SLOTS; ++s) {
+                if (s >= k) continue;
+                const float v = slot_of(s, x0, x1, x2, x3, x4, x5, x6, x7)[at];
+                const float t = ((norm_mask >> s) & 1u) ? normalized_term(v, mean[s], inv_std[s]) : v;
+                acc = s == 0 ? __fmul_rn(t, weight[0]) : __fadd_rn(acc, __fmul_rn(weight[s], t));
+            }
+            y[at] = acc;
+        }
+    }
+}
+
+// Backward pass 1. Grid (P, C', B) for the B normalised slots (the set bits of norm_mask, in slot
+// order), blocks as batchnorm_grad_partial_bwd_f32's: block (b, ch, z) sums g = w[w_offset + s] * dy
+// and g * t_s over its grid-stride share of channel ch of the z-th of them, s, in double, t_s
+// recomputed from x_s and the stats, and writes the pair at 2 ((z C + ch) P + b) of the workspace.
+// Slots hold N C hw elements.
+extern "C" __global__ void batchnorm_mixed_partial_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ stats, unsigned norm_mask, unsigned* __restrict__ partials, int n, int c, int hw) {
     __shared__ double scratch[WARP_SIZE];
     const int s = nth_set_bit(norm_mask, blockIdx.z);
-    const float* t = slot_of(s, t0, t1, t2, t3, t4, t5, t6, t7);
+    const float* x = slot_of(s, x0, x1, x2, x3, x4, x5, x6, x7);
     const float weight = w[w_offset + s];
     const size_t m = size_t(n) * hw;
     for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
+        const float mu = stats_mean(stats, s, c, ch);
+        const float k = stats_inv_std(stats, s, c, ch);
         double sum_g = 0.0;
         double sum_gt = 0.0;
         for (size_t j = global_thread_index(); j < m; j += global_thread_count()) {
             const size_t at = channel_element(unsigned(j), c, hw, ch);
             const double g = double(__fmul_rn(weight, dy[at]));
             sum_g += g;
-            sum_gt += g * double(t[at]);  // exact product: fused or not, one rounding
+            sum_gt += g * double(normalized_term(x[at], mu, k));  // exact product: one rounding
         }
         sum_g = block_reduce_sum(sum_g, scratch);
         sum_gt = block_reduce_sum(sum_gt, scratch);
@@ -366,27 +451,27 @@ extern "C" __global__ void batchnorm_mixed_partial_bwd_f32(const float* __restri
     }
 }
 
-// Pass 2. Grid (P, C', K) over all K slots, blocks as pass 1: block (b, ch, s) writes dx_s over
-// its share of channel ch, or nothing where dx_s is null (the whole block returns). A normalised
-// slot, the z-th (its inv_std given), first adds its channel's p partials (channel_totals: the
-// same tree in every block) into mean(g) = float(sum / M) and mean(g t) likewise, then writes
-// dx = inv_std[ch] * ((g - mean(g)) - t * mean(g t)); a plain slot writes dx = g.
-extern "C" __global__ void batchnorm_mixed_input_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, const float* __restrict__ t0, const float* __restrict__ t1, const float* __restrict__ t2, const float* __restrict__ t3, const float* __restrict__ t4, const float* __restrict__ t5, const float* __restrict__ t6, const float* __restrict__ t7, const float* __restrict__ inv_std0_or_null, const float* __restrict__ inv_std1_or_null, const float* __restrict__ inv_std2_or_null, const float* __restrict__ inv_std3_or_null, const float* __restrict__ inv_std4_or_null, const float* __restrict__ inv_std5_or_null, const float* __restrict__ inv_std6_or_null, const float* __restrict__ inv_std7_or_null, const unsigned* __restrict__ partials, float* __restrict__ dx0_or_null, float* __restrict__ dx1_or_null, float* __restrict__ dx2_or_null, float* __restrict__ dx3_or_null, float* __restrict__ dx4_or_null, float* __restrict__ dx5_or_null, float* __restrict__ dx6_or_null, float* __restrict__ dx7_or_null, unsigned norm_mask, int p, int n, int c, int hw) {
+// Backward pass 2. Grid (P, C', K) over all K slots, blocks as pass 1: block (b, ch, s) writes dx_s
+// over its share of channel ch, or nothing where dx_s is null (the whole block returns). A
+// normalised slot first adds its channel's p partials (channel_totals: the same tree in every
+// block) into mean(g) = float(sum / M) and mean(g t) likewise, then writes
+// dx = inv_std[ch] * ((g - mean(g)) - t * mean(g t)), t recomputed as in pass 1; a plain slot
+// writes dx = g.
+extern "C" __global__ void batchnorm_mixed_input_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ stats, const unsigned* __restrict__ partials, float* __restrict__ dx0_or_null, float* __restrict__ dx1_or_null, float* __restrict__ dx2_or_null, float* __restrict__ dx3_or_null, float* __restrict__ dx4_or_null, float* __restrict__ dx5_or_null, float* __restrict__ dx6_or_null, float* __restrict__ dx7_or_null, unsigned norm_mask, int p, int n, int c, int hw) {
     __shared__ double scratch[WARP_SIZE];
     __shared__ double totals[2];
     const int s = int(blockIdx.z);
     float* dx = slot_of(s, dx0_or_null, dx1_or_null, dx2_or_null, dx3_or_null, dx4_or_null, dx5_or_null, dx6_or_null, dx7_or_null);
     if (!dx) return;
-    const float* t = slot_of(s, t0, t1, t2, t3, t4, t5, t6, t7);
-    const float* inv_std = slot_of(s, inv_std0_or_null, inv_std1_or_null, inv_std2_or_null, inv_std3_or_null, inv_std4_or_null, inv_std5_or_null, inv_std6_or_null, inv_std7_or_null);
+    const float* x = slot_of(s, x0, x1, x2, x3, x4, x5, x6, x7);
     const bool normalised = (norm_mask >> s) & 1u;
-    // This slot's partials: the z-th normalised slot's, z the set bits below s.
-    const unsigned* mine = partials + 4 * size_t(__popc(norm_mask & ((1u << s) - 1u))) * c * p;
+    const unsigned* mine = partials + mixed_partials_at(norm_mask, s, c, p);
     const float weight = w[w_offset + s];
     const double m = double(n) * double(hw);
     for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
         float mean_g = 0.0f;
         float mean_gt = 0.0f;
+        float mu = 0.0f;
         float k = 0.0f;
         if (normalised) {
             double s1;
@@ -394,12 +479,13 @@ extern "C" __global__ void batchnorm_mixed_input_bwd_f32(const float* __restrict
             channel_totals(mine, p, ch, scratch, totals, s1, s2);
             mean_g = float(s1 / m);
             mean_gt = float(s2 / m);
-            k = inv_std[ch];
+            mu = stats_mean(stats, s, c, ch);
+            k = stats_inv_std(stats, s, c, ch);
         }
         for (size_t j = global_thread_index(); j < size_t(m); j += global_thread_count()) {
             const size_t at = channel_element(unsigned(j), c, hw, ch);
             const float g = __fmul_rn(weight, dy[at]);
-            dx[at] = normalised ? __fmul_rn(k, __fsub_rn(__fsub_rn(g, mean_g), __fmul_rn(t[at], mean_gt))) : g;
+            dx[at] = normalised ? __fmul_rn(k, __fsub_rn(__fsub_rn(g, mean_g), __fmul_rn(normalized_term(x[at], mu, k), mean_gt))) : g;
         }
     }
 }

@@ -25,6 +25,13 @@
 #define WARP_SIZE 32
 #define FULL_MASK 0xffffffffu
 
+// `#pragma unroll` for nvcc; the emulator's host compiler does not know it.
+#ifdef DARTS_EMU
+#define UNROLL
+#else
+#define UNROLL _Pragma("unroll")
+#endif
+
 // ---- Parameter structs ------------------------------------------------------------------------
 // Plain structs of ints that kernels take by value. Each has a #[repr(C)] Rust twin of the same
 // layout (named in build.rs), which the generated launchers take.
@@ -108,6 +115,27 @@ __device__ __forceinline__ T* slot_of(int j, T* p0, T* p1, T* p2, T* p3, T* p4, 
         case 6: return p6;
         default: return p7;
     }
+}
+
+// ---- Batch-normalised terms of a mixed op ------------------------------------------------------
+// A DARTS search edge sums its candidates' batch norms (no affine parameters) without ever
+// writing them out: its forward keeps, per candidate, the mean and 1/sigma of each channel in a
+// `stats` buffer of [K, 2, C] floats (row 2s: the means of slot s, row 2s + 1: its 1/sigma; zeros
+// for a slot summed as it is), and every kernel that needs a term recomputes it from the
+// candidate's input with these float operations, the batch norm's own (batchnorm.cu's affine map
+// with gamma = 1 and beta = 0): the same bits every time.
+__device__ __forceinline__ float normalized_term(float x, float mean, float inv_std) {
+    return __fadd_rn(__fmul_rn(x, inv_std), __fsub_rn(0.0f, __fmul_rn(mean, inv_std)));
+}
+
+// Slot s's mean of channel ch in a [K, 2, C] stats buffer.
+__device__ __forceinline__ float stats_mean(const float* stats, int s, int c, int ch) {
+    return stats[2 * size_t(s) * c + ch];
+}
+
+// Slot s's 1/sigma of channel ch in a [K, 2, C] stats buffer.
+__device__ __forceinline__ float stats_inv_std(const float* stats, int s, int c, int ch) {
+    return stats[(2 * size_t(s) + 1) * c + ch];
 }
 
 // ---- Reductions -------------------------------------------------------------------------------

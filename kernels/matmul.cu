@@ -79,13 +79,6 @@
 #define GEMM_THREADS (GEMM_THREADS_SIDE * GEMM_THREADS_SIDE)
 #define GEMM_LOADS (GEMM_TILE * GEMM_SLAB / GEMM_THREADS)  // slab elements each thread copies
 
-// `#pragma unroll` for nvcc; the emulator's host compiler does not know it.
-#ifdef DARTS_EMU
-#define UNROLL
-#else
-#define UNROLL _Pragma("unroll")
-#endif
-
 // Where problem p of a batch of outer × inner problems finds an operand: `off + (p / inner)·so +
 // (p % inner)·si` elements into its buffer.
 __device__ __forceinline__ size_t gemm_offset(int p, int inner, int off, int so, int si) {

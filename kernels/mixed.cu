@@ -35,7 +35,9 @@
 // its grid-stride share of dy * x_k in double and write the block's sum as hi + lo floats; pass 2
 // is elementwise_weighted_sum_weight_final_bwd_f32, which adds each weight's P partials. The
 // partials have the same layout and, for the same P, the same values as the stacked version's, so
-// both versions of the op give the same bits.
+// both versions of the op give the same bits. The same pass serves the mixed op over
+// batch-normalised candidates (batchnorm.cu), which never writes its terms: it recomputes each
+// normalised term from the candidate's input and the forward's statistics.
 //
 // Backward: dx_k = w[k] * dy
 // --------------------------
@@ -64,22 +66,32 @@ extern "C" __global__ void mixed_sum_fwd_f32(const float* __restrict__ x0, const
     }
 }
 
-// Pass 1 of dw[k] = sum_i dy[i] * x_k[i]. Grid (P, K), 1-D blocks of a multiple of 32 threads.
-// Block (b, k) writes partials[2 (k P + b)] = hi and partials[2 (k P + b) + 1] = lo, the layout
-// elementwise_weighted_sum_weight_final_bwd_f32 (pass 2) reads.
-extern "C" __global__ void mixed_sum_weight_partial_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, float* __restrict__ partials, int n) {
+// Pass 1 of dw[k] = sum_i dy[i] * t_k[i], t_k = x_k, or, for a slot whose bit is set in norm_mask,
+// the batch-normalised x_k recomputed from the stats of a [K, 2, C] buffer (common.cuh; the mixed
+// op over batch-normalised candidates of batchnorm.cu), element i lying in channel (i / hw) % c.
+// Grid (P, K), 1-D blocks of a multiple of 32 threads. Block (b, k) writes partials[2 (k P + b)] =
+// hi and partials[2 (k P + b) + 1] = lo, the layout elementwise_weighted_sum_weight_final_bwd_f32
+// (pass 2) reads. stats may be null when norm_mask is 0.
+extern "C" __global__ void mixed_sum_weight_partial_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ stats_or_null, unsigned norm_mask, int c, int hw, float* __restrict__ partials, int n) {
     __shared__ double scratch[WARP_SIZE];
-    const float* x = slot_of(int(blockIdx.y), x0, x1, x2, x3, x4, x5, x6, x7);
+    const int slot = int(blockIdx.y);
+    const float* x = slot_of(slot, x0, x1, x2, x3, x4, x5, x6, x7);
+    const bool normalised = stats_or_null && ((norm_mask >> slot) & 1u);
     double s = 0.0;
     for (size_t i = global_thread_index(); i < size_t(n); i += global_thread_count()) {
-        s += double(dy[i]) * double(x[i]);  // the product of two floats is exact in double
+        float t = x[i];
+        if (normalised) {
+            const int ch = int(i / unsigned(hw) % unsigned(c));
+            t = normalized_term(t, stats_mean(stats_or_null, slot, c, ch), stats_inv_std(stats_or_null, slot, c, ch));
+        }
+        s += double(dy[i]) * double(t);  // the product of two floats is exact in double
     }
     s = block_reduce_sum(s, scratch);
     if (threadIdx.x == 0) {
         const float hi = float(s);
-        const size_t slot = 2 * (size_t(blockIdx.y) * gridDim.x + blockIdx.x);
-        partials[slot] = hi;
-        partials[slot + 1] = float(s - double(hi));
+        const size_t at = 2 * (size_t(blockIdx.y) * gridDim.x + blockIdx.x);
+        partials[at] = hi;
+        partials[at + 1] = float(s - double(hi));
     }
 }
 

@@ -13,9 +13,12 @@ use common::gpu::{Bits, EXACT, Tolerance, check, cpu_reference_tests, random};
 use darts::device::cpu::batchnorm::{
     self as reference, ChannelLayout, Normalizer as CpuNormalizer,
 };
+use darts::device::cpu::dot_f64;
 use darts::device::cpu::elementwise::relu_backward;
-use darts::device::gpu::batchnorm::{self as ops, MixedTerm, Normalizer, OutputGrad, Running};
-use darts::device::gpu::mixed::WeightRun;
+use darts::device::gpu::batchnorm::{
+    self as ops, MixedInput, MixedTerms, Normalizer, OutputGrad, Running,
+};
+use darts::device::gpu::mixed::{self, WeightRun};
 use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId};
 use darts::ops::batchnorm::{self as bn, Activation, RunningStats};
 use darts::{Tape, Tensor};
@@ -30,6 +33,7 @@ const COVERED: &[KernelId] = &[
     KernelId::BatchnormGradPartialBwdF32,
     KernelId::BatchnormGradFinalBwdF32,
     KernelId::BatchnormNormalizeBwdF32,
+    KernelId::BatchnormMixedSumFwdF32,
     KernelId::BatchnormMixedPartialBwdF32,
     KernelId::BatchnormMixedInputBwdF32,
 ];
@@ -316,72 +320,112 @@ fn check_kernels(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
     }
 }
 
-/// `train_forward_many` of three inputs (the second and third with running statistics, the
-/// third well conditioned) against `train_forward` of each: the same bits, statistics and
-/// running statistics included, from one statistics launch.
-fn check_many(e: &dyn Executor, l: &ChannelLayout, seed: u64) {
-    let what = format!("train_forward_many {l:?}");
-    let xs: Vec<DeviceBuffer<f32>> = (0..3)
-        .map(|z| e.to_device(&input(l, seed + z, z == 2)).unwrap())
+/// The normalisation, per channel, with the given statistics: `x · inv_std + (0 − mean · inv_std)`,
+/// the batch norm's output without affine parameters (`reference::scale_shift` with the CPU's
+/// coefficients), as the mixed op's kernels recompute it.
+fn normalize_cpu(x: &[f32], l: &ChannelLayout, mean: &[f32], inv_std: &[f32]) -> Vec<f32> {
+    let norm = CpuNormalizer {
+        mean: mean.to_vec(),
+        inv_std: inv_std.to_vec(),
+    };
+    let (scale, shift) = cpu_coefficients(&norm, &vec![1.0; l.c], &vec![0.0; l.c]);
+    reference::scale_shift(x, l, &scale, &shift, Activation::Identity)
+}
+
+/// How a candidate of the mixed op's forward is tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Summed as it is.
+    Plain,
+    /// Batch-normalised, without running statistics.
+    Normalized,
+    /// Batch-normalised, with running statistics.
+    Running,
+}
+
+/// The mixed op's forward (`mixed_sum_forward`: the statistics launch, then the one that
+/// normalises and sums) over `slots`, against `train_forward` of each normalised candidate (itself
+/// checked against the CPU above) summed by `mixed::mixed_forward`: the same bits for the sum, the
+/// statistics (zeros in a plain slot's rows) and the running statistics. The weights are a run
+/// from position 2 of a longer buffer.
+fn check_mixed_forward(e: &dyn Executor, l: &ChannelLayout, seed: u64, slots: &[Slot]) {
+    let what = format!("mixed forward {l:?} {slots:?}");
+    let host = |b: &DeviceBuffer<f32>| e.to_host(b).unwrap();
+    let xs: Vec<DeviceBuffer<f32>> = (0..slots.len())
+        .map(|s| e.to_device(&input(l, seed + s as u64, s % 3 == 2)).unwrap())
         .collect();
-    let stats: Vec<(DeviceBuffer<f32>, DeviceBuffer<f32>)> = (0..3)
-        .map(|z| {
-            let var: Vec<f32> = random(l.c, seed + 10 + z).iter().map(|v| v * v).collect();
-            let mean = random(l.c, seed + 20 + z);
+    let stats: Vec<(DeviceBuffer<f32>, DeviceBuffer<f32>)> = (0..slots.len() as u64)
+        .map(|s| {
+            let var: Vec<f32> = random(l.c, seed + 10 + s).iter().map(|v| v * v).collect();
+            let mean = random(l.c, seed + 20 + s);
             (e.to_device(&mean).unwrap(), e.to_device(&var).unwrap())
         })
         .collect();
-    let running: Vec<Option<Running<'_>>> = (0..3)
-        .map(|z| {
-            (z > 0).then(|| Running {
-                mean: &stats[z].0,
-                var: &stats[z].1,
+    let running: Vec<Option<Running<'_>>> = (slots.iter().zip(&stats))
+        .map(|(&slot, (mean, var))| {
+            (slot == Slot::Running).then_some(Running {
+                mean,
+                var,
                 momentum: 0.1,
             })
         })
         .collect();
-    let inputs: Vec<&DeviceBuffer<f32>> = xs.iter().collect();
-    let many = ops::train_forward_many(e, &inputs, l, EPS, &running).unwrap();
-    assert_eq!(many.len(), 3, "{what}");
-    for (z, got) in many.iter().enumerate() {
-        let identity = Activation::Identity;
-        let one = ops::train_forward(e, &xs[z], l, EPS, None, running[z], identity).unwrap();
-        let host = |b: &DeviceBuffer<f32>| e.to_host(b).unwrap();
-        check(e, &format!("{what} y{z}"), &got.y, &host(&one.y), Bits);
-        check(
-            e,
-            &format!("{what} mean{z}"),
-            &got.mean,
-            &host(&one.mean),
-            Bits,
-        );
-        let (inv_std, scale) = (host(&one.inv_std), host(&one.scale));
-        check(
-            e,
-            &format!("{what} inv_std{z}"),
-            &got.inv_std,
-            &inv_std,
-            Bits,
-        );
-        check(e, &format!("{what} scale{z}"), &got.scale, &scale, Bits);
-        assert_eq!(got.running.is_some(), z > 0, "{what}");
-        if let (Some((m, v)), Some((want_m, want_v))) = (&got.running, &one.running) {
+    let inputs: Vec<MixedInput<'_>> = (slots.iter().zip(&xs).zip(&running))
+        .map(|((&slot, x), &r)| match slot {
+            Slot::Plain => MixedInput::Plain(x),
+            _ => MixedInput::Normalized(x, r),
+        })
+        .collect();
+    let w = e.to_device(&random(slots.len() + 4, seed + 30)).unwrap();
+    let run = WeightRun {
+        weights: &w,
+        offset: 2,
+    };
+    let got = ops::mixed_sum_forward(e, &inputs, run, l, EPS).unwrap();
+
+    let identity = Activation::Identity;
+    let one_by_one: Vec<Option<ops::TrainForward>> = (slots.iter().zip(&xs).zip(&running))
+        .map(|((&slot, x), &r)| {
+            (slot != Slot::Plain).then(|| ops::train_forward(e, x, l, EPS, None, r, identity))
+        })
+        .map(|out| out.transpose().unwrap())
+        .collect();
+    let terms: Vec<&DeviceBuffer<f32>> = (one_by_one.iter().zip(&xs))
+        .map(|(one, x)| one.as_ref().map_or(x, |one| &one.y))
+        .collect();
+    let want = host(&mixed::mixed_forward(e, &terms, run).unwrap());
+    check(e, &format!("{what} y"), &got.y, &want, Bits);
+    let zeros = vec![0.0; l.c];
+    let want_stats: Vec<f32> = (one_by_one.iter())
+        .flat_map(|one| match one {
+            Some(one) => [host(&one.mean), host(&one.inv_std)].concat(),
+            None => [zeros.clone(), zeros.clone()].concat(),
+        })
+        .collect();
+    check(e, &format!("{what} stats"), &got.stats, &want_stats, Bits);
+    assert_eq!(got.running.len(), slots.len(), "{what}");
+    for (s, (new, one)) in got.running.iter().zip(&one_by_one).enumerate() {
+        let want = one.as_ref().and_then(|one| one.running.as_ref());
+        assert_eq!(new.is_some(), slots[s] == Slot::Running, "{what} slot {s}");
+        if let (Some((m, v)), Some((want_m, want_v))) = (new, want) {
             check(
                 e,
-                &format!("{what} running mean{z}"),
+                &format!("{what} running mean{s}"),
                 m,
                 &host(want_m),
                 Bits,
             );
-            check(e, &format!("{what} running var{z}"), v, &host(want_v), Bits);
+            check(e, &format!("{what} running var{s}"), v, &host(want_v), Bits);
         }
     }
 }
 
-/// The mixed op's input gradients (both kernels) against the CPU reference, for `normalized`
-/// slots (true: a batch-normalised candidate) of which `needed` want a gradient: seven as on a
-/// DARTS edge, or other patterns. The weights are a run from position 3 of a longer buffer;
-/// every output starts as NaN, and an unneeded one must stay unallocated.
+/// The mixed op's backward (the input gradients' two kernels and the weights' gradient) against
+/// the CPU reference, for `normalized` slots (true: a batch-normalised candidate) of which
+/// `needed` want an input gradient: seven as on a DARTS edge, or other patterns. The statistics
+/// are arbitrary (any mean, a positive `1/σ`), and NaN in a plain slot's rows, which no kernel may
+/// read. The weights are a run from position 3 of a longer buffer; every output starts as NaN, and
+/// an unneeded one must stay unallocated.
 fn check_mixed(
     e: &dyn Executor,
     l: &ChannelLayout,
@@ -393,39 +437,54 @@ fn check_mixed(
     let what = format!("mixed {l:?} {normalized:?} {needed:?}");
     let dy = random(count, seed);
     let w = random(normalized.len() + 5, seed + 1);
-    let ts: Vec<Vec<f32>> = (0..normalized.len())
+    let xs: Vec<Vec<f32>> = (0..normalized.len())
         .map(|s| input(l, seed + 2 + s as u64, s % 2 == 0))
         .collect();
-    let inv_stds: Vec<Vec<f32>> = (0..normalized.len())
-        .map(|s| {
-            random(l.c, seed + 20 + s as u64)
-                .iter()
-                .map(|v| v.abs() + 0.1)
-                .collect()
+    let rows: Vec<(Vec<f32>, Vec<f32>)> = (normalized.iter().enumerate())
+        .map(|(s, &norm)| match norm {
+            true => (
+                random(l.c, seed + 20 + s as u64),
+                (random(l.c, seed + 40 + s as u64).iter())
+                    .map(|v| v.abs() + 0.1)
+                    .collect(),
+            ),
+            false => (vec![f32::NAN; l.c], vec![f32::NAN; l.c]),
         })
         .collect();
-    let (ddy, dw) = (e.to_device(&dy).unwrap(), e.to_device(&w).unwrap());
-    let dts: Vec<DeviceBuffer<f32>> = ts.iter().map(|t| e.to_device(t).unwrap()).collect();
-    let dinv: Vec<DeviceBuffer<f32>> = inv_stds.iter().map(|v| e.to_device(v).unwrap()).collect();
-    let terms: Vec<MixedTerm<'_>> = (0..normalized.len())
-        .map(|s| MixedTerm {
-            t: &dts[s],
-            inv_std: normalized[s].then(|| &dinv[s]),
+    let ts: Vec<Vec<f32>> = (xs.iter().zip(&rows).zip(normalized))
+        .map(|((x, (mean, inv_std)), &norm)| match norm {
+            true => normalize_cpu(x, l, mean, inv_std),
+            false => x.clone(),
         })
         .collect();
+    let stats: Vec<f32> = rows
+        .iter()
+        .flat_map(|(m, s)| [&m[..], &s[..]].concat())
+        .collect();
+    let (ddy, dw, dstats) = (
+        e.to_device(&dy).unwrap(),
+        e.to_device(&w).unwrap(),
+        e.to_device(&stats).unwrap(),
+    );
+    let dxs: Vec<DeviceBuffer<f32>> = xs.iter().map(|x| e.to_device(x).unwrap()).collect();
+    let refs: Vec<&DeviceBuffer<f32>> = dxs.iter().collect();
+    let terms = MixedTerms {
+        xs: &refs,
+        normalized,
+        stats: &dstats,
+    };
     let run = WeightRun {
         weights: &dw,
         offset: 3,
     };
-    let got = ops::mixed_input_backward(e, &ddy, run, &terms, l, needed).unwrap();
+    let got = ops::mixed_input_backward(e, &ddy, run, terms, l, needed).unwrap();
     assert_eq!(got.len(), normalized.len(), "{what}");
     for (s, dx) in got.iter().enumerate() {
         let weight = w[3 + s];
         match (dx, needed[s]) {
             (None, false) => {}
             (Some(dx), true) if normalized[s] => {
-                let want =
-                    reference::mixed_normalized_backward(&dy, weight, &ts[s], &inv_stds[s], l);
+                let want = reference::mixed_normalized_backward(&dy, weight, &ts[s], &rows[s].1, l);
                 // The means come from the kernels' own sums (see train_backward's check).
                 check(e, &format!("{what} dx{s}"), dx, &want, PIPELINE);
             }
@@ -436,6 +495,24 @@ fn check_mixed(
             (dx, need) => panic!("{what}: slot {s} needed {need}, got {}", dx.is_some()),
         }
     }
+    // The weights' gradient: Σ dy · tₛ at the run, zeros elsewhere; the bits of the plain mixed
+    // op's reduction over the terms themselves.
+    let got = ops::mixed_weight_backward(e, &ddy, run, terms, l).unwrap();
+    let mut want = vec![0.0; w.len()];
+    for (g, t) in want[3..].iter_mut().zip(&ts) {
+        *g = dot_f64(&dy, t) as f32;
+    }
+    check(e, &format!("{what} dw"), &got, &want, REDUCTION);
+    let dts: Vec<DeviceBuffer<f32>> = ts.iter().map(|t| e.to_device(t).unwrap()).collect();
+    let dts: Vec<&DeviceBuffer<f32>> = dts.iter().collect();
+    let plain = mixed::mixed_backward_weights(e, &ddy, &dts, run).unwrap();
+    check(
+        e,
+        &format!("{what} dw"),
+        &got,
+        &e.to_host(&plain).unwrap(),
+        Bits,
+    );
 }
 
 /// The tensor shape of a layout: `[N, C, HW, 1]`, or `[N, C]` when HW = 1.
@@ -611,8 +688,13 @@ fn check_against_cpu(e: &dyn Executor) {
         let seed = 100 * case as u64;
         check_kernels(e, &l, seed);
         if l.per_channel() >= 2 {
-            check_many(e, &l, seed + 70);
+            use Slot::{Normalized, Plain, Running};
+            let edge = [Running, Running, Plain, Running, Running, Running, Running];
+            check_mixed_forward(e, &l, seed + 70, &edge);
+            check_mixed_forward(e, &l, seed + 80, &[Normalized, Plain, Running, Normalized]);
+            check_mixed_forward(e, &l, seed + 90, &[Running; 8]);
         }
+        check_mixed_forward(e, &l, seed + 95, &[Slot::Plain, Slot::Plain]);
         let edge = [true, true, false, true, true, true, true];
         check_mixed(e, &l, seed + 30, &edge, &[true; 7]);
         check_mixed(
@@ -631,7 +713,14 @@ fn check_against_cpu(e: &dyn Executor) {
     }
 }
 
-cpu_reference_tests!(check_against_cpu, COVERED);
+// The mixed op's checks also launch the mixed family's sum and weight-gradient kernels.
+cpu_reference_tests!(
+    check_against_cpu,
+    COVERED,
+    KernelId::MixedSumFwdF32,
+    KernelId::MixedSumWeightPartialBwdF32,
+    KernelId::ElementwiseWeightedSumWeightFinalBwdF32
+);
 
 /// The statistics and the gradient sums twice on the same data, with four partial sums per
 /// channel and a ReLU after the normalisation: the same bits.
@@ -734,4 +823,51 @@ fn bad_arguments_are_errors() {
     assert!(ops::train_backward(e, &x, grad(&x, None), &l, norm, &two, false).is_err());
     assert!(ops::train_backward(e, &x, grad(&three, None), &l, norm, &three, false).is_err());
     assert!(ops::train_backward(e, &x, grad(&x, Some(&two)), &l, norm, &three, false).is_err());
+
+    // The mixed op: lengths, counts, the weights' run, one momentum, the statistics' length.
+    let w = e.to_device(&[0.5f32; 9]).unwrap();
+    let run = WeightRun {
+        weights: &w,
+        offset: 0,
+    };
+    let forward = |inputs: &[MixedInput<'_>], run| ops::mixed_sum_forward(e, inputs, run, &l, EPS);
+    let norm_x = MixedInput::Normalized(&x, None);
+    assert!(forward(&[norm_x, MixedInput::Plain(&x)], run).is_ok());
+    assert!(forward(&[], run).is_err());
+    assert!(forward(&[norm_x; 9], run).is_err());
+    assert!(forward(&[norm_x, MixedInput::Plain(&three)], run).is_err());
+    let late = WeightRun { offset: 8, ..run };
+    assert!(forward(&[norm_x, norm_x], late).is_err());
+    let with =
+        |momentum| MixedInput::Normalized(&x, running(&three, &other, momentum).unwrap().into());
+    assert!(forward(&[with(0.1), with(0.1)], run).is_ok());
+    assert!(forward(&[with(0.1), with(0.2)], run).is_err());
+    assert!(forward(&[with(1.5)], run).is_err());
+    let single_x = e.to_device(&[1.0f32; 12]).unwrap();
+    assert!(
+        ops::mixed_sum_forward(
+            e,
+            &[MixedInput::Normalized(&single_x, None)],
+            run,
+            &single,
+            EPS
+        )
+        .is_err()
+    );
+    assert!(ops::mixed_sum_forward(e, &[MixedInput::Plain(&single_x)], run, &single, EPS).is_ok());
+    let stats = e.to_device(&[0.5f32; 12]).unwrap();
+    let xs = [&x, &x];
+    let terms = |normalized, stats| MixedTerms {
+        xs: &xs,
+        normalized,
+        stats,
+    };
+    let backward = |terms, needs: &[bool]| ops::mixed_input_backward(e, &x, run, terms, &l, needs);
+    assert!(backward(terms(&[true, false], &stats), &[true, true]).is_ok());
+    assert!(backward(terms(&[true], &stats), &[true, true]).is_err());
+    assert!(backward(terms(&[true, false], &three), &[true, true]).is_err());
+    assert!(backward(terms(&[true, false], &stats), &[true]).is_err());
+    assert!(ops::mixed_weight_backward(e, &x, run, terms(&[true, false], &stats), &l).is_ok());
+    assert!(ops::mixed_weight_backward(e, &x, run, terms(&[true, false], &three), &l).is_err());
+    assert!(ops::mixed_weight_backward(e, &three, run, terms(&[true, false], &stats), &l).is_err());
 }

@@ -84,8 +84,9 @@ impl BatchNorm2d {
 /// `Σₛ weights[at + s] · tₛ` with `tₛ = bn(xₛ)` for each `(xₛ, Some(bn))` of `terms` and `tₛ = xₛ`
 /// for each `(xₛ, None)`, the weights read in place. In training, with batch norms without affine
 /// parameters (every one in the search cells), this is one op
-/// ([`normalized_weighted_sum_at`]), whose backward takes two launches for all the batch norms on
-/// a GPU, and which folds each batch's statistics into its norm's running buffers; otherwise each
+/// ([`normalized_weighted_sum_at`]), which takes two launches for all the batch norms and the
+/// sum on a GPU, each way, keeps none of the normalised outputs, and folds each batch's
+/// statistics into its norm's running buffers; otherwise each
 /// batch norm runs, then [`weighted_sum_at`]. The values are the same either way.
 pub fn normalized_mixed_sum(
     ctx: &mut Ctx,

@@ -70,7 +70,7 @@ fn check_channels(op: &'static str, what: &str, shape: &[usize], c: usize) -> Re
 }
 
 /// Checks that `eps` is finite and not negative.
-fn check_eps(op: &'static str, eps: f32) -> Result<()> {
+pub(crate) fn check_eps(op: &'static str, eps: f32) -> Result<()> {
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(Error::invalid(
             op,
@@ -342,7 +342,12 @@ fn normalize_gpu(
 }
 
 /// Checks `running` against `c` channels and `x`'s device.
-fn check_running(op: &'static str, x: &Tensor, running: &RunningStats<'_>, c: usize) -> Result<()> {
+pub(crate) fn check_running(
+    op: &'static str,
+    x: &Tensor,
+    running: &RunningStats<'_>,
+    c: usize,
+) -> Result<()> {
     check_channels(op, "running_mean", running.mean.shape(), c)?;
     check_channels(op, "running_var", running.var.shape(), c)?;
     common_device(op, &[x, running.mean, running.var])?;
@@ -455,92 +460,39 @@ fn train_statistics(
     })
 }
 
-/// A training-mode batch norm without affine parameters, computed but not recorded: the fused
-/// DARTS mixed op (`ops::mixed`) records one op for several of them and the sum of their outputs.
-pub(crate) struct Normalized {
-    /// The normalised output `x̂ = (x − mean)/σ`, with the bits `batch_norm_train` gives it.
-    pub y: Tensor,
-    /// `1/σ` per channel (`[C]`), on `x`'s device.
-    pub inv_std: Tensor,
-    /// The new running `(mean, var)`, when running statistics were given.
-    pub running: Option<(Tensor, Tensor)>,
+/// The batch statistics of a training-mode batch norm of `x`, a tensor on the CPU laid out as `l`
+/// (more than one value per channel), without affine parameters, and with `running` the new
+/// running `(mean, var)`: what the fused DARTS mixed op (`ops::mixed`) normalises its candidates
+/// with, as [`batch_norm_train`] would.
+pub(crate) fn train_normalizer_cpu(
+    op: &'static str,
+    x: &Tensor,
+    l: &ChannelLayout,
+    eps: f32,
+    running: Option<RunningStats<'_>>,
+) -> Result<(Normalizer, Option<(Tensor, Tensor)>)> {
+    match train_statistics(op, x, l, eps, &None, running, Activation::Identity)? {
+        (Norm::Cpu(norm), running) => Ok((norm, running)),
+        (Norm::Gpu(_), _) => Err(Error::invalid(
+            op,
+            "a GPU tensor where the CPU was expected",
+        )),
+    }
 }
 
-/// [`batch_norm_train`] of each of `xs` (tensors of one shape on one device) without affine
-/// parameters or activation, each with its `running` statistics if any (one entry per input), as
-/// values (see [`Normalized`]); on a GPU with one launch for the statistics of all of them
-/// (`gpu::batchnorm::train_forward_many`, at most eight inputs). `op` names the caller in errors.
-pub(crate) fn train_normalized_many(
-    op: &'static str,
-    xs: &[&Tensor],
-    eps: f32,
-    running: &[Option<RunningStats<'_>>],
-) -> Result<Vec<Normalized>> {
-    let Some(first) = xs.first() else {
-        return Ok(Vec::new());
-    };
-    let l = layout_of(op, first.shape())?;
-    check_eps(op, eps)?;
-    check_train_count(op, first.shape(), &l)?;
-    for (x, r) in xs.iter().zip(running) {
-        if x.shape() != first.shape() {
-            return Err(Error::shape(
-                op,
-                format!("{:?} (the first input's shape)", first.shape()),
-                x.shape(),
-            ));
-        }
-        if let Some(r) = r {
-            check_running(op, x, r, l.c)?;
-        }
-    }
-    let device = common_device(op, xs)?;
-    let Data::Gpu(exec, _) = first.storage() else {
-        return (xs.iter().zip(running))
-            .map(|(x, &r)| {
-                let (norm, running) =
-                    train_statistics(op, x, &l, eps, &None, r, Activation::Identity)?;
-                let Norm::Cpu(norm) = norm else {
-                    unreachable!("the statistics of a tensor on the CPU are computed there")
-                };
-                let (scale, shift) = coefficients(None, &norm);
-                let y = k::scale_shift(x.data(), &l, &scale, &shift, Activation::Identity);
-                Ok(Normalized {
-                    y: Tensor::from_vec(y, x.shape())?,
-                    inv_std: Tensor::from_vec(norm.inv_std, &[l.c])?,
-                    running,
-                })
-            })
-            .collect();
-    };
-    let buffers: Vec<_> = xs.iter().map(|x| buffer(x)).collect();
-    let running: Vec<_> = (running.iter())
-        .map(|r| {
-            r.map(|r| g::Running {
-                mean: buffer(r.mean),
-                var: buffer(r.var),
-                momentum: r.momentum,
-            })
-        })
-        .collect();
-    let channels = |b| Tensor::from_buffer(b, &[l.c], device);
-    g::train_forward_many(exec, &buffers, &l, eps, &running)?
-        .into_iter()
-        .map(|out| {
-            Ok(Normalized {
-                y: Tensor::from_buffer(out.y, first.shape(), device)?,
-                inv_std: channels(out.inv_std)?,
-                running: match out.running {
-                    Some((m, v)) => Some((channels(m)?, channels(v)?)),
-                    None => None,
-                },
-            })
-        })
-        .collect()
+/// `x̂ = (x − mean)·inv_std` per channel on the CPU, with the float operations of
+/// [`batch_norm_train`]'s output (no affine parameters): the same bits.
+pub(crate) fn normalized_cpu(x: &[f32], l: &ChannelLayout, norm: &Normalizer) -> Vec<f32> {
+    let (scale, shift) = coefficients(None, norm);
+    k::scale_shift(x, l, &scale, &shift, Activation::Identity)
 }
 
 /// Fails unless every channel of `l` has more than one value, as training needs.
-fn check_train_count(op: &'static str, shape: &[usize], l: &ChannelLayout) -> Result<()> {
+pub(crate) fn check_train_count(
+    op: &'static str,
+    shape: &[usize],
+    l: &ChannelLayout,
+) -> Result<()> {
     if l.per_channel() < 2 {
         return Err(Error::invalid(
             op,

@@ -4,24 +4,32 @@
 //!
 //! The values are those of the ops one by one ([`batch_norm_train`](super::batchnorm::
 //! batch_norm_train) for each normalised candidate, then [`weighted_sum_at`](super::elementwise::
-//! weighted_sum_at)), bit for bit. The backward is where they differ. With `g = w[at + s] · dy`
-//! the gradient at `tₛ`, the batch norm's rule (derived in `ops::batchnorm`) gives
-//! `dxₛ = inv_stdₛ · (g − mean(g) − x̂ₛ · mean(g · x̂ₛ))` per channel, and `x̂ₛ` is `tₛ` itself:
-//! so the backward reads `tₛ` (which the weights' gradient `Σ dy · tₛ` reads anyway) and `1/σ`,
-//! not `xₛ` and the mean, and on a GPU computes every `dxₛ` in two launches, where the ops one by
-//! one take a scale and two launches per batch norm (thirteen for a DARTS edge of six). The
-//! input gradients differ from theirs by rounding alone (`tₛ` is `x̂ₛ` rounded once more).
+//! weighted_sum_at)), bit for bit, and so are the running statistics. The difference is what is
+//! stored and launched. The op never keeps a `tₛ`: it keeps each batch norm's mean and `1/σ` per
+//! channel (`[K, 2, C]` statistics) and recomputes `tₛ` from `xₛ` where the backward needs it, with
+//! the forward's own float operations. On a GPU the forward is two launches for the whole edge
+//! (the statistics of every batch norm, then one launch that normalises and sums), where the ops
+//! one by one take seven and write, read back and keep six tensors the size of the output. With
+//! `g = w[at + s] · dy` the gradient at `tₛ`, the batch norm's rule (derived in `ops::batchnorm`)
+//! gives `dxₛ = inv_stdₛ · (g − mean(g) − tₛ · mean(g · tₛ))` per channel: two launches for every
+//! `dxₛ`, where the ops one by one take a scale and two launches per batch norm (thirteen for a
+//! DARTS edge of six). The input gradients differ from theirs by rounding alone.
 
 use crate::autograd::{Tape, Var};
-use crate::device::cpu::batchnorm::ChannelLayout;
+use crate::device::cpu::batchnorm::{ChannelLayout, Normalizer};
 use crate::device::cpu::{batchnorm as k, elementwise as cpu_elementwise};
-use crate::device::gpu::batchnorm as g;
 use crate::device::gpu::mixed::{MAX_CANDIDATES, WeightRun};
-use crate::ops::batchnorm::{RunningStats, layout_of, train_normalized_many};
+use crate::device::gpu::{DeviceBuffer, Executor, batchnorm as g};
+use crate::ops::batchnorm::{
+    RunningStats, check_eps, check_running, check_train_count, layout_of, normalized_cpu,
+    train_normalizer_cpu,
+};
 use crate::ops::buffer;
 use crate::ops::elementwise::{check_mixed, mixed_backward_weights, mixed_forward};
 use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
+
+const OP: &str = "normalized_weighted_sum";
 
 /// The new running `(mean, var)` of one term of [`normalized_weighted_sum_at`]: `None` for a plain
 /// term, or a normalised one given no running statistics.
@@ -59,7 +67,6 @@ pub fn normalized_weighted_sum_at(
     at: usize,
     eps: f32,
 ) -> Result<(Var, Vec<NewRunning>)> {
-    const OP: &str = "normalized_weighted_sum";
     let xs: Vec<Var> = terms.iter().map(MixedTerm::var).collect();
     let w = check_mixed(tape, OP, &xs, weights, at)?;
     if xs.len() > MAX_CANDIDATES {
@@ -69,99 +76,237 @@ pub fn normalized_weighted_sum_at(
             got: xs.len(),
         });
     }
-    let l = layout_of(OP, tape.shape(xs[0]))?;
-    // The normalised terms' batch norms, all at once (one launch for their statistics on a GPU).
-    let (normalized, running): (Vec<&Tensor>, Vec<Option<RunningStats<'_>>>) = (terms.iter())
-        .filter_map(|term| match *term {
-            MixedTerm::Normalized(x, running) => Some((tape.value(x), running)),
-            MixedTerm::Plain(_) => None,
-        })
-        .unzip();
-    let mut normalized = train_normalized_many(OP, &normalized, eps, &running)?.into_iter();
-    let mut ts = Vec::with_capacity(terms.len());
-    let mut inv_stds = Vec::with_capacity(terms.len());
-    let mut new_running = Vec::with_capacity(terms.len());
+    let shape = tape.shape(xs[0]).to_vec();
+    let l = layout_of(OP, &shape)?;
+    let normalized: Vec<bool> = (terms.iter())
+        .map(|term| matches!(term, MixedTerm::Normalized(..)))
+        .collect();
+    if normalized.contains(&true) {
+        check_eps(OP, eps)?;
+        check_train_count(OP, &shape, &l)?;
+    }
     for term in terms {
-        match *term {
-            MixedTerm::Plain(x) => {
-                ts.push(tape.value(x).clone());
-                inv_stds.push(None);
-                new_running.push(None);
-            }
-            MixedTerm::Normalized(..) => {
-                let n = normalized.next().expect("one result per normalised term");
-                ts.push(n.y);
-                inv_stds.push(Some(n.inv_std));
-                new_running.push(n.running);
-            }
+        if let MixedTerm::Normalized(x, Some(running)) = term {
+            check_running(OP, tape.value(*x), running, l.c)?;
         }
     }
-    let y = mixed_forward(&ts, &w, at)?;
+    let values: Vec<Tensor> = xs.iter().map(|&x| tape.value(x).clone()).collect();
+    let Forward { y, stats, running } = match w.storage() {
+        Data::Cpu(_) => forward_cpu(terms, &values, &w, at, &l, eps)?,
+        Data::Gpu(exec, wb) => forward_gpu(exec, terms, &values, wb, at, &l, eps)?,
+    };
     let mut inputs = xs;
     inputs.push(weights);
     let y = tape.record(OP, y, &inputs, move |dy, needs| {
-        let count = ts.len();
-        let mut grads = input_grads(dy, &ts, &inv_stds, &w, at, &l, &needs[..count])?;
-        grads.push(match needs[count] {
-            true => Some(mixed_backward_weights(dy, &ts, &w, at)?),
-            false => None,
-        });
-        Ok(grads)
+        let terms = Terms {
+            xs: &values,
+            normalized: &normalized,
+            stats: &stats,
+            l,
+        };
+        match (dy.storage(), w.storage()) {
+            (Data::Cpu(d), Data::Cpu(wd)) => backward_cpu(dy, d, terms, &w, &wd[at..], at, needs),
+            (Data::Gpu(exec, d), Data::Gpu(_, wb)) => {
+                let run = WeightRun {
+                    weights: wb,
+                    offset: at,
+                };
+                backward_gpu(exec, dy, d, terms, &w, run, needs)
+            }
+            _ => Err(Error::invalid(
+                "normalized_weighted_sum backward",
+                format!("dy on {} and the weights on {}", dy.device(), w.device()),
+            )),
+        }
     });
-    Ok((y, new_running))
+    Ok((y, running))
 }
 
-/// The candidates' gradients where `needs` them, on the inputs' device: a normalised term's
-/// through its batch norm (`inv_std` given), a plain term's `w[at + s] · dy`.
-fn input_grads(
-    dy: &Tensor,
-    ts: &[Tensor],
-    inv_stds: &[Option<Tensor>],
+/// What the forward hands on: the sum, the statistics the backward recomputes the terms from, and
+/// the new running statistics.
+struct Forward {
+    y: Tensor,
+    /// `[K, 2, C]`: per term, the mean and `1/σ` of each channel (zeros for a plain term).
+    stats: Tensor,
+    running: Vec<NewRunning>,
+}
+
+/// The forward on the CPU reference: each normalised term by the batch norm's own arithmetic,
+/// then their weighted sum.
+fn forward_cpu(
+    terms: &[MixedTerm<'_>],
+    values: &[Tensor],
     w: &Tensor,
     at: usize,
     l: &ChannelLayout,
+    eps: f32,
+) -> Result<Forward> {
+    let c = l.c;
+    let mut stats = vec![0.0; 2 * c * terms.len()];
+    let mut ts = Vec::with_capacity(terms.len());
+    let mut running = Vec::with_capacity(terms.len());
+    for ((term, x), rows) in terms.iter().zip(values).zip(stats.chunks_mut(2 * c)) {
+        match *term {
+            MixedTerm::Plain(_) => {
+                ts.push(x.clone());
+                running.push(None);
+            }
+            MixedTerm::Normalized(_, r) => {
+                let (norm, new) = train_normalizer_cpu(OP, x, l, eps, r)?;
+                ts.push(Tensor::from_vec(
+                    normalized_cpu(x.data(), l, &norm),
+                    x.shape(),
+                )?);
+                rows[..c].copy_from_slice(&norm.mean);
+                rows[c..].copy_from_slice(&norm.inv_std);
+                running.push(new);
+            }
+        }
+    }
+    Ok(Forward {
+        y: mixed_forward(&ts, w, at)?,
+        stats: Tensor::from_vec(stats, &[terms.len(), 2, c])?,
+        running,
+    })
+}
+
+/// The forward on a GPU executor (`gpu::batchnorm::mixed_sum_forward`): two launches, no term
+/// written.
+fn forward_gpu(
+    exec: &'static dyn Executor,
+    terms: &[MixedTerm<'_>],
+    values: &[Tensor],
+    weights: &DeviceBuffer<f32>,
+    at: usize,
+    l: &ChannelLayout,
+    eps: f32,
+) -> Result<Forward> {
+    let device = values[0].device();
+    let inputs: Vec<g::MixedInput<'_>> = (terms.iter().zip(values))
+        .map(|(term, x)| match *term {
+            MixedTerm::Plain(_) => g::MixedInput::Plain(buffer(x)),
+            MixedTerm::Normalized(_, r) => g::MixedInput::Normalized(
+                buffer(x),
+                r.map(|r| g::Running {
+                    mean: buffer(r.mean),
+                    var: buffer(r.var),
+                    momentum: r.momentum,
+                }),
+            ),
+        })
+        .collect();
+    let run = WeightRun {
+        weights,
+        offset: at,
+    };
+    let out = g::mixed_sum_forward(exec, &inputs, run, l, eps)?;
+    let channels = |b| Tensor::from_buffer(b, &[l.c], device);
+    Ok(Forward {
+        y: Tensor::from_buffer(out.y, values[0].shape(), device)?,
+        stats: Tensor::from_buffer(out.stats, &[terms.len(), 2, l.c], device)?,
+        running: (out.running.into_iter())
+            .map(|r| r.map(|(m, v)| Ok((channels(m)?, channels(v)?))).transpose())
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// The backward's view of the op's inputs.
+#[derive(Clone, Copy)]
+struct Terms<'a> {
+    /// Each candidate's input.
+    xs: &'a [Tensor],
+    /// Whether each is batch-normalised.
+    normalized: &'a [bool],
+    /// The forward's `[K, 2, C]` statistics.
+    stats: &'a Tensor,
+    l: ChannelLayout,
+}
+
+/// The gradients (each candidate's where `needs` it, then the weights') on the CPU reference,
+/// from the terms recomputed as the forward computed them.
+fn backward_cpu(
+    dy: &Tensor,
+    d: &[f32],
+    terms: Terms<'_>,
+    w: &Tensor,
+    run: &[f32],
+    at: usize,
     needs: &[bool],
 ) -> Result<Vec<Option<Tensor>>> {
-    match (dy.storage(), w.storage()) {
-        (Data::Cpu(d), Data::Cpu(wd)) => (ts.iter().zip(inv_stds).zip(needs).enumerate())
-            .map(|(s, ((t, inv_std), &need))| {
-                if !need {
-                    return Ok(None);
-                }
-                let weight = wd[at + s];
-                let dx = match inv_std {
-                    Some(inv_std) => {
-                        k::mixed_normalized_backward(d, weight, t.data(), inv_std.data(), l)
-                    }
-                    None => cpu_elementwise::scale(d, weight),
+    let Terms {
+        xs,
+        normalized,
+        stats,
+        l,
+    } = terms;
+    let rows = stats.data().chunks(2 * l.c);
+    let mut ts = Vec::with_capacity(xs.len());
+    let mut grads = Vec::with_capacity(needs.len());
+    for (s, ((x, &norm), rows)) in xs.iter().zip(normalized).zip(rows).enumerate() {
+        let (mean, inv_std) = rows.split_at(l.c);
+        let t = match norm {
+            true => {
+                let norm = Normalizer {
+                    mean: mean.to_vec(),
+                    inv_std: inv_std.to_vec(),
                 };
-                Ok(Some(Tensor::from_vec(dx, dy.shape())?))
-            })
-            .collect(),
-        (Data::Gpu(exec, d), Data::Gpu(_, wb)) => {
-            let terms: Vec<g::MixedTerm<'_>> = ts
-                .iter()
-                .zip(inv_stds)
-                .map(|(t, inv_std)| g::MixedTerm {
-                    t: buffer(t),
-                    inv_std: inv_std.as_ref().map(buffer),
-                })
-                .collect();
-            let run = WeightRun {
-                weights: wb,
-                offset: at,
-            };
-            g::mixed_input_backward(exec, d, run, &terms, l, needs)?
-                .into_iter()
-                .map(|dx| {
-                    dx.map(|b| Tensor::from_buffer(b, dy.shape(), dy.device()))
-                        .transpose()
-                })
-                .collect()
-        }
-        _ => Err(Error::invalid(
-            "normalized_weighted_sum backward",
-            format!("dy on {} and the weights on {}", dy.device(), w.device()),
-        )),
+                Tensor::from_vec(normalized_cpu(x.data(), &l, &norm), x.shape())?
+            }
+            false => x.clone(),
+        };
+        grads.push(match (needs[s], norm) {
+            (false, _) => None,
+            (true, true) => {
+                let dx = k::mixed_normalized_backward(d, run[s], t.data(), inv_std, &l);
+                Some(Tensor::from_vec(dx, dy.shape())?)
+            }
+            (true, false) => Some(Tensor::from_vec(
+                cpu_elementwise::scale(d, run[s]),
+                dy.shape(),
+            )?),
+        });
+        ts.push(t);
     }
+    grads.push(match needs[xs.len()] {
+        true => Some(mixed_backward_weights(dy, &ts, w, at)?),
+        false => None,
+    });
+    Ok(grads)
+}
+
+/// The gradients on a GPU executor: two launches for the candidates'
+/// (`gpu::batchnorm::mixed_input_backward`), two for the weights'.
+fn backward_gpu(
+    exec: &'static dyn Executor,
+    dy: &Tensor,
+    d: &DeviceBuffer<f32>,
+    terms: Terms<'_>,
+    w: &Tensor,
+    run: WeightRun<'_>,
+    needs: &[bool],
+) -> Result<Vec<Option<Tensor>>> {
+    let xs: Vec<&DeviceBuffer<f32>> = terms.xs.iter().map(buffer).collect();
+    let device_terms = g::MixedTerms {
+        xs: &xs,
+        normalized: terms.normalized,
+        stats: buffer(terms.stats),
+    };
+    let count = xs.len();
+    let l = &terms.l;
+    let mut grads = (g::mixed_input_backward(exec, d, run, device_terms, l, &needs[..count])?)
+        .into_iter()
+        .map(|dx| {
+            dx.map(|b| Tensor::from_buffer(b, dy.shape(), dy.device()))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    grads.push(match needs[count] {
+        true => Some(Tensor::from_buffer(
+            g::mixed_weight_backward(exec, d, run, device_terms, l)?,
+            w.shape(),
+            dy.device(),
+        )?),
+        false => None,
+    });
+    Ok(grads)
 }

@@ -2,19 +2,20 @@
 //! `[N, C, HW]`: the batch statistics (with the affine coefficients and the running-statistics
 //! update in the same launches), the eval-mode coefficients, the per-channel affine map, and the
 //! gradient sums and training-mode input gradient of the backward; each forward can apply a ReLU
-//! to its output, and each backward then masks its gradient with that output. Also the input
-//! gradients of a DARTS mixed op over batch-normalised candidates, all in two launches
-//! ([`mixed_input_backward`]). Each function
-//! mirrors a CPU reference in `device::cpu::batchnorm`, or the per-channel arithmetic of
-//! `ops::batchnorm` (same arguments, same result), checks lengths, allocates its outputs and
-//! launches.
+//! to its output, and each backward then masks its gradient with that output. Also a DARTS mixed
+//! op over batch-normalised candidates: its forward normalises and sums every candidate in two
+//! launches without writing the normalised outputs ([`mixed_sum_forward`]), and its backward
+//! recomputes them from the candidates' inputs ([`mixed_input_backward`],
+//! [`mixed_weight_backward`]). Each function mirrors a CPU reference in `device::cpu::batchnorm`,
+//! or the per-channel arithmetic of `ops::batchnorm` (same arguments, same result), checks
+//! lengths, allocates its outputs and launches.
 //!
 //! The per-channel reductions run in two passes over fixed trees, with a number of partial sums
 //! per channel that depends only on the channel's size: the statistics and the gradient sums have
 //! the same bits on every run and every GPU.
 
 use super::kernels;
-use super::mixed::{MAX_CANDIDATES, WeightRun, slots};
+use super::mixed::{self, MAX_CANDIDATES, Normalization, WeightRun, slots};
 use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
 use crate::device::cpu::batchnorm::{Activation, ChannelLayout};
 
@@ -277,49 +278,7 @@ pub fn train_forward(
         running,
         act,
     };
-    normalize(exec, &d, x, &workspace, 0, pass2)
-}
-
-/// [`train_forward`] of each of `xs` (1 to [`MAX_CANDIDATES`] inputs of layout `l`, the
-/// candidates of a DARTS edge), without affine parameters or activation, each with its own running
-/// statistics where `running` has them (one entry per input): the same results, bit for bit,
-/// with one launch for the statistics of all of them instead of one each.
-pub fn train_forward_many(
-    exec: &dyn Executor,
-    xs: &[&DeviceBuffer<f32>],
-    l: &ChannelLayout,
-    eps: f32,
-    running: &[Option<Running<'_>>],
-) -> Result<Vec<TrainForward>, GpuError> {
-    let op = "train_forward_many";
-    if xs.is_empty() || xs.len() > MAX_CANDIDATES || running.len() != xs.len() {
-        return Err(invalid(
-            op,
-            format!(
-                "{} inputs and {} running statistics: 1 to {MAX_CANDIDATES} inputs, one each",
-                xs.len(),
-                running.len()
-            ),
-        ));
-    }
-    let d = Dims::new(op, l, "input 0", xs[0])?;
-    for (z, (x, &r)) in xs.iter().zip(running).enumerate() {
-        Dims::new(op, l, &format!("input {z}"), x)?;
-        check_train(op, &d, eps, r)?;
-    }
-    let workspace = moments(exec, &d, xs)?;
-    let per_input = 4 * d.partials() * l.c;
-    (xs.iter().zip(running).enumerate())
-        .map(|(z, (x, &running))| {
-            let pass2 = Pass2 {
-                eps,
-                affine: None,
-                running,
-                act: Activation::Identity,
-            };
-            normalize(exec, &d, x, &workspace, int(op, z * per_input)?, pass2)
-        })
-        .collect()
+    normalize(exec, &d, x, &workspace, pass2)
 }
 
 /// Checks what a training-mode forward needs besides its input's layout: `eps`, more than one
@@ -395,14 +354,13 @@ struct Pass2<'a> {
 }
 
 /// Pass 2 of a training forward of `x` (laid out as `d`, checked with `pass2`'s arguments), from
-/// the partials at word `at` of `workspace`: the statistics, the output and the new running
+/// the partials of pass 1 in `workspace`: the statistics, the output and the new running
 /// statistics, in one launch.
 fn normalize(
     exec: &dyn Executor,
     d: &Dims,
     x: &DeviceBuffer<f32>,
     workspace: &DeviceBuffer<u32>,
-    at: i32,
     Pass2 {
         eps,
         affine,
@@ -427,7 +385,7 @@ fn normalize(
     };
     let p = int("train_forward", d.partials())?;
     // SAFETY: on pass 1's grid (z = 0), the kernel reads x and writes y at [0..N·C·HW), reads the
-    // 4·P·C words of the workspace from `at` (pass 1 wrote them there) and γ, β and the running
+    // 4·P·C words of the workspace (pass 1 wrote them) and γ, β and the running
     // statistics where given, and writes mean, inv_std, scale and, where given, the new running
     // statistics at [0..C). Each buffer holds that many elements (checked, or allocated here); it
     // runs after pass 1, on the same queue.
@@ -437,7 +395,6 @@ fn normalize(
             d.pass1(),
             x,
             workspace,
-            at,
             affine.map(|(gamma, _)| gamma),
             affine.map(|(_, beta)| beta),
             running.map(|r| r.mean),
@@ -666,65 +623,276 @@ pub fn train_backward(
     Ok((dx, sums))
 }
 
-/// One candidate of a DARTS mixed op over batch-normalised outputs, as the backward sees it.
+/// One candidate of [`mixed_sum_forward`].
 #[derive(Debug, Clone, Copy)]
-pub struct MixedTerm<'a> {
-    /// The candidate's term of the sum: its normalised output `x̂`, or its input as it is.
-    pub t: &'a DeviceBuffer<f32>,
-    /// `1 / σ` per channel of a normalised candidate (its forward's `inv_std`); `None` for a
-    /// plain one.
-    pub inv_std: Option<&'a DeviceBuffer<f32>>,
+pub enum MixedInput<'a> {
+    /// A candidate's output, summed as it is.
+    Plain(&'a DeviceBuffer<f32>),
+    /// A candidate's output before its batch norm (training mode, no affine parameters), with
+    /// the running statistics to fold the batch's into, if any.
+    Normalized(&'a DeviceBuffer<f32>, Option<Running<'a>>),
 }
 
-/// The input gradients of the mixed op `Σₛ w[offset + s] · tₛ` over `terms` (1 to
-/// [`MAX_CANDIDATES`], each laid out as `l`), where each normalised term is the batch norm
-/// (training mode, no affine parameters) of its candidate: for each `s` with `needs[s]`,
-/// `dxₛ = inv_stdₛ · (g − mean(g) − tₛ · mean(g · tₛ))` with `g = w[offset + s] · dy` (the means per
-/// channel), or `g` for a plain term; `None` for the others. Two launches for all the terms
-/// together (`kernels/batchnorm.cu`), where the ops one by one take a scale and two launches per
-/// batch norm; the same arithmetic as `device::cpu::batchnorm::mixed_normalized_backward`.
+impl<'a> MixedInput<'a> {
+    /// The candidate's buffer.
+    fn x(&self) -> &'a DeviceBuffer<f32> {
+        match *self {
+            MixedInput::Plain(x) | MixedInput::Normalized(x, _) => x,
+        }
+    }
+
+    /// The running statistics of a normalised candidate that has them.
+    fn running(&self) -> Option<Running<'a>> {
+        match *self {
+            MixedInput::Normalized(_, running) => running,
+            MixedInput::Plain(_) => None,
+        }
+    }
+}
+
+/// What [`mixed_sum_forward`] computes.
+#[derive(Debug)]
+pub struct MixedForward {
+    /// The weighted sum, laid out as the candidates.
+    pub y: DeviceBuffer<f32>,
+    /// `[K, 2, C]`: per candidate, the batch mean and `1 / σ` of each channel its batch norm
+    /// used (zeros for a plain candidate); the backward recomputes the normalised terms from them.
+    pub stats: DeviceBuffer<f32>,
+    /// Per candidate, its new running `(mean, var)` where it had running statistics.
+    pub running: Vec<Option<(DeviceBuffer<f32>, DeviceBuffer<f32>)>>,
+}
+
+/// The bit mask of the normalised slots among `normalized` (one flag per slot).
+fn norm_mask(normalized: impl Iterator<Item = bool>) -> u32 {
+    normalized
+        .enumerate()
+        .fold(0, |mask, (s, norm)| mask | (u32::from(norm) << s))
+}
+
+/// The DARTS mixed op over batch-normalised candidates, forward: `y = Σₛ w[offset + s] · tₛ` over
+/// `inputs` (1 to [`MAX_CANDIDATES`], laid out as `l`), `tₛ` the training-mode batch norm of a
+/// [`MixedInput::Normalized`] candidate (no affine parameters, `eps`) or a plain candidate as it
+/// is. The same bits as [`train_forward`] of each normalised candidate summed by
+/// `mixed::mixed_forward`, with the same statistics and running statistics, in two launches (one
+/// statistics pass over all the normalised candidates, then one that normalises and sums), and
+/// without writing any `tₛ`. Running statistics must share one momentum.
+pub fn mixed_sum_forward(
+    exec: &dyn Executor,
+    inputs: &[MixedInput<'_>],
+    weights: WeightRun<'_>,
+    l: &ChannelLayout,
+    eps: f32,
+) -> Result<MixedForward, GpuError> {
+    let op = "mixed_sum_forward";
+    if inputs.is_empty() || inputs.len() > MAX_CANDIDATES {
+        return Err(invalid(
+            op,
+            format!("{} candidates: 1 to {MAX_CANDIDATES}", inputs.len()),
+        ));
+    }
+    let offset = weights.offset(op, inputs.len())?;
+    let d = Dims::new(op, l, "candidate 0", inputs[0].x())?;
+    let mut momentum = None;
+    for (s, input) in inputs.iter().enumerate() {
+        Dims::new(op, l, &format!("candidate {s}"), input.x())?;
+        if let MixedInput::Normalized(_, running) = input {
+            check_train(op, &d, eps, *running)?;
+        }
+        if let Some(r) = input.running() {
+            if momentum.is_some_and(|m| m != r.momentum) {
+                return Err(invalid(
+                    op,
+                    format!(
+                        "running statistics with momenta {momentum:?} and {}",
+                        r.momentum
+                    ),
+                ));
+            }
+            momentum = Some(r.momentum);
+        }
+    }
+    let mask = norm_mask(
+        inputs
+            .iter()
+            .map(|input| matches!(input, MixedInput::Normalized(..))),
+    );
+    let xs: Vec<&DeviceBuffer<f32>> = inputs.iter().map(MixedInput::x).collect();
+    let normalized: Vec<&DeviceBuffer<f32>> = (xs.iter().enumerate())
+        .filter(|&(s, _)| mask >> s & 1 == 1)
+        .map(|(_, &x)| x)
+        .collect();
+    let workspace = match normalized.is_empty() {
+        true => exec.alloc(1)?,
+        false => moments(exec, &d, &normalized)?,
+    };
+    let c = l.c;
+    let mut out = MixedForward {
+        y: exec.alloc(xs[0].len())?,
+        stats: exec.alloc(2 * c * inputs.len())?,
+        running: (inputs.iter())
+            .map(|input| match input.running() {
+                Some(_) => Ok(Some((exec.alloc(c)?, exec.alloc(c)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<_, GpuError>>()?,
+    };
+    let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(&xs);
+    let running = |s: usize| inputs.get(s).and_then(MixedInput::running);
+    let [rm0, rm1, rm2, rm3, rm4, rm5, rm6, rm7] =
+        std::array::from_fn(|s| running(s).map(|r| r.mean));
+    let [rv0, rv1, rv2, rv3, rv4, rv5, rv6, rv7] =
+        std::array::from_fn(|s| running(s).map(|r| r.var));
+    let (new_means, new_vars): (Vec<_>, Vec<_>) = (out.running.iter_mut())
+        .map(|r| match r {
+            Some((m, v)) => (Some(m), Some(v)),
+            None => (None, None),
+        })
+        .unzip();
+    let (mut new_means, mut new_vars) = (new_means.into_iter(), new_vars.into_iter());
+    let [nm0, nm1, nm2, nm3, nm4, nm5, nm6, nm7] =
+        std::array::from_fn(|_| new_means.next().flatten());
+    let [nv0, nv1, nv2, nv3, nv4, nv5, nv6, nv7] =
+        std::array::from_fn(|_| new_vars.next().flatten());
+    // SAFETY: on pass 1's grid, the kernel reads x0..x(K−1) at [0..N·C·HW) (checked; the slots
+    // past K alias x0 and are never read), w[offset + s] for s < K (checked), the 4·P·C words of
+    // each normalised slot's partials (pass 1 wrote them, in slot order, into a workspace of that
+    // many) and the running statistics at [0..C) where given (checked); it writes y at
+    // [0..N·C·HW), the stats at [0..2·K·C) and the new running statistics at [0..C) where given,
+    // all allocated here at those lengths. It runs after pass 1, on the same queue.
+    unsafe {
+        kernels::batchnorm_mixed_sum_fwd_f32(
+            exec,
+            d.pass1(),
+            x0,
+            x1,
+            x2,
+            x3,
+            x4,
+            x5,
+            x6,
+            x7,
+            weights.weights,
+            offset,
+            mask,
+            int(op, inputs.len())?,
+            &workspace,
+            rm0,
+            rm1,
+            rm2,
+            rm3,
+            rm4,
+            rm5,
+            rm6,
+            rm7,
+            rv0,
+            rv1,
+            rv2,
+            rv3,
+            rv4,
+            rv5,
+            rv6,
+            rv7,
+            &mut out.stats,
+            &mut out.y,
+            nm0,
+            nm1,
+            nm2,
+            nm3,
+            nm4,
+            nm5,
+            nm6,
+            nm7,
+            nv0,
+            nv1,
+            nv2,
+            nv3,
+            nv4,
+            nv5,
+            nv6,
+            nv7,
+            int(op, d.partials())?,
+            d.n,
+            d.c,
+            d.hw,
+            eps,
+            momentum.unwrap_or(0.0),
+        )?;
+    }
+    Ok(out)
+}
+
+/// The candidates of a DARTS mixed op over batch-normalised outputs, as its backward reads them
+/// (see [`mixed_sum_forward`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MixedTerms<'a> {
+    /// Each candidate's input: its output before the batch norm, or the term itself.
+    pub xs: &'a [&'a DeviceBuffer<f32>],
+    /// Whether each candidate is batch-normalised.
+    pub normalized: &'a [bool],
+    /// The forward's `[K, 2, C]` statistics ([`MixedForward::stats`]).
+    pub stats: &'a DeviceBuffer<f32>,
+}
+
+impl MixedTerms<'_> {
+    /// Checks the terms against the layout `l` (1 to [`MAX_CANDIDATES`] of them, each with its
+    /// flag, holding `l`'s elements, the statistics `2·K·C` values, and more than one value per
+    /// channel when any is normalised); returns the kernels' mask of normalised slots.
+    fn check(&self, op: &'static str, l: &ChannelLayout) -> Result<u32, GpuError> {
+        let k = self.xs.len();
+        if k == 0 || k > MAX_CANDIDATES || self.normalized.len() != k {
+            return Err(invalid(
+                op,
+                format!(
+                    "{k} terms and {} flags: 1 to {MAX_CANDIDATES} terms, one flag each",
+                    self.normalized.len()
+                ),
+            ));
+        }
+        for (s, x) in self.xs.iter().enumerate() {
+            Dims::new(op, l, &format!("term {s}"), x)?;
+        }
+        check_channels(op, 2 * k * l.c, &[("the statistics", self.stats)])?;
+        let mask = norm_mask(self.normalized.iter().copied());
+        if mask != 0 && l.per_channel() < 2 {
+            return Err(invalid(
+                op,
+                format!("a batch norm needs more than 1 value per channel, got {l:?}"),
+            ));
+        }
+        Ok(mask)
+    }
+}
+
+/// The input gradients of the mixed op `Σₛ w[offset + s] · tₛ` over `terms` (each laid out as
+/// `l`), `tₛ` the batch norm (training mode, no affine parameters) of a normalised candidate's
+/// input: for each `s` with `needs[s]`, `dxₛ = inv_stdₛ · (g − mean(g) − tₛ · mean(g · tₛ))` with
+/// `g = w[offset + s] · dy` (the means per channel) and `tₛ` recomputed from the statistics, or `g`
+/// for a plain term; `None` for the others. Two launches for all the terms together
+/// (`kernels/batchnorm.cu`), where the ops one by one take a scale and two launches per batch
+/// norm; the same arithmetic as `device::cpu::batchnorm::mixed_normalized_backward`.
 pub fn mixed_input_backward(
     exec: &dyn Executor,
     dy: &DeviceBuffer<f32>,
     weights: WeightRun<'_>,
-    terms: &[MixedTerm<'_>],
+    terms: MixedTerms<'_>,
     l: &ChannelLayout,
     needs: &[bool],
 ) -> Result<Vec<Option<DeviceBuffer<f32>>>, GpuError> {
     let op = "mixed_input_backward";
     let d = Dims::new(op, l, "dy", dy)?;
-    if terms.is_empty() || terms.len() > MAX_CANDIDATES || needs.len() != terms.len() {
+    let norm_mask = terms.check(op, l)?;
+    let k = terms.xs.len();
+    if needs.len() != k {
         return Err(invalid(
             op,
-            format!(
-                "{} terms and {} needs: 1 to {MAX_CANDIDATES} terms, one need each",
-                terms.len(),
-                needs.len()
-            ),
+            format!("{k} terms and {} needs: one need each", needs.len()),
         ));
     }
-    let offset = weights.offset(op, terms.len())?;
-    let mut norm_mask = 0u32;
-    for (s, term) in terms.iter().enumerate() {
-        Dims::new(op, l, &format!("term {s}"), term.t)?;
-        if let Some(inv_std) = term.inv_std {
-            check_channels(op, l.c, &[("inv_std", inv_std)])?;
-            norm_mask |= 1 << s;
-            if d.m < 2 {
-                return Err(invalid(
-                    op,
-                    format!("a batch norm needs more than 1 value per channel, got {l:?}"),
-                ));
-            }
-        }
-    }
+    let offset = weights.offset(op, k)?;
     let normalised = norm_mask.count_ones() as usize;
     let p = int(op, d.partials())?;
     let mut workspace = exec.alloc((4 * d.partials() * l.c * normalised).max(1))?;
-    let ts: Vec<&DeviceBuffer<f32>> = terms.iter().map(|term| term.t).collect();
-    let [t0, t1, t2, t3, t4, t5, t6, t7] = slots(&ts);
-    let [i0, i1, i2, i3, i4, i5, i6, i7]: [Option<&DeviceBuffer<f32>>; MAX_CANDIDATES] =
-        std::array::from_fn(|s| terms.get(s).and_then(|term| term.inv_std));
+    let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(terms.xs);
     let mut dxs = needs
         .iter()
         .map(|&need| need.then(|| exec.alloc(dy.len())).transpose())
@@ -736,12 +904,12 @@ pub fn mixed_input_backward(
         config.grid[2] = slots as u32;
         config
     };
-    // SAFETY: both passes read dy and the terms t0..t(K−1) at [0..N·C·HW) and w[offset + s] for
-    // s < K (checked; the slots past K alias t0 and are never read). Pass 1, on B = popcount(mask)
-    // grid layers, writes the 2 doubles at 2((z·C + ch)·P + b) of the workspace, which holds the
-    // 4·P·C·B words that makes. Pass 2, on K layers, reads those words and inv_std at [0..C) of the
-    // normalised slots (checked), and writes the given outputs at [0..N·C·HW) (allocated here);
-    // null outputs, and every slot past K, are never touched. Both run on one queue, in order.
+    // SAFETY: both passes read dy and the inputs x0..x(K−1) at [0..N·C·HW), w[offset + s] for
+    // s < K and the stats at [0..2·K·C) (all checked; the slots past K alias x0 and are never
+    // read). Pass 1, on B = popcount(mask) grid layers, writes the 2 doubles at 2((z·C + ch)·P + b)
+    // of the workspace, which holds the 4·P·C·B words that makes. Pass 2, on K layers, reads those
+    // words and writes the given outputs at [0..N·C·HW) (allocated here); null outputs, and every
+    // slot past K, are never touched. Both run on one queue, in order.
     unsafe {
         if normalised > 0 {
             kernels::batchnorm_mixed_partial_bwd_f32(
@@ -750,14 +918,15 @@ pub fn mixed_input_backward(
                 dy,
                 weights.weights,
                 offset,
-                t0,
-                t1,
-                t2,
-                t3,
-                t4,
-                t5,
-                t6,
-                t7,
+                x0,
+                x1,
+                x2,
+                x3,
+                x4,
+                x5,
+                x6,
+                x7,
+                terms.stats,
                 norm_mask,
                 &mut workspace,
                 d.n,
@@ -767,26 +936,19 @@ pub fn mixed_input_backward(
         }
         kernels::batchnorm_mixed_input_bwd_f32(
             exec,
-            over(terms.len()),
+            over(k),
             dy,
             weights.weights,
             offset,
-            t0,
-            t1,
-            t2,
-            t3,
-            t4,
-            t5,
-            t6,
-            t7,
-            i0,
-            i1,
-            i2,
-            i3,
-            i4,
-            i5,
-            i6,
-            i7,
+            x0,
+            x1,
+            x2,
+            x3,
+            x4,
+            x5,
+            x6,
+            x7,
+            terms.stats,
             &workspace,
             o0,
             o1,
@@ -804,4 +966,25 @@ pub fn mixed_input_backward(
         )?;
     }
     Ok(dxs)
+}
+
+/// The mixing weights' gradient of the mixed op over `terms` (laid out as `l`):
+/// `dw[s] = Σᵢ dy[i] · tₛ[i]` with each normalised `tₛ` recomputed from the statistics, by
+/// `mixed::mixed_backward_weights`' deterministic reduction (its result's layout too).
+pub fn mixed_weight_backward(
+    exec: &dyn Executor,
+    dy: &DeviceBuffer<f32>,
+    weights: WeightRun<'_>,
+    terms: MixedTerms<'_>,
+    l: &ChannelLayout,
+) -> Result<DeviceBuffer<f32>, GpuError> {
+    let op = "mixed_weight_backward";
+    let norm_mask = terms.check(op, l)?;
+    let norm = Normalization {
+        stats: terms.stats,
+        norm_mask,
+        c: int(op, l.c)?,
+        hw: int(op, l.hw)?,
+    };
+    mixed::weight_gradient(exec, op, dy, terms.xs, weights, Some(norm))
 }

@@ -140,7 +140,34 @@ pub fn mixed_backward_weights(
     xs: &[&DeviceBuffer<f32>],
     weights: WeightRun<'_>,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
-    let op = "mixed_backward_weights";
+    weight_gradient(exec, "mixed_backward_weights", dy, xs, weights, None)
+}
+
+/// How the weights' gradient recomputes the batch-normalised terms of a mixed op from its inputs
+/// (`batchnorm::mixed_weight_backward`): `xs[s]` normalised with the mean and `1 / σ` of row
+/// `s` of `stats` (`[K, 2, C]`) where bit `s` of `norm_mask` is set, each element in channel
+/// `(i / hw) % c`. Checked by the caller.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Normalization<'a> {
+    /// The forward's statistics.
+    pub stats: &'a DeviceBuffer<f32>,
+    /// The normalised slots.
+    pub norm_mask: u32,
+    /// Channels.
+    pub c: i32,
+    /// Elements per channel and sample.
+    pub hw: i32,
+}
+
+/// [`mixed_backward_weights`], with the terms normalised as `norm` says where given.
+pub(super) fn weight_gradient(
+    exec: &dyn Executor,
+    op: &'static str,
+    dy: &DeviceBuffer<f32>,
+    xs: &[&DeviceBuffer<f32>],
+    weights: WeightRun<'_>,
+    norm: Option<Normalization<'_>>,
+) -> Result<DeviceBuffer<f32>, GpuError> {
     let (k, n, len) = candidates(op, xs)?;
     let offset = weights.offset(op, xs.len())?;
     let total = weights.weights.len();
@@ -165,7 +192,8 @@ pub fn mixed_backward_weights(
     let pass2 = LaunchConfig::grid_stride(total, THREADS);
     let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(xs);
     // SAFETY: pass 1 reads dy[0..n) and candidates 0..k at [0..n) (block (b, j) reads candidate
-    // j < k) and writes workspace[0..2·p·k) (block (b, j) writes slots 2(j·p + b) and the next);
+    // j < k), with `norm` the stats of its normalised slots at [0..2·k·c) (checked by the caller),
+    // and writes workspace[0..2·p·k) (block (b, j) writes slots 2(j·p + b) and the next);
     // pass 2 reads those 2·p·k values and writes dw[0..total), offset + k <= total (checked).
     // Each buffer holds that many elements. Both passes run on one queue, in order.
     unsafe {
@@ -181,6 +209,10 @@ pub fn mixed_backward_weights(
             x5,
             x6,
             x7,
+            norm.map(|norm| norm.stats),
+            norm.map_or(0, |norm| norm.norm_mask),
+            norm.map_or(1, |norm| norm.c),
+            norm.map_or(1, |norm| norm.hw),
             &mut workspace,
             n,
         )?;
