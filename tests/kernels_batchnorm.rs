@@ -11,7 +11,7 @@ mod common;
 
 use common::gpu::{Bits, EXACT, Tolerance, check, cpu_reference_tests, random};
 use darts::device::cpu::batchnorm::{
-    self as reference, ChannelLayout, Normalizer as CpuNormalizer,
+    self as reference, ChannelLayout, Normalizer as CpuNormalizer, TermStats,
 };
 use darts::device::cpu::dot_f64;
 use darts::device::cpu::elementwise::relu_backward;
@@ -484,7 +484,9 @@ fn check_mixed(
         match (dx, needed[s]) {
             (None, false) => {}
             (Some(dx), true) if normalized[s] => {
-                let want = reference::mixed_normalized_backward(&dy, weight, &ts[s], &rows[s].1, l);
+                let (mean, inv_std) = (&rows[s].0, &rows[s].1);
+                let st = TermStats { mean, inv_std };
+                let want = reference::mixed_normalized_backward(&dy, weight, &xs[s], st, l);
                 // The means come from the kernels' own sums (see train_backward's check).
                 check(e, &format!("{what} dx{s}"), dx, &want, PIPELINE);
             }

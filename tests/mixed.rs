@@ -75,11 +75,14 @@ fn matches_the_ops_one_by_one() {
             y_ops.data(),
             "{shape:?}: the same values, bit for bit"
         );
-        for (k, (g, g_ops)) in grads.iter().zip(&grads_ops).enumerate() {
-            // x̂ from the saved output rather than recomputed from x: rounding apart.
+        for (k, (g, g_ops)) in grads[..7].iter().zip(&grads_ops).enumerate() {
+            // x̂ as the forward rounds it rather than (x − mean)·inv_std: rounding apart.
             let what = format!("{shape:?}: gradient of input {k}");
             assert_close(&what, g.data(), g_ops.data(), 1e-5, 1e-4);
         }
+        // The weights' gradient sums dy·x̂ with x̂ recomputed as the forward computed it, in the
+        // order of the weighted sum's own reduction: bit for bit.
+        assert_eq!(grads[7].data(), grads_ops[7].data(), "{shape:?}: dw");
         // Only the run of weights the edge reads gets a gradient.
         let dw = grads[7].data();
         assert!(dw[..9].iter().chain(&dw[16..]).all(|&g| g == 0.0));

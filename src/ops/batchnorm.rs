@@ -480,13 +480,6 @@ pub(crate) fn train_normalizer_cpu(
     }
 }
 
-/// `x̂ = (x − mean)·inv_std` per channel on the CPU, with the float operations of
-/// [`batch_norm_train`]'s output (no affine parameters): the same bits.
-pub(crate) fn normalized_cpu(x: &[f32], l: &ChannelLayout, norm: &Normalizer) -> Vec<f32> {
-    let (scale, shift) = coefficients(None, norm);
-    k::scale_shift(x, l, &scale, &shift, Activation::Identity)
-}
-
 /// Fails unless every channel of `l` has more than one value, as training needs.
 pub(crate) fn check_train_count(
     op: &'static str,

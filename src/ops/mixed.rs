@@ -16,16 +16,15 @@
 //! DARTS edge of six). The input gradients differ from theirs by rounding alone.
 
 use crate::autograd::{Tape, Var};
-use crate::device::cpu::batchnorm::{ChannelLayout, Normalizer};
-use crate::device::cpu::{batchnorm as k, elementwise as cpu_elementwise};
+use crate::device::cpu::batchnorm::{ChannelLayout, TermStats};
+use crate::device::cpu::{batchnorm as k, dot_f64, elementwise as cpu_elementwise};
 use crate::device::gpu::mixed::{MAX_CANDIDATES, WeightRun};
 use crate::device::gpu::{DeviceBuffer, Executor, batchnorm as g};
 use crate::ops::batchnorm::{
-    RunningStats, check_eps, check_running, check_train_count, layout_of, normalized_cpu,
-    train_normalizer_cpu,
+    RunningStats, check_eps, check_running, check_train_count, layout_of, train_normalizer_cpu,
 };
 use crate::ops::buffer;
-use crate::ops::elementwise::{check_mixed, mixed_backward_weights, mixed_forward};
+use crate::ops::elementwise::check_mixed;
 use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
 
@@ -78,9 +77,7 @@ pub fn normalized_weighted_sum_at(
     }
     let shape = tape.shape(xs[0]).to_vec();
     let l = layout_of(OP, &shape)?;
-    let normalized: Vec<bool> = (terms.iter())
-        .map(|term| matches!(term, MixedTerm::Normalized(..)))
-        .collect();
+    let normalized = normalized_flags(terms);
     if normalized.contains(&true) {
         check_eps(OP, eps)?;
         check_train_count(OP, &shape, &l)?;
@@ -92,7 +89,7 @@ pub fn normalized_weighted_sum_at(
     }
     let values: Vec<Tensor> = xs.iter().map(|&x| tape.value(x).clone()).collect();
     let Forward { y, stats, running } = match w.storage() {
-        Data::Cpu(_) => forward_cpu(terms, &values, &w, at, &l, eps)?,
+        Data::Cpu(wd) => forward_cpu(terms, &values, &wd[at..], &l, eps)?,
         Data::Gpu(exec, wb) => forward_gpu(exec, terms, &values, wb, at, &l, eps)?,
     };
     let mut inputs = xs;
@@ -105,7 +102,7 @@ pub fn normalized_weighted_sum_at(
             l,
         };
         match (dy.storage(), w.storage()) {
-            (Data::Cpu(d), Data::Cpu(wd)) => backward_cpu(dy, d, terms, &w, &wd[at..], at, needs),
+            (Data::Cpu(d), Data::Cpu(_)) => backward_cpu(dy, d, terms, &w, at, needs),
             (Data::Gpu(exec, d), Data::Gpu(_, wb)) => {
                 let run = WeightRun {
                     weights: wb,
@@ -131,43 +128,57 @@ struct Forward {
     running: Vec<NewRunning>,
 }
 
-/// The forward on the CPU reference: each normalised term by the batch norm's own arithmetic,
-/// then their weighted sum.
+/// The forward on the CPU reference: each normalised term's statistics by the batch norm's own
+/// arithmetic, then one pass that normalises and sums (`device::cpu::batchnorm::
+/// mixed_normalized_sum`).
 fn forward_cpu(
     terms: &[MixedTerm<'_>],
     values: &[Tensor],
-    w: &Tensor,
-    at: usize,
+    w: &[f32],
     l: &ChannelLayout,
     eps: f32,
 ) -> Result<Forward> {
     let c = l.c;
     let mut stats = vec![0.0; 2 * c * terms.len()];
-    let mut ts = Vec::with_capacity(terms.len());
     let mut running = Vec::with_capacity(terms.len());
     for ((term, x), rows) in terms.iter().zip(values).zip(stats.chunks_mut(2 * c)) {
-        match *term {
-            MixedTerm::Plain(_) => {
-                ts.push(x.clone());
-                running.push(None);
-            }
+        running.push(match *term {
+            MixedTerm::Plain(_) => None,
             MixedTerm::Normalized(_, r) => {
                 let (norm, new) = train_normalizer_cpu(OP, x, l, eps, r)?;
-                ts.push(Tensor::from_vec(
-                    normalized_cpu(x.data(), l, &norm),
-                    x.shape(),
-                )?);
                 rows[..c].copy_from_slice(&norm.mean);
                 rows[c..].copy_from_slice(&norm.inv_std);
-                running.push(new);
+                new
             }
-        }
+        });
     }
+    let normalized: Vec<bool> = normalized_flags(terms);
+    let xs: Vec<&[f32]> = values.iter().map(Tensor::data).collect();
+    let y = k::mixed_normalized_sum(&xs, w, &term_stats(&stats, &normalized, c), l);
     Ok(Forward {
-        y: mixed_forward(&ts, w, at)?,
+        y: Tensor::from_vec(y, values[0].shape())?,
         stats: Tensor::from_vec(stats, &[terms.len(), 2, c])?,
         running,
     })
+}
+
+/// Whether each term is batch-normalised.
+fn normalized_flags(terms: &[MixedTerm<'_>]) -> Vec<bool> {
+    (terms.iter())
+        .map(|term| matches!(term, MixedTerm::Normalized(..)))
+        .collect()
+}
+
+/// Each term's statistics in `stats` (`[K, 2, C]`), for the normalised ones.
+fn term_stats<'a>(stats: &'a [f32], normalized: &[bool], c: usize) -> Vec<Option<TermStats<'a>>> {
+    (stats.chunks(2 * c).zip(normalized))
+        .map(|(rows, &norm)| {
+            norm.then(|| {
+                let (mean, inv_std) = rows.split_at(c);
+                TermStats { mean, inv_std }
+            })
+        })
+        .collect()
 }
 
 /// The forward on a GPU executor (`gpu::batchnorm::mixed_sum_forward`): two launches, no term
@@ -223,13 +234,12 @@ struct Terms<'a> {
 }
 
 /// The gradients (each candidate's where `needs` it, then the weights') on the CPU reference,
-/// from the terms recomputed as the forward computed them.
+/// each normalised term recomputed from its input where it is needed, never stored.
 fn backward_cpu(
     dy: &Tensor,
     d: &[f32],
     terms: Terms<'_>,
     w: &Tensor,
-    run: &[f32],
     at: usize,
     needs: &[bool],
 ) -> Result<Vec<Option<Tensor>>> {
@@ -239,38 +249,30 @@ fn backward_cpu(
         stats,
         l,
     } = terms;
-    let rows = stats.data().chunks(2 * l.c);
-    let mut ts = Vec::with_capacity(xs.len());
+    let run = &w.data()[at..];
+    let need_weights = needs[xs.len()];
+    let mut dw = vec![0.0; w.numel()];
     let mut grads = Vec::with_capacity(needs.len());
-    for (s, ((x, &norm), rows)) in xs.iter().zip(normalized).zip(rows).enumerate() {
-        let (mean, inv_std) = rows.split_at(l.c);
-        let t = match norm {
-            true => {
-                let norm = Normalizer {
-                    mean: mean.to_vec(),
-                    inv_std: inv_std.to_vec(),
-                };
-                Tensor::from_vec(normalized_cpu(x.data(), &l, &norm), x.shape())?
-            }
-            false => x.clone(),
-        };
-        grads.push(match (needs[s], norm) {
+    let all_stats = term_stats(stats.data(), normalized, l.c);
+    for (s, (x, st)) in xs.iter().zip(all_stats).enumerate() {
+        let dx = match (needs[s], st) {
             (false, _) => None,
-            (true, true) => {
-                let dx = k::mixed_normalized_backward(d, run[s], t.data(), inv_std, &l);
-                Some(Tensor::from_vec(dx, dy.shape())?)
-            }
-            (true, false) => Some(Tensor::from_vec(
-                cpu_elementwise::scale(d, run[s]),
-                dy.shape(),
-            )?),
-        });
-        ts.push(t);
+            (true, Some(st)) => Some(k::mixed_normalized_backward(d, run[s], x.data(), st, &l)),
+            (true, None) => Some(cpu_elementwise::scale(d, run[s])),
+        };
+        grads.push(dx.map(|dx| Tensor::from_vec(dx, dy.shape())).transpose()?);
+        if need_weights {
+            dw[at + s] = match st {
+                Some(st) => k::normalized_dot(d, x.data(), st, &l),
+                None => dot_f64(d, x.data()),
+            } as f32;
+        }
     }
-    grads.push(match needs[xs.len()] {
-        true => Some(mixed_backward_weights(dy, &ts, w, at)?),
-        false => None,
-    });
+    grads.push(
+        need_weights
+            .then(|| Tensor::from_vec(dw, w.shape()))
+            .transpose()?,
+    );
     Ok(grads)
 }
 

@@ -168,41 +168,109 @@ pub fn normalize_backward(
     dx
 }
 
+/// The per-channel statistics a batch-normalised candidate of a DARTS mixed op was normalised
+/// with (`[C]` each).
+#[derive(Debug, Clone, Copy)]
+pub struct TermStats<'a> {
+    /// The batch mean.
+    pub mean: &'a [f32],
+    /// `1/σ` of the batch.
+    pub inv_std: &'a [f32],
+}
+
+/// `x̂ = x · inv_std + (0 − mean · inv_std)`: a batch norm's output without affine parameters,
+/// with the float operations of [`scale_shift`] and its coefficients (`scale = 1 · inv_std`,
+/// `shift = 0 − mean · scale`), so the same bits.
+#[inline]
+pub fn normalized_term(x: f32, mean: f32, inv_std: f32) -> f32 {
+    x * inv_std + (0.0 - mean * inv_std)
+}
+
+/// The DARTS mixed op over batch-normalised candidates, forward: `y = Σₛ w[s] · tₛ` over the
+/// candidates `xs` (laid out as `l`), `tₛ` normalised with `stats[s]` where it is given and
+/// `xₛ` itself where not, multiplied and added in `s` order as `elementwise::weighted_sum` does:
+/// the bits of normalising each candidate, then summing, in one pass and without the terms.
+pub fn mixed_normalized_sum(
+    xs: &[&[f32]],
+    w: &[f32],
+    stats: &[Option<TermStats<'_>>],
+    l: &ChannelLayout,
+) -> Vec<f32> {
+    let mut y = vec![0.0; xs[0].len()];
+    y.par_chunks_mut(l.hw)
+        .enumerate()
+        .with_min_len(l.planes_per_task())
+        .for_each(|(plane, y)| {
+            let ch = plane % l.c;
+            let planes = xs.iter().map(|x| &x[plane * l.hw..][..l.hw]);
+            for (s, (x, st)) in planes.zip(stats).enumerate() {
+                let coefficients = st.map(|st| (st.mean[ch], st.inv_std[ch]));
+                for (y, &v) in y.iter_mut().zip(x) {
+                    let t = match coefficients {
+                        Some((m, k)) => normalized_term(v, m, k),
+                        None => v,
+                    };
+                    *y = if s == 0 { t * w[0] } else { *y + w[s] * t };
+                }
+            }
+        });
+    y
+}
+
+/// `Σᵢ dy[i] · x̂[i]` in f64 for a candidate normalised with `st`, `x̂` recomputed from `x`: the
+/// order of `cpu::dot_f64`, so the bits of that dot product with the normalised output.
+pub fn normalized_dot(dy: &[f32], x: &[f32], st: TermStats<'_>, l: &ChannelLayout) -> f64 {
+    let partials: Vec<f64> = (dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
+        .enumerate()
+        .map(|(chunk, (dy, x))| {
+            (dy.iter().zip(x).enumerate())
+                .map(|(j, (&g, &v))| {
+                    let ch = (chunk * CHUNK + j) / l.hw % l.c;
+                    g as f64 * normalized_term(v, st.mean[ch], st.inv_std[ch]) as f64
+                })
+                .sum::<f64>()
+        })
+        .collect();
+    partials.iter().sum()
+}
+
 /// The input gradient of a batch-normalised candidate of a DARTS mixed op `Σₛ wₛ · tₛ`, from
-/// `dy` at the sum, the candidate's weight `w`, its term `t = x̂` (the forward's normalised
-/// output, no affine parameters) and `inv_std`: with `g = w · dy`,
+/// `dy` at the sum, the candidate's weight `w`, its input `x` and the statistics `st` it was
+/// normalised with: with `g = w · dy` and `t = x̂` ([`normalized_term`]),
 /// `dx = inv_std[c] · ((g − mean(g)) − t · mean(g · t))`, the means over each channel (summed in
-/// f64, rounded once). The batch-norm backward with `t` for `x̂`; `kernels/batchnorm.cu`'s mixed
-/// backward computes it operation by operation alike.
+/// f64, rounded once). The batch-norm backward (no affine parameters) with the normalised output
+/// for `x̂`; `kernels/batchnorm.cu`'s mixed backward computes it operation by operation alike.
 pub fn mixed_normalized_backward(
     dy: &[f32],
     w: f32,
-    t: &[f32],
-    inv_std: &[f32],
+    x: &[f32],
+    st: TermStats<'_>,
     l: &ChannelLayout,
 ) -> Vec<f32> {
     let count = l.per_channel() as f64;
     let means: Vec<(f32, f32)> = l.per_channel_map(|ch| {
+        let (m, k) = (st.mean[ch], st.inv_std[ch]);
         let (sum_g, sum_gt) =
             l.planes(dy, ch)
-                .zip(l.planes(t, ch))
-                .fold((0.0f64, 0.0f64), |sums, (dy, t)| {
-                    dy.iter().zip(t).fold(sums, |(a, b), (&dy, &t)| {
+                .zip(l.planes(x, ch))
+                .fold((0.0f64, 0.0f64), |sums, (dy, x)| {
+                    dy.iter().zip(x).fold(sums, |(a, b), (&dy, &v)| {
                         let g = (w * dy) as f64;
-                        (a + g, b + g * t as f64)
+                        (a + g, b + g * normalized_term(v, m, k) as f64)
                     })
                 });
         ((sum_g / count) as f32, (sum_gt / count) as f32)
     });
-    let mut dx = vec![0.0; t.len()];
+    let mut dx = vec![0.0; x.len()];
     dx.par_chunks_mut(l.hw)
-        .zip(dy.par_chunks(l.hw).zip(t.par_chunks(l.hw)))
+        .zip(dy.par_chunks(l.hw).zip(x.par_chunks(l.hw)))
         .enumerate()
         .with_min_len(l.planes_per_task())
-        .for_each(|(plane, (dx, (dy, t)))| {
+        .for_each(|(plane, (dx, (dy, x)))| {
             let ch = plane % l.c;
-            let ((mean_g, mean_gt), k) = (means[ch], inv_std[ch]);
-            for ((dx, &dy), &t) in dx.iter_mut().zip(dy).zip(t) {
+            let ((mean_g, mean_gt), m, k) = (means[ch], st.mean[ch], st.inv_std[ch]);
+            for ((dx, &dy), &v) in dx.iter_mut().zip(dy).zip(x) {
+                let t = normalized_term(v, m, k);
                 *dx = k * ((w * dy - mean_g) - t * mean_gt);
             }
         });
