@@ -91,11 +91,19 @@ pub fn sum(xs: &[&[f32]]) -> Vec<f32> {
     out
 }
 
-/// `Σₖ wₖ · xₖ`, summed in `k` order (the DARTS mixed op).
+/// `Σₖ wₖ · xₖ`, summed in `k` order (the DARTS mixed op): `x₀ · w₀`, then `+ wₖ · xₖ` for each
+/// further `k`, each product rounded before its sum (the GPU kernel computes the same bits), in
+/// one pass over the output instead of one per term.
 pub fn weighted_sum(xs: &[&[f32]], weights: &[f32]) -> Vec<f32> {
-    let mut out = scale(xs[0], weights[0]);
-    for (x, &w) in xs.iter().zip(weights).skip(1) {
-        out = zip(&out, x, |acc, v| acc + w * v);
-    }
+    let mut out = vec![0.0; xs[0].len()];
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let at = chunk * CHUNK;
+            (out.iter_mut().zip(&xs[0][at..])).for_each(|(o, &v)| *o = v * weights[0]);
+            for (x, &w) in xs.iter().zip(weights).skip(1) {
+                out.iter_mut().zip(&x[at..]).for_each(|(o, &v)| *o += w * v);
+            }
+        });
     out
 }
