@@ -346,6 +346,11 @@ extern "C" __global__ void batchnorm_normalize_bwd_f32(const float* __restrict__
 // for an edge. Here it is the batch-norm backward's two passes, each over all candidates at once
 // (grid z is the candidate). The arithmetic is the CPU's (device::cpu::batchnorm::
 // mixed_normalized_backward, on the recomputed terms), operation by operation.
+//
+// Eval mode. The statistics are the running ones (the validation passes of a search): the forward
+// is one launch, which reads them where the statistics pass would have left its partials, and the
+// input gradient, dx_s = inv_std_s[ch] * g_s, one launch too; op by op that is two launches per
+// batch norm and one for the sum.
 
 // Slot of the z-th set bit of `mask` (z < popcount(mask)).
 __device__ __forceinline__ int nth_set_bit(unsigned mask, unsigned z) {
@@ -364,15 +369,17 @@ __device__ __forceinline__ size_t mixed_partials_at(unsigned norm_mask, int s, i
     return 4 * size_t(__popc(norm_mask & ((1u << s) - 1u))) * c * p;
 }
 
-// Forward, after pass 1 of the statistics over the normalised slots (in slot order). Grid (P, C')
-// and blocks as that pass. Block (b, ch) computes channel ch's statistics of every normalised
-// slot s < k (channel_statistics, so every block agrees to the bit), then writes
-// y = sum_s w[w_offset + s] * t_s over its grid-stride share of the channel, t_s = normalized_term
-// of x_s or x_s itself, multiplied and added in s order as mixed_sum_fwd_f32 does: the bits of each
-// batch norm's output summed by the mixed op. Block 0 of the channel also writes the stats
-// (zeros in a plain slot's rows) and, for a slot whose four running pointers are given, the
-// running update. 1 <= k <= 8; M >= 2 when any slot is normalised.
-extern "C" __global__ void batchnorm_mixed_sum_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ w, int w_offset, unsigned norm_mask, int k, const unsigned* __restrict__ partials, const float* __restrict__ running_mean0_or_null, const float* __restrict__ running_mean1_or_null, const float* __restrict__ running_mean2_or_null, const float* __restrict__ running_mean3_or_null, const float* __restrict__ running_mean4_or_null, const float* __restrict__ running_mean5_or_null, const float* __restrict__ running_mean6_or_null, const float* __restrict__ running_mean7_or_null, const float* __restrict__ running_var0_or_null, const float* __restrict__ running_var1_or_null, const float* __restrict__ running_var2_or_null, const float* __restrict__ running_var3_or_null, const float* __restrict__ running_var4_or_null, const float* __restrict__ running_var5_or_null, const float* __restrict__ running_var6_or_null, const float* __restrict__ running_var7_or_null, float* __restrict__ stats, float* __restrict__ y, float* __restrict__ new_mean0_or_null, float* __restrict__ new_mean1_or_null, float* __restrict__ new_mean2_or_null, float* __restrict__ new_mean3_or_null, float* __restrict__ new_mean4_or_null, float* __restrict__ new_mean5_or_null, float* __restrict__ new_mean6_or_null, float* __restrict__ new_mean7_or_null, float* __restrict__ new_var0_or_null, float* __restrict__ new_var1_or_null, float* __restrict__ new_var2_or_null, float* __restrict__ new_var3_or_null, float* __restrict__ new_var4_or_null, float* __restrict__ new_var5_or_null, float* __restrict__ new_var6_or_null, float* __restrict__ new_var7_or_null, int p, int n, int c, int hw, float eps, float momentum) {
+// Forward. In training, after pass 1 of the statistics over the normalised slots (in slot
+// order), grid (P, C') and blocks as that pass: block (b, ch) computes channel ch's statistics of
+// every normalised slot s < k (channel_statistics, so every block agrees to the bit). In eval mode
+// (no partials, any grid of 1-D blocks) they are the running statistics, which every normalised
+// slot must then give. Then the block writes y = sum_s w[w_offset + s] * t_s over its grid-stride
+// share of the channel, t_s = normalized_term of x_s or x_s itself, multiplied and added in s order
+// as mixed_sum_fwd_f32 does: the bits of each batch norm's output summed by the mixed op. Block 0
+// of the channel also writes the stats (zeros in a plain slot's rows) and, in training, for a slot
+// whose four running pointers are given, the running update. 1 <= k <= 8; in training M >= 2
+// when any slot is normalised.
+extern "C" __global__ void batchnorm_mixed_sum_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ w, int w_offset, unsigned norm_mask, int k, const unsigned* __restrict__ partials_or_null, const float* __restrict__ running_mean0_or_null, const float* __restrict__ running_mean1_or_null, const float* __restrict__ running_mean2_or_null, const float* __restrict__ running_mean3_or_null, const float* __restrict__ running_mean4_or_null, const float* __restrict__ running_mean5_or_null, const float* __restrict__ running_mean6_or_null, const float* __restrict__ running_mean7_or_null, const float* __restrict__ running_var0_or_null, const float* __restrict__ running_var1_or_null, const float* __restrict__ running_var2_or_null, const float* __restrict__ running_var3_or_null, const float* __restrict__ running_var4_or_null, const float* __restrict__ running_var5_or_null, const float* __restrict__ running_var6_or_null, const float* __restrict__ running_var7_or_null, float* __restrict__ stats, float* __restrict__ y, float* __restrict__ new_mean0_or_null, float* __restrict__ new_mean1_or_null, float* __restrict__ new_mean2_or_null, float* __restrict__ new_mean3_or_null, float* __restrict__ new_mean4_or_null, float* __restrict__ new_mean5_or_null, float* __restrict__ new_mean6_or_null, float* __restrict__ new_mean7_or_null, float* __restrict__ new_var0_or_null, float* __restrict__ new_var1_or_null, float* __restrict__ new_var2_or_null, float* __restrict__ new_var3_or_null, float* __restrict__ new_var4_or_null, float* __restrict__ new_var5_or_null, float* __restrict__ new_var6_or_null, float* __restrict__ new_var7_or_null, int p, int n, int c, int hw, float eps, float momentum) {
     __shared__ double scratch[WARP_SIZE];
     __shared__ double totals[2];
     const double m = double(n) * double(hw);
@@ -386,12 +393,18 @@ extern "C" __global__ void batchnorm_mixed_sum_fwd_f32(const float* __restrict__
             mean[s] = 0.0f;
             inv_std[s] = 0.0f;
             if (s >= k || !((norm_mask >> s) & 1u)) continue;  // the same for the whole block
-            const float* x = slot_of(s, x0, x1, x2, x3, x4, x5, x6, x7);
-            const ChannelStats st = channel_statistics(partials + mixed_partials_at(norm_mask, s, c, p), p, ch, double(x[size_t(ch) * hw]), m, eps, scratch, totals);
-            mean[s] = st.mean;
-            inv_std[s] = st.inv_std;
             const float* running_mean = slot_of(s, running_mean0_or_null, running_mean1_or_null, running_mean2_or_null, running_mean3_or_null, running_mean4_or_null, running_mean5_or_null, running_mean6_or_null, running_mean7_or_null);
             const float* running_var = slot_of(s, running_var0_or_null, running_var1_or_null, running_var2_or_null, running_var3_or_null, running_var4_or_null, running_var5_or_null, running_var6_or_null, running_var7_or_null);
+            if (!partials_or_null) {
+                // Eval mode: the running statistics, as batchnorm_coefficients_fwd_f32 reads them.
+                mean[s] = running_mean[ch];
+                inv_std[s] = float(1.0 / sqrt(double(running_var[ch]) + double(eps)));
+                continue;
+            }
+            const float* x = slot_of(s, x0, x1, x2, x3, x4, x5, x6, x7);
+            const ChannelStats st = channel_statistics(partials_or_null + mixed_partials_at(norm_mask, s, c, p), p, ch, double(x[size_t(ch) * hw]), m, eps, scratch, totals);
+            mean[s] = st.mean;
+            inv_std[s] = st.inv_std;
             float* new_mean = slot_of(s, new_mean0_or_null, new_mean1_or_null, new_mean2_or_null, new_mean3_or_null, new_mean4_or_null, new_mean5_or_null, new_mean6_or_null, new_mean7_or_null);
             float* new_var = slot_of(s, new_var0_or_null, new_var1_or_null, new_var2_or_null, new_var3_or_null, new_var4_or_null, new_var5_or_null, new_var6_or_null, new_var7_or_null);
             if (blockIdx.x == 0 && threadIdx.x == 0 && running_mean && running_var && new_mean && new_var) {
@@ -452,12 +465,13 @@ extern "C" __global__ void batchnorm_mixed_partial_bwd_f32(const float* __restri
 }
 
 // Backward pass 2. Grid (P, C', K) over all K slots, blocks as pass 1: block (b, ch, s) writes dx_s
-// over its share of channel ch, or nothing where dx_s is null (the whole block returns). A
-// normalised slot first adds its channel's p partials (channel_totals: the same tree in every
-// block) into mean(g) = float(sum / M) and mean(g t) likewise, then writes
-// dx = inv_std[ch] * ((g - mean(g)) - t * mean(g t)), t recomputed as in pass 1; a plain slot
-// writes dx = g.
-extern "C" __global__ void batchnorm_mixed_input_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ stats, const unsigned* __restrict__ partials, float* __restrict__ dx0_or_null, float* __restrict__ dx1_or_null, float* __restrict__ dx2_or_null, float* __restrict__ dx3_or_null, float* __restrict__ dx4_or_null, float* __restrict__ dx5_or_null, float* __restrict__ dx6_or_null, float* __restrict__ dx7_or_null, unsigned norm_mask, int p, int n, int c, int hw) {
+// over its share of channel ch, or nothing where dx_s is null (the whole block returns). In
+// training a normalised slot first adds its channel's p partials (channel_totals: the same tree
+// in every block) into mean(g) = float(sum / M) and mean(g t) likewise, then writes
+// dx = inv_std[ch] * ((g - mean(g)) - t * mean(g t)), t recomputed as in pass 1. In eval mode (no
+// partials, and no pass 1) the statistics are constants and it writes dx = inv_std[ch] * g. A
+// plain slot writes dx = g.
+extern "C" __global__ void batchnorm_mixed_input_bwd_f32(const float* __restrict__ dy, const float* __restrict__ w, int w_offset, const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ x4, const float* __restrict__ x5, const float* __restrict__ x6, const float* __restrict__ x7, const float* __restrict__ stats, const unsigned* __restrict__ partials_or_null, float* __restrict__ dx0_or_null, float* __restrict__ dx1_or_null, float* __restrict__ dx2_or_null, float* __restrict__ dx3_or_null, float* __restrict__ dx4_or_null, float* __restrict__ dx5_or_null, float* __restrict__ dx6_or_null, float* __restrict__ dx7_or_null, unsigned norm_mask, int p, int n, int c, int hw) {
     __shared__ double scratch[WARP_SIZE];
     __shared__ double totals[2];
     const int s = int(blockIdx.z);
@@ -465,7 +479,8 @@ extern "C" __global__ void batchnorm_mixed_input_bwd_f32(const float* __restrict
     if (!dx) return;
     const float* x = slot_of(s, x0, x1, x2, x3, x4, x5, x6, x7);
     const bool normalised = (norm_mask >> s) & 1u;
-    const unsigned* mine = partials + mixed_partials_at(norm_mask, s, c, p);
+    const bool train = partials_or_null != nullptr;
+    const unsigned* mine = train ? partials_or_null + mixed_partials_at(norm_mask, s, c, p) : nullptr;
     const float weight = w[w_offset + s];
     const double m = double(n) * double(hw);
     for (int ch = blockIdx.y; ch < c; ch += gridDim.y) {
@@ -474,18 +489,26 @@ extern "C" __global__ void batchnorm_mixed_input_bwd_f32(const float* __restrict
         float mu = 0.0f;
         float k = 0.0f;
         if (normalised) {
+            mu = stats_mean(stats, s, c, ch);
+            k = stats_inv_std(stats, s, c, ch);
+        }
+        if (normalised && train) {
             double s1;
             double s2;
             channel_totals(mine, p, ch, scratch, totals, s1, s2);
             mean_g = float(s1 / m);
             mean_gt = float(s2 / m);
-            mu = stats_mean(stats, s, c, ch);
-            k = stats_inv_std(stats, s, c, ch);
         }
         for (size_t j = global_thread_index(); j < size_t(m); j += global_thread_count()) {
             const size_t at = channel_element(unsigned(j), c, hw, ch);
             const float g = __fmul_rn(weight, dy[at]);
-            dx[at] = normalised ? __fmul_rn(k, __fsub_rn(__fsub_rn(g, mean_g), __fmul_rn(normalized_term(x[at], mu, k), mean_gt))) : g;
+            float d = g;
+            if (normalised && train) {
+                d = __fmul_rn(k, __fsub_rn(__fsub_rn(g, mean_g), __fmul_rn(normalized_term(x[at], mu, k), mean_gt)));
+            } else if (normalised) {
+                d = __fmul_rn(k, g);
+            }
+            dx[at] = d;
         }
     }
 }

@@ -235,13 +235,31 @@ fn mixed_edge() {
         .map(|k| randn(&shape, 60 + k).map(|v| (1.0 + k as f32 * 0.3) * v + k as f32 - 2.0))
         .collect();
     inputs.push(uniform(&[3, 8], 0.05, 1.0, 70));
-    check("normalized_weighted_sum", inputs, |t, v| {
+    check("normalized_weighted_sum", inputs.clone(), |t, v| {
         let terms: Vec<MixedTerm<'_>> = v[..7]
             .iter()
             .enumerate()
             .map(|(k, &x)| match k {
                 2 => MixedTerm::Plain(x),
                 _ => MixedTerm::Normalized(x, None),
+            })
+            .collect();
+        Ok(normalized_weighted_sum_at(t, &terms, v[7], 9, 1e-5)?.0)
+    });
+    // In eval mode, with each candidate's running mean and variance as two more inputs (which
+    // get no gradient).
+    for k in 0..7 {
+        inputs.push(randn(&[5], 80 + k));
+        inputs.push(uniform(&[5], 0.5, 2.0, 90 + k));
+    }
+    check("normalized_weighted_sum eval", inputs, |t, v| {
+        let stats: Vec<(Tensor, Tensor)> = (0..7)
+            .map(|k| (t.value(v[8 + 2 * k]).clone(), t.value(v[9 + 2 * k]).clone()))
+            .collect();
+        let terms: Vec<MixedTerm<'_>> = (v[..7].iter().zip(&stats).enumerate())
+            .map(|(k, (&x, (mean, var)))| match k {
+                2 => MixedTerm::Plain(x),
+                _ => MixedTerm::Eval { x, mean, var },
             })
             .collect();
         Ok(normalized_weighted_sum_at(t, &terms, v[7], 9, 1e-5)?.0)

@@ -341,6 +341,8 @@ enum Slot {
     Normalized,
     /// Batch-normalised, with running statistics.
     Running,
+    /// Normalised with running statistics, in eval mode.
+    Eval,
 }
 
 /// The mixed op's forward (`mixed_sum_forward`: the statistics launch, then the one that
@@ -370,9 +372,10 @@ fn check_mixed_forward(e: &dyn Executor, l: &ChannelLayout, seed: u64, slots: &[
             })
         })
         .collect();
-    let inputs: Vec<MixedInput<'_>> = (slots.iter().zip(&xs).zip(&running))
-        .map(|((&slot, x), &r)| match slot {
+    let inputs: Vec<MixedInput<'_>> = (slots.iter().zip(&xs).zip(&running).zip(&stats))
+        .map(|(((&slot, x), &r), (mean, var))| match slot {
             Slot::Plain => MixedInput::Plain(x),
+            Slot::Eval => MixedInput::Eval { x, mean, var },
             _ => MixedInput::Normalized(x, r),
         })
         .collect();
@@ -383,29 +386,40 @@ fn check_mixed_forward(e: &dyn Executor, l: &ChannelLayout, seed: u64, slots: &[
     };
     let got = ops::mixed_sum_forward(e, &inputs, run, l, EPS).unwrap();
 
+    // Each normalised candidate by the batch norm's own kernels: its output, its mean and 1/σ,
+    // and in training its new running statistics.
     let identity = Activation::Identity;
-    let one_by_one: Vec<Option<ops::TrainForward>> = (slots.iter().zip(&xs).zip(&running))
-        .map(|((&slot, x), &r)| {
-            (slot != Slot::Plain).then(|| ops::train_forward(e, x, l, EPS, None, r, identity))
+    let one_by_one: Vec<Option<OneByOne>> = (slots.iter().zip(&xs).zip(&running).zip(&stats))
+        .map(|(((&slot, x), &r), (mean, var))| match slot {
+            Slot::Plain => None,
+            Slot::Eval => {
+                let k = ops::eval_coefficients(e, mean, var, EPS, None).unwrap();
+                let y = ops::scale_shift(e, x, l, &k.scale, Some(&k.shift), identity).unwrap();
+                Some((y, [host(mean), host(&k.inv_std)].concat(), None))
+            }
+            _ => {
+                let out = ops::train_forward(e, x, l, EPS, None, r, identity).unwrap();
+                let rows = [host(&out.mean), host(&out.inv_std)].concat();
+                Some((out.y, rows, out.running))
+            }
         })
-        .map(|out| out.transpose().unwrap())
         .collect();
     let terms: Vec<&DeviceBuffer<f32>> = (one_by_one.iter().zip(&xs))
-        .map(|(one, x)| one.as_ref().map_or(x, |one| &one.y))
+        .map(|(one, x)| one.as_ref().map_or(x, |(y, _, _)| y))
         .collect();
     let want = host(&mixed::mixed_forward(e, &terms, run).unwrap());
     check(e, &format!("{what} y"), &got.y, &want, Bits);
-    let zeros = vec![0.0; l.c];
+    let zeros = vec![0.0; 2 * l.c];
     let want_stats: Vec<f32> = (one_by_one.iter())
-        .flat_map(|one| match one {
-            Some(one) => [host(&one.mean), host(&one.inv_std)].concat(),
-            None => [zeros.clone(), zeros.clone()].concat(),
+        .flat_map(|one| {
+            one.as_ref()
+                .map_or(zeros.clone(), |(_, rows, _)| rows.clone())
         })
         .collect();
     check(e, &format!("{what} stats"), &got.stats, &want_stats, Bits);
     assert_eq!(got.running.len(), slots.len(), "{what}");
     for (s, (new, one)) in got.running.iter().zip(&one_by_one).enumerate() {
-        let want = one.as_ref().and_then(|one| one.running.as_ref());
+        let want = one.as_ref().and_then(|(_, _, running)| running.as_ref());
         assert_eq!(new.is_some(), slots[s] == Slot::Running, "{what} slot {s}");
         if let (Some((m, v)), Some((want_m, want_v))) = (new, want) {
             check(
@@ -420,6 +434,14 @@ fn check_mixed_forward(e: &dyn Executor, l: &ChannelLayout, seed: u64, slots: &[
     }
 }
 
+/// A normalised candidate of the mixed op's forward, computed op by op: its output, its rows of
+/// the statistics (mean, then `1/σ`), and its new running statistics.
+type OneByOne = (
+    DeviceBuffer<f32>,
+    Vec<f32>,
+    Option<(DeviceBuffer<f32>, DeviceBuffer<f32>)>,
+);
+
 /// The mixed op's backward (the input gradients' two kernels and the weights' gradient) against
 /// the CPU reference, for `normalized` slots (true: a batch-normalised candidate) of which
 /// `needed` want an input gradient: seven as on a DARTS edge, or other patterns. The statistics
@@ -430,11 +452,11 @@ fn check_mixed(
     e: &dyn Executor,
     l: &ChannelLayout,
     seed: u64,
-    normalized: &[bool],
+    (normalized, train): (&[bool], bool),
     needed: &[bool],
 ) {
     let count = l.n * l.c * l.hw;
-    let what = format!("mixed {l:?} {normalized:?} {needed:?}");
+    let what = format!("mixed {l:?} {normalized:?} train {train} {needed:?}");
     let dy = random(count, seed);
     let w = random(normalized.len() + 5, seed + 1);
     let xs: Vec<Vec<f32>> = (0..normalized.len())
@@ -472,6 +494,7 @@ fn check_mixed(
         xs: &refs,
         normalized,
         stats: &dstats,
+        train,
     };
     let run = WeightRun {
         weights: &dw,
@@ -483,12 +506,16 @@ fn check_mixed(
         let weight = w[3 + s];
         match (dx, needed[s]) {
             (None, false) => {}
-            (Some(dx), true) if normalized[s] => {
+            (Some(dx), true) if normalized[s] && train => {
                 let (mean, inv_std) = (&rows[s].0, &rows[s].1);
                 let st = TermStats { mean, inv_std };
                 let want = reference::mixed_normalized_backward(&dy, weight, &xs[s], st, l);
                 // The means come from the kernels' own sums (see train_backward's check).
                 check(e, &format!("{what} dx{s}"), dx, &want, PIPELINE);
+            }
+            (Some(dx), true) if normalized[s] => {
+                let want = reference::mixed_eval_backward(&dy, weight, &rows[s].1, l);
+                check(e, &format!("{what} dx{s}"), dx, &want, EXACT);
             }
             (Some(dx), true) => {
                 let want: Vec<f32> = dy.iter().map(|&g| weight * g).collect();
@@ -697,17 +724,23 @@ fn check_against_cpu(e: &dyn Executor) {
             check_mixed_forward(e, &l, seed + 90, &[Running; 8]);
         }
         check_mixed_forward(e, &l, seed + 95, &[Slot::Plain, Slot::Plain]);
+        let eval = [
+            Slot::Eval,
+            Slot::Eval,
+            Slot::Plain,
+            Slot::Eval,
+            Slot::Eval,
+            Slot::Eval,
+        ];
+        check_mixed_forward(e, &l, seed + 97, &eval);
         let edge = [true, true, false, true, true, true, true];
-        check_mixed(e, &l, seed + 30, &edge, &[true; 7]);
-        check_mixed(
-            e,
-            &l,
-            seed + 40,
-            &edge,
-            &[true, false, true, true, false, true, true],
-        );
-        check_mixed(e, &l, seed + 50, &[true; 8], &[true; 8]);
-        check_mixed(e, &l, seed + 60, &[false, false], &[true, true]);
+        let some = [true, false, true, true, false, true, true];
+        for train in [true, false] {
+            check_mixed(e, &l, seed + 30, (&edge, train), &[true; 7]);
+            check_mixed(e, &l, seed + 40, (&edge, train), &some);
+            check_mixed(e, &l, seed + 50, (&[true; 8], train), &[true; 8]);
+        }
+        check_mixed(e, &l, seed + 60, (&[false, false], true), &[true, true]);
         for act in [Activation::Identity, Activation::Relu] {
             check_train_pipeline(e, &l, seed + 10, case % 2 == 0, act);
             check_eval_pipeline(e, &l, seed + 20, act);
@@ -863,6 +896,7 @@ fn bad_arguments_are_errors() {
         xs: &xs,
         normalized,
         stats,
+        train: true,
     };
     let backward = |terms, needs: &[bool]| ops::mixed_input_backward(e, &x, run, terms, &l, needs);
     assert!(backward(terms(&[true, false], &stats), &[true, true]).is_ok());

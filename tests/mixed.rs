@@ -1,11 +1,12 @@
 //! `ops::mixed::normalized_weighted_sum_at`, the DARTS edge's batch norms and weighted sum as one
-//! op, on the CPU reference: the same values and running statistics as the ops one by one,
-//! gradients that agree with theirs to rounding, finite differences, and bad arguments.
+//! op, on the CPU reference, in training and in eval mode: the same values and running statistics
+//! as the ops one by one, gradients that agree with theirs to rounding, finite differences, and
+//! bad arguments.
 
 mod common;
 
 use common::{assert_close, randn, uniform};
-use darts::ops::batchnorm::{Activation, RunningStats, batch_norm_train};
+use darts::ops::batchnorm::{Activation, RunningStats, batch_norm_eval, batch_norm_train};
 use darts::ops::elementwise::weighted_sum_at;
 use darts::ops::mixed::{MixedTerm, normalized_weighted_sum_at};
 use darts::{Error, Result, Tape, Tensor, Var};
@@ -51,6 +52,40 @@ fn one_by_one(tape: &mut Tape, v: &[Var]) -> Result<Var> {
     weighted_sum_at(tape, &ts, v[7], 9)
 }
 
+/// Per candidate, running statistics for `c` channels: means around 0, variances in [0.5, 2).
+fn running(c: usize) -> Vec<(Tensor, Tensor)> {
+    (0..7)
+        .map(|k| (randn(&[c], 200 + k), uniform(&[c], 0.5, 2.0, 300 + k)))
+        .collect()
+}
+
+/// The fused op on `v` in eval mode, with [`running`] statistics.
+fn fused_eval(tape: &mut Tape, v: &[Var]) -> Result<Var> {
+    let stats = running(tape.shape(v[0])[1]);
+    let terms: Vec<MixedTerm<'_>> = (v[..7].iter().zip(NORMALIZED).zip(&stats))
+        .map(|((&x, norm), (mean, var))| match norm {
+            true => MixedTerm::Eval { x, mean, var },
+            false => MixedTerm::Plain(x),
+        })
+        .collect();
+    Ok(normalized_weighted_sum_at(tape, &terms, v[7], 9, EPS)?.0)
+}
+
+/// The same, op by op: an eval-mode batch norm per normalised candidate, then the weighted sum.
+fn one_by_one_eval(tape: &mut Tape, v: &[Var]) -> Result<Var> {
+    let stats = running(tape.shape(v[0])[1]);
+    let ts = (v[..7].iter().zip(NORMALIZED).zip(&stats))
+        .map(|((&x, norm), (mean, var))| match norm {
+            true => batch_norm_eval(tape, x, None, mean, var, EPS, Activation::Identity),
+            false => Ok(x),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    weighted_sum_at(tape, &ts, v[7], 9)
+}
+
+/// An op under test: the candidates and the weights in, the edge's output out.
+type Op = fn(&mut Tape, &[Var]) -> Result<Var>;
+
 /// The output and the gradient of every input of `f`, from a fixed random output gradient.
 fn run(inputs: &[Tensor], f: fn(&mut Tape, &[Var]) -> Result<Var>) -> (Tensor, Vec<Tensor>) {
     let mut tape = Tape::new();
@@ -91,6 +126,24 @@ fn matches_the_ops_one_by_one() {
 }
 
 #[test]
+fn eval_mode_matches_the_ops_one_by_one() {
+    for (i, shape) in [&[3, 5, 4, 6][..], &[1, 3, 7, 5], &[9, 4]]
+        .iter()
+        .enumerate()
+    {
+        let inputs = inputs(shape, 20 + 10 * i as u64);
+        let (y, grads) = run(&inputs, fused_eval);
+        let (y_ops, grads_ops) = run(&inputs, one_by_one_eval);
+        assert_eq!(y.data(), y_ops.data(), "{shape:?}: bit for bit");
+        for (k, (g, g_ops)) in grads.iter().zip(&grads_ops).enumerate() {
+            // inv_std · (w · dy) either way, the op by op adding a zero shift: a −0 may differ.
+            let what = format!("{shape:?}: eval gradient of input {k}");
+            assert_close(&what, g.data(), g_ops.data(), 0.0, 0.0);
+        }
+    }
+}
+
+#[test]
 fn gradients() {
     let settings = darts::gradcheck::GradCheck {
         step: 1e-2,
@@ -100,9 +153,11 @@ fn gradients() {
         ..Default::default()
     };
     for (i, shape) in [&[3, 2, 3, 3][..], &[5, 3]].iter().enumerate() {
-        darts::gradcheck::check_gradients(&inputs(shape, 50 + i as u64), settings, fused)
-            .unwrap()
-            .assert_ok(&format!("normalized_weighted_sum {shape:?}"));
+        for (mode, f) in [("train", fused as Op), ("eval", fused_eval)] {
+            darts::gradcheck::check_gradients(&inputs(shape, 50 + i as u64), settings, f)
+                .unwrap()
+                .assert_ok(&format!("normalized_weighted_sum {mode} {shape:?}"));
+        }
     }
 }
 
@@ -173,4 +228,17 @@ fn bad_arguments_are_errors() {
         e.to_string().contains("more than 1 value per channel"),
         "{e}"
     );
+    // Eval mode does not: it normalises with the running statistics, which must fit the
+    // channels; and the two modes do not mix.
+    let (mean, var) = (randn(&[3], 5), uniform(&[3], 0.5, 1.0, 6));
+    let eval = |x| MixedTerm::Eval {
+        x,
+        mean: &mean,
+        var: &var,
+    };
+    assert!(normalized_weighted_sum_at(&mut tape, &[eval(single)], w, 0, EPS).is_ok());
+    let e = err(&[eval(other)], 0, &mut tape);
+    assert!(e.to_string().contains("running_mean"), "{e}");
+    let e = err(&[eval(x), MixedTerm::Normalized(x, None)], 0, &mut tape);
+    assert!(e.to_string().contains("training and eval-mode"), "{e}");
 }

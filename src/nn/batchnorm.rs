@@ -82,12 +82,12 @@ impl BatchNorm2d {
 
 /// The DARTS mixed op over candidates that each end in a batch norm or in none:
 /// `Σₛ weights[at + s] · tₛ` with `tₛ = bn(xₛ)` for each `(xₛ, Some(bn))` of `terms` and `tₛ = xₛ`
-/// for each `(xₛ, None)`, the weights read in place. In training, with batch norms without affine
-/// parameters (every one in the search cells), this is one op
-/// ([`normalized_weighted_sum_at`]), which takes two launches for all the batch norms and the
-/// sum on a GPU, each way, keeps none of the normalised outputs, and folds each batch's
-/// statistics into its norm's running buffers; otherwise each
-/// batch norm runs, then [`weighted_sum_at`]. The values are the same either way.
+/// for each `(xₛ, None)`, the weights read in place. With batch norms without affine parameters
+/// (every one in the search cells) this is one op ([`normalized_weighted_sum_at`]), which takes
+/// two launches for all the batch norms and the sum on a GPU each way in training (one in eval
+/// mode), keeps none of the normalised outputs, and in training folds each batch's statistics
+/// into its norm's running buffers; otherwise each batch norm runs, then [`weighted_sum_at`]. The
+/// values are the same either way.
 pub fn normalized_mixed_sum(
     ctx: &mut Ctx,
     terms: &[(Var, Option<&BatchNorm2d>)],
@@ -97,7 +97,7 @@ pub fn normalized_mixed_sum(
     let affine_free = terms
         .iter()
         .all(|(_, bn)| bn.is_none_or(|bn| bn.affine.is_none()));
-    if !(ctx.training() && affine_free) {
+    if !affine_free {
         let ts = terms
             .iter()
             .map(|&(x, bn)| match bn {
@@ -116,11 +116,12 @@ pub fn normalized_mixed_sum(
             })
         })
         .collect();
+    let training = ctx.training();
     let mixed: Vec<MixedTerm<'_>> = terms
         .iter()
         .zip(&running)
         .map(|(&(x, _), running)| match running {
-            Some((mean, var)) => MixedTerm::Normalized(
+            Some((mean, var)) if training => MixedTerm::Normalized(
                 x,
                 Some(RunningStats {
                     mean,
@@ -128,6 +129,7 @@ pub fn normalized_mixed_sum(
                     momentum: BN_MOMENTUM,
                 }),
             ),
+            Some((mean, var)) => MixedTerm::Eval { x, mean, var },
             None => MixedTerm::Plain(x),
         })
         .collect();

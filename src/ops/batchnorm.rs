@@ -81,7 +81,7 @@ pub(crate) fn check_eps(op: &'static str, eps: f32) -> Result<()> {
 }
 
 /// `1/√(var + eps)` per channel, in f64.
-fn inv_std(var: impl Iterator<Item = f64>, eps: f32) -> Vec<f32> {
+pub(crate) fn inv_std(var: impl Iterator<Item = f64>, eps: f32) -> Vec<f32> {
     var.map(|v| (1.0 / (v + eps as f64).sqrt()) as f32)
         .collect()
 }

@@ -14,6 +14,10 @@
 //! gives `dxₛ = inv_stdₛ · (g − mean(g) − tₛ · mean(g · tₛ))` per channel: two launches for every
 //! `dxₛ`, where the ops one by one take a scale and two launches per batch norm (thirteen for a
 //! DARTS edge of six). The input gradients differ from theirs by rounding alone.
+//!
+//! In eval mode (the validation passes of a search) the batch norms normalise with their running
+//! statistics: the forward is one launch for the edge instead of thirteen (two per batch norm,
+//! one for the sum), and `dxₛ = inv_stdₛ · g`.
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::batchnorm::{ChannelLayout, TermStats};
@@ -21,7 +25,8 @@ use crate::device::cpu::{batchnorm as k, dot_f64, elementwise as cpu_elementwise
 use crate::device::gpu::mixed::{MAX_CANDIDATES, WeightRun};
 use crate::device::gpu::{DeviceBuffer, Executor, batchnorm as g};
 use crate::ops::batchnorm::{
-    RunningStats, check_eps, check_running, check_train_count, layout_of, train_normalizer_cpu,
+    RunningStats, check_eps, check_running, check_train_count, inv_std, layout_of,
+    train_normalizer_cpu,
 };
 use crate::ops::buffer;
 use crate::ops::elementwise::check_mixed;
@@ -42,23 +47,34 @@ pub enum MixedTerm<'a> {
     /// A candidate's output before its batch norm (training mode, no affine parameters), with
     /// the running statistics to fold the batch's into, if any.
     Normalized(Var, Option<RunningStats<'a>>),
+    /// A candidate's output before its batch norm in eval mode (no affine parameters), which
+    /// normalises with the running statistics (`[C]` each, on the candidate's device).
+    Eval {
+        /// The candidate's output.
+        x: Var,
+        /// The running mean.
+        mean: &'a Tensor,
+        /// The running variance.
+        var: &'a Tensor,
+    },
 }
 
 impl MixedTerm<'_> {
     /// The candidate's variable.
     fn var(&self) -> Var {
         match *self {
-            MixedTerm::Plain(x) | MixedTerm::Normalized(x, _) => x,
+            MixedTerm::Plain(x) | MixedTerm::Normalized(x, _) | MixedTerm::Eval { x, .. } => x,
         }
     }
 }
 
 /// `Σₛ weights[at + s] · tₛ` over 1 to [`MAX_CANDIDATES`] `terms` of one shape (`[N, C, H, W]` or
-/// `[N, C]`), `tₛ` the batch norm of a [`MixedTerm::Normalized`] candidate (with `eps`) or a
+/// `[N, C]`), `tₛ` the batch norm (with `eps`) of a [`MixedTerm::Normalized`] candidate (training
+/// mode) or of a [`MixedTerm::Eval`] one (eval mode; the two do not mix), or a
 /// [`MixedTerm::Plain`] one as it is; the weights are read in place, as
 /// [`weighted_sum_at`](super::elementwise::weighted_sum_at) reads them. Also returns, per term,
-/// the new running `(mean, var)` of a normalised term given running statistics. The gradient flows
-/// to every candidate and to the weights (see the module comment).
+/// the new running `(mean, var)` of a training-mode term given running statistics. The gradient
+/// flows to every candidate and to the weights (see the module comment).
 pub fn normalized_weighted_sum_at(
     tape: &mut Tape,
     terms: &[MixedTerm<'_>],
@@ -78,14 +94,33 @@ pub fn normalized_weighted_sum_at(
     let shape = tape.shape(xs[0]).to_vec();
     let l = layout_of(OP, &shape)?;
     let normalized = normalized_flags(terms);
+    let train = terms.iter().any(|t| matches!(t, MixedTerm::Normalized(..)));
+    if train && terms.iter().any(|t| matches!(t, MixedTerm::Eval { .. })) {
+        return Err(Error::invalid(
+            OP,
+            "training and eval-mode candidates together",
+        ));
+    }
     if normalized.contains(&true) {
         check_eps(OP, eps)?;
+    }
+    if train {
         check_train_count(OP, &shape, &l)?;
     }
     for term in terms {
-        if let MixedTerm::Normalized(x, Some(running)) = term {
-            check_running(OP, tape.value(*x), running, l.c)?;
-        }
+        let (x, running) = match *term {
+            MixedTerm::Normalized(x, Some(running)) => (x, running),
+            MixedTerm::Eval { x, mean, var } => (
+                x,
+                RunningStats {
+                    mean,
+                    var,
+                    momentum: 0.0,
+                },
+            ),
+            _ => continue,
+        };
+        check_running(OP, tape.value(x), &running, l.c)?;
     }
     let values: Vec<Tensor> = xs.iter().map(|&x| tape.value(x).clone()).collect();
     let Forward { y, stats, running } = match w.storage() {
@@ -99,6 +134,7 @@ pub fn normalized_weighted_sum_at(
             xs: &values,
             normalized: &normalized,
             stats: &stats,
+            train,
             l,
         };
         match (dy.storage(), w.storage()) {
@@ -129,7 +165,8 @@ struct Forward {
 }
 
 /// The forward on the CPU reference: each normalised term's statistics by the batch norm's own
-/// arithmetic, then one pass that normalises and sums (`device::cpu::batchnorm::
+/// arithmetic (the batch's in training, the running ones in eval mode), then one pass that
+/// normalises and sums (`device::cpu::batchnorm::
 /// mixed_normalized_sum`).
 fn forward_cpu(
     terms: &[MixedTerm<'_>],
@@ -150,6 +187,12 @@ fn forward_cpu(
                 rows[c..].copy_from_slice(&norm.inv_std);
                 new
             }
+            MixedTerm::Eval { mean, var, .. } => {
+                rows[..c].copy_from_slice(mean.data());
+                let var = var.data().iter().map(|&v| v as f64);
+                rows[c..].copy_from_slice(&inv_std(var, eps));
+                None
+            }
         });
     }
     let normalized: Vec<bool> = normalized_flags(terms);
@@ -165,7 +208,7 @@ fn forward_cpu(
 /// Whether each term is batch-normalised.
 fn normalized_flags(terms: &[MixedTerm<'_>]) -> Vec<bool> {
     (terms.iter())
-        .map(|term| matches!(term, MixedTerm::Normalized(..)))
+        .map(|term| !matches!(term, MixedTerm::Plain(_)))
         .collect()
 }
 
@@ -204,6 +247,11 @@ fn forward_gpu(
                     momentum: r.momentum,
                 }),
             ),
+            MixedTerm::Eval { mean, var, .. } => g::MixedInput::Eval {
+                x: buffer(x),
+                mean: buffer(mean),
+                var: buffer(var),
+            },
         })
         .collect();
     let run = WeightRun {
@@ -230,6 +278,8 @@ struct Terms<'a> {
     normalized: &'a [bool],
     /// The forward's `[K, 2, C]` statistics.
     stats: &'a Tensor,
+    /// Whether they are the batch's (training) or the running ones (eval mode).
+    train: bool,
     l: ChannelLayout,
 }
 
@@ -247,6 +297,7 @@ fn backward_cpu(
         xs,
         normalized,
         stats,
+        train,
         l,
     } = terms;
     let run = &w.data()[at..];
@@ -257,7 +308,10 @@ fn backward_cpu(
     for (s, (x, st)) in xs.iter().zip(all_stats).enumerate() {
         let dx = match (needs[s], st) {
             (false, _) => None,
-            (true, Some(st)) => Some(k::mixed_normalized_backward(d, run[s], x.data(), st, &l)),
+            (true, Some(st)) if train => {
+                Some(k::mixed_normalized_backward(d, run[s], x.data(), st, &l))
+            }
+            (true, Some(st)) => Some(k::mixed_eval_backward(d, run[s], st.inv_std, &l)),
             (true, None) => Some(cpu_elementwise::scale(d, run[s])),
         };
         grads.push(dx.map(|dx| Tensor::from_vec(dx, dy.shape())).transpose()?);
@@ -292,6 +346,7 @@ fn backward_gpu(
         xs: &xs,
         normalized: terms.normalized,
         stats: buffer(terms.stats),
+        train: terms.train,
     };
     let count = xs.len();
     let l = &terms.l;

@@ -276,3 +276,21 @@ pub fn mixed_normalized_backward(
         });
     dx
 }
+
+/// The input gradient of a candidate of a DARTS mixed op normalised with constant (running)
+/// statistics, eval mode's: `dx = inv_std[c] · (w · dy)`, each product rounded, as
+/// `kernels/batchnorm.cu`'s mixed backward computes it.
+pub fn mixed_eval_backward(dy: &[f32], w: f32, inv_std: &[f32], l: &ChannelLayout) -> Vec<f32> {
+    let mut dx = vec![0.0; dy.len()];
+    dx.par_chunks_mut(l.hw)
+        .zip(dy.par_chunks(l.hw))
+        .enumerate()
+        .with_min_len(l.planes_per_task())
+        .for_each(|(plane, (dx, dy))| {
+            let k = inv_std[plane % l.c];
+            for (dx, &dy) in dx.iter_mut().zip(dy) {
+                *dx = k * (w * dy);
+            }
+        });
+    dx
+}

@@ -4,7 +4,8 @@
 //! gradient sums and training-mode input gradient of the backward; each forward can apply a ReLU
 //! to its output, and each backward then masks its gradient with that output. Also a DARTS mixed
 //! op over batch-normalised candidates: its forward normalises and sums every candidate in two
-//! launches without writing the normalised outputs ([`mixed_sum_forward`]), and its backward
+//! launches (one in eval mode) without writing the normalised outputs ([`mixed_sum_forward`]), and
+//! its backward
 //! recomputes them from the candidates' inputs ([`mixed_input_backward`],
 //! [`mixed_weight_backward`]). Each function mirrors a CPU reference in `device::cpu::batchnorm`,
 //! or the per-channel arithmetic of `ops::batchnorm` (same arguments, same result), checks
@@ -631,20 +632,32 @@ pub enum MixedInput<'a> {
     /// A candidate's output before its batch norm (training mode, no affine parameters), with
     /// the running statistics to fold the batch's into, if any.
     Normalized(&'a DeviceBuffer<f32>, Option<Running<'a>>),
+    /// A candidate's output before its batch norm in eval mode (no affine parameters), which
+    /// normalises with the running statistics (`[C]` each).
+    Eval {
+        /// The candidate's output.
+        x: &'a DeviceBuffer<f32>,
+        /// The running mean.
+        mean: &'a DeviceBuffer<f32>,
+        /// The running variance.
+        var: &'a DeviceBuffer<f32>,
+    },
 }
 
 impl<'a> MixedInput<'a> {
     /// The candidate's buffer.
     fn x(&self) -> &'a DeviceBuffer<f32> {
         match *self {
-            MixedInput::Plain(x) | MixedInput::Normalized(x, _) => x,
+            MixedInput::Plain(x) | MixedInput::Normalized(x, _) | MixedInput::Eval { x, .. } => x,
         }
     }
 
-    /// The running statistics of a normalised candidate that has them.
-    fn running(&self) -> Option<Running<'a>> {
+    /// The running statistics a normalised candidate reads: those it folds the batch's into in
+    /// training, those it normalises with in eval mode, as the kernel's `(mean, var)`.
+    fn running(&self) -> Option<(&'a DeviceBuffer<f32>, &'a DeviceBuffer<f32>)> {
         match *self {
-            MixedInput::Normalized(_, running) => running,
+            MixedInput::Normalized(_, running) => running.map(|r| (r.mean, r.var)),
+            MixedInput::Eval { mean, var, .. } => Some((mean, var)),
             MixedInput::Plain(_) => None,
         }
     }
@@ -670,12 +683,14 @@ fn norm_mask(normalized: impl Iterator<Item = bool>) -> u32 {
 }
 
 /// The DARTS mixed op over batch-normalised candidates, forward: `y = Σₛ w[offset + s] · tₛ` over
-/// `inputs` (1 to [`MAX_CANDIDATES`], laid out as `l`), `tₛ` the training-mode batch norm of a
-/// [`MixedInput::Normalized`] candidate (no affine parameters, `eps`) or a plain candidate as it
-/// is. The same bits as [`train_forward`] of each normalised candidate summed by
-/// `mixed::mixed_forward`, with the same statistics and running statistics, in two launches (one
-/// statistics pass over all the normalised candidates, then one that normalises and sums), and
-/// without writing any `tₛ`. Running statistics must share one momentum.
+/// `inputs` (1 to [`MAX_CANDIDATES`], laid out as `l`), `tₛ` the batch norm (no affine
+/// parameters, `eps`) of a normalised candidate or a plain candidate as it is. In training
+/// ([`MixedInput::Normalized`] candidates), the same bits as [`train_forward`] of each normalised
+/// candidate summed by `mixed::mixed_forward`, with the same statistics and running statistics,
+/// in two launches (one statistics pass over all the normalised candidates, then one that
+/// normalises and sums); running statistics must share one momentum. In eval mode
+/// ([`MixedInput::Eval`] candidates; the two modes do not mix), the bits of [`eval_coefficients`]
+/// and [`scale_shift`] for each, in one launch. No `tₛ` is ever written.
 pub fn mixed_sum_forward(
     exec: &dyn Executor,
     inputs: &[MixedInput<'_>],
@@ -692,56 +707,67 @@ pub fn mixed_sum_forward(
     }
     let offset = weights.offset(op, inputs.len())?;
     let d = Dims::new(op, l, "candidate 0", inputs[0].x())?;
+    check_eps(op, eps)?;
+    let is = |f: fn(&MixedInput<'_>) -> bool| inputs.iter().any(f);
+    let train = is(|input| matches!(input, MixedInput::Normalized(..)));
+    if train && is(|input| matches!(input, MixedInput::Eval { .. })) {
+        return Err(invalid(
+            op,
+            "training and eval-mode candidates together".into(),
+        ));
+    }
     let mut momentum = None;
     for (s, input) in inputs.iter().enumerate() {
         Dims::new(op, l, &format!("candidate {s}"), input.x())?;
-        if let MixedInput::Normalized(_, running) = input {
-            check_train(op, &d, eps, *running)?;
-        }
-        if let Some(r) = input.running() {
-            if momentum.is_some_and(|m| m != r.momentum) {
-                return Err(invalid(
-                    op,
-                    format!(
-                        "running statistics with momenta {momentum:?} and {}",
-                        r.momentum
-                    ),
-                ));
+        match *input {
+            MixedInput::Normalized(_, running) => {
+                check_train(op, &d, eps, running)?;
+                let m = running.map(|r| r.momentum);
+                if m.is_some() && momentum.is_some_and(|first| Some(first) != m) {
+                    return Err(invalid(
+                        op,
+                        format!("running statistics with momenta {momentum:?} and {m:?}"),
+                    ));
+                }
+                momentum = momentum.or(m);
             }
-            momentum = Some(r.momentum);
+            MixedInput::Eval { mean, var, .. } => {
+                check_channels(op, l.c, &[("running mean", mean), ("running var", var)])?
+            }
+            MixedInput::Plain(_) => {}
         }
     }
     let mask = norm_mask(
         inputs
             .iter()
-            .map(|input| matches!(input, MixedInput::Normalized(..))),
+            .map(|input| !matches!(input, MixedInput::Plain(_))),
     );
     let xs: Vec<&DeviceBuffer<f32>> = inputs.iter().map(MixedInput::x).collect();
     let normalized: Vec<&DeviceBuffer<f32>> = (xs.iter().enumerate())
         .filter(|&(s, _)| mask >> s & 1 == 1)
         .map(|(_, &x)| x)
         .collect();
-    let workspace = match normalized.is_empty() {
-        true => exec.alloc(1)?,
-        false => moments(exec, &d, &normalized)?,
+    let workspace = match train {
+        true => Some(moments(exec, &d, &normalized)?),
+        false => None,
     };
     let c = l.c;
     let mut out = MixedForward {
         y: exec.alloc(xs[0].len())?,
         stats: exec.alloc(2 * c * inputs.len())?,
         running: (inputs.iter())
-            .map(|input| match input.running() {
-                Some(_) => Ok(Some((exec.alloc(c)?, exec.alloc(c)?))),
-                None => Ok(None),
+            .map(|input| match input {
+                MixedInput::Normalized(_, Some(_)) => Ok(Some((exec.alloc(c)?, exec.alloc(c)?))),
+                _ => Ok(None),
             })
             .collect::<Result<_, GpuError>>()?,
     };
     let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(&xs);
     let running = |s: usize| inputs.get(s).and_then(MixedInput::running);
     let [rm0, rm1, rm2, rm3, rm4, rm5, rm6, rm7] =
-        std::array::from_fn(|s| running(s).map(|r| r.mean));
+        std::array::from_fn(|s| running(s).map(|(mean, _)| mean));
     let [rv0, rv1, rv2, rv3, rv4, rv5, rv6, rv7] =
-        std::array::from_fn(|s| running(s).map(|r| r.var));
+        std::array::from_fn(|s| running(s).map(|(_, var)| var));
     let (new_means, new_vars): (Vec<_>, Vec<_>) = (out.running.iter_mut())
         .map(|r| match r {
             Some((m, v)) => (Some(m), Some(v)),
@@ -754,11 +780,12 @@ pub fn mixed_sum_forward(
     let [nv0, nv1, nv2, nv3, nv4, nv5, nv6, nv7] =
         std::array::from_fn(|_| new_vars.next().flatten());
     // SAFETY: on pass 1's grid, the kernel reads x0..x(K−1) at [0..N·C·HW) (checked; the slots
-    // past K alias x0 and are never read), w[offset + s] for s < K (checked), the 4·P·C words of
-    // each normalised slot's partials (pass 1 wrote them, in slot order, into a workspace of that
-    // many) and the running statistics at [0..C) where given (checked); it writes y at
-    // [0..N·C·HW), the stats at [0..2·K·C) and the new running statistics at [0..C) where given,
-    // all allocated here at those lengths. It runs after pass 1, on the same queue.
+    // past K alias x0 and are never read), w[offset + s] for s < K (checked), in training the
+    // 4·P·C words of each normalised slot's partials (pass 1 wrote them, in slot order, into a
+    // workspace of that many), and the running statistics at [0..C) where given (checked; every
+    // normalised slot gives them in eval mode); it writes y at [0..N·C·HW), the stats at
+    // [0..2·K·C) and the new running statistics at [0..C) where given, all allocated here at those
+    // lengths. It runs after pass 1, on the same queue.
     unsafe {
         kernels::batchnorm_mixed_sum_fwd_f32(
             exec,
@@ -775,7 +802,7 @@ pub fn mixed_sum_forward(
             offset,
             mask,
             int(op, inputs.len())?,
-            &workspace,
+            workspace.as_ref(),
             rm0,
             rm1,
             rm2,
@@ -831,6 +858,9 @@ pub struct MixedTerms<'a> {
     pub normalized: &'a [bool],
     /// The forward's `[K, 2, C]` statistics ([`MixedForward::stats`]).
     pub stats: &'a DeviceBuffer<f32>,
+    /// Whether the forward ran in training mode (batch statistics, which depend on the inputs)
+    /// or in eval mode (running statistics, constants).
+    pub train: bool,
 }
 
 impl MixedTerms<'_> {
@@ -853,7 +883,7 @@ impl MixedTerms<'_> {
         }
         check_channels(op, 2 * k * l.c, &[("the statistics", self.stats)])?;
         let mask = norm_mask(self.normalized.iter().copied());
-        if mask != 0 && l.per_channel() < 2 {
+        if self.train && mask != 0 && l.per_channel() < 2 {
             return Err(invalid(
                 op,
                 format!("a batch norm needs more than 1 value per channel, got {l:?}"),
@@ -864,12 +894,14 @@ impl MixedTerms<'_> {
 }
 
 /// The input gradients of the mixed op `Σₛ w[offset + s] · tₛ` over `terms` (each laid out as
-/// `l`), `tₛ` the batch norm (training mode, no affine parameters) of a normalised candidate's
-/// input: for each `s` with `needs[s]`, `dxₛ = inv_stdₛ · (g − mean(g) − tₛ · mean(g · tₛ))` with
-/// `g = w[offset + s] · dy` (the means per channel) and `tₛ` recomputed from the statistics, or `g`
-/// for a plain term; `None` for the others. Two launches for all the terms together
+/// `l`), `tₛ` the batch norm (no affine parameters) of a normalised candidate's input: for each `s`
+/// with `needs[s]`, with `g = w[offset + s] · dy`, in training
+/// `dxₛ = inv_stdₛ · (g − mean(g) − tₛ · mean(g · tₛ))` (the means per channel, `tₛ` recomputed
+/// from the statistics), in eval mode `dxₛ = inv_stdₛ · g`, and `g` for a plain term; `None` for
+/// the others. Two launches for all the terms together in training, one in eval mode
 /// (`kernels/batchnorm.cu`), where the ops one by one take a scale and two launches per batch
-/// norm; the same arithmetic as `device::cpu::batchnorm::mixed_normalized_backward`.
+/// norm; the same arithmetic as `device::cpu::batchnorm::mixed_normalized_backward` and
+/// `mixed_eval_backward`.
 pub fn mixed_input_backward(
     exec: &dyn Executor,
     dy: &DeviceBuffer<f32>,
@@ -889,9 +921,16 @@ pub fn mixed_input_backward(
         ));
     }
     let offset = weights.offset(op, k)?;
-    let normalised = norm_mask.count_ones() as usize;
+    // Only training's input gradient has the per-channel means, which pass 1 sums.
+    let normalised = match terms.train {
+        true => norm_mask.count_ones() as usize,
+        false => 0,
+    };
     let p = int(op, d.partials())?;
-    let mut workspace = exec.alloc((4 * d.partials() * l.c * normalised).max(1))?;
+    let mut workspace = match normalised {
+        0 => None,
+        _ => Some(exec.alloc(4 * d.partials() * l.c * normalised)?),
+    };
     let [x0, x1, x2, x3, x4, x5, x6, x7] = slots(terms.xs);
     let mut dxs = needs
         .iter()
@@ -906,12 +945,13 @@ pub fn mixed_input_backward(
     };
     // SAFETY: both passes read dy and the inputs x0..x(K−1) at [0..N·C·HW), w[offset + s] for
     // s < K and the stats at [0..2·K·C) (all checked; the slots past K alias x0 and are never
-    // read). Pass 1, on B = popcount(mask) grid layers, writes the 2 doubles at 2((z·C + ch)·P + b)
-    // of the workspace, which holds the 4·P·C·B words that makes. Pass 2, on K layers, reads those
-    // words and writes the given outputs at [0..N·C·HW) (allocated here); null outputs, and every
-    // slot past K, are never touched. Both run on one queue, in order.
+    // read). Pass 1 (training only), on B = popcount(mask) grid layers, writes the 2 doubles at
+    // 2((z·C + ch)·P + b) of the workspace, which holds the 4·P·C·B words that makes. Pass 2, on K
+    // layers, reads those words (when there is a workspace) and writes the given outputs at
+    // [0..N·C·HW) (allocated here); null outputs, and every slot past K, are never touched. Both
+    // run on one queue, in order.
     unsafe {
-        if normalised > 0 {
+        if let Some(workspace) = workspace.as_mut() {
             kernels::batchnorm_mixed_partial_bwd_f32(
                 exec,
                 over(normalised),
@@ -928,7 +968,7 @@ pub fn mixed_input_backward(
                 x7,
                 terms.stats,
                 norm_mask,
-                &mut workspace,
+                workspace,
                 d.n,
                 d.c,
                 d.hw,
@@ -949,7 +989,7 @@ pub fn mixed_input_backward(
             x6,
             x7,
             terms.stats,
-            &workspace,
+            workspace.as_ref(),
             o0,
             o1,
             o2,
