@@ -350,6 +350,13 @@ fn run(cli: Cli) -> darts::Result<()> {
                      {down:.0} device-to-host copies"
                 );
             }
+            let eval_launches = report
+                .launches_per_eval_forward
+                .map_or(String::new(), |n| format!(", {n:.0} kernel launches"));
+            eprintln!(
+                "  eval-mode forward of the validation batch: {:.1} ms{eval_launches}",
+                report.eval_forward_ms
+            );
             println!(
                 "| bench | order | batch | median ms | min ms | max ms | images/s | peak host MiB | device MiB | device | commit |"
             );

@@ -43,6 +43,11 @@ fn a_gpu_step_reports_its_launches_and_copies() {
     // two losses and predictions and the gradient norm.
     assert!(report.uploads_per_step.unwrap() <= 5.0, "{report:?}");
     assert!(report.downloads_per_step.unwrap() <= 5.0, "{report:?}");
+    // An eval-mode forward launches kernels too, far fewer than a step's two forwards and two
+    // backwards.
+    let eval = report.launches_per_eval_forward.unwrap();
+    assert!(eval > 0.0 && eval < launches / 4.0, "{eval} of {launches}");
+    assert!(report.eval_forward_ms > 0.0);
     assert_eq!(json_of(&report)["tf32"], false);
 
     // The report says which GEMMs ran, in the key tools/compare-table.py pairs runs by.
@@ -65,5 +70,7 @@ fn a_cpu_step_reports_no_launches() {
     assert_eq!(json_of(&report)["tf32"], false);
     assert!(report.launches_by_kernel.is_empty());
     assert_eq!(report.uploads_per_step, None);
+    assert_eq!(report.launches_per_eval_forward, None);
+    assert!(report.eval_forward_ms > 0.0);
     assert_eq!(launch_table(&report), "");
 }

@@ -12,7 +12,7 @@ use crate::darts::cnn::search::{SearchConfig, SearchNetwork, init_alphas};
 use crate::darts::searcher::Searcher;
 use crate::device::Device;
 use crate::device::gpu::{Counters, GemmPrecision, KernelId};
-use crate::nn::ParamStore;
+use crate::nn::{Ctx, ParamStore};
 use crate::optim::sgd::Sgd;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -84,6 +84,11 @@ pub struct BenchReport {
     pub uploads_per_step: Option<f64>,
     /// Copies from device to host per timed step (each waits for the device); `None` on the CPU.
     pub downloads_per_step: Option<f64>,
+    /// One eval-mode forward of the validation batch, as a search's validation passes run them
+    /// (after the warm-up, untimed by the steps and unprofiled): its milliseconds.
+    pub eval_forward_ms: f64,
+    /// Its kernel launches; `None` on the CPU.
+    pub launches_per_eval_forward: Option<f64>,
     pub device: String,
     pub commit: String,
 }
@@ -150,8 +155,21 @@ pub fn bench_search(
     let mut times = Vec::with_capacity(config.steps);
     let snapshot = || exec.map(|e| Snapshot::of(e.counters()));
     let mut before = None;
+    let mut eval = (0.0, None);
     for i in 0..config.warmup + config.steps {
         if i == config.warmup {
+            let eval_before = snapshot();
+            let start = Instant::now();
+            eval_forward(&net, &mut searcher, &val_x)?;
+            config.device.synchronize()?;
+            let launches = match (eval_before, snapshot()) {
+                (Some(before), Some(after)) => {
+                    let total = |s: &Snapshot| s.launches.iter().sum::<u64>();
+                    Some((total(&after) - total(&before)) as f64)
+                }
+                _ => None,
+            };
+            eval = (start.elapsed().as_secs_f64() * 1e3, launches);
             before = snapshot();
         }
         if profile && i == config.warmup {
@@ -214,9 +232,25 @@ pub fn bench_search(
         launches_by_kernel,
         uploads_per_step: uploads,
         downloads_per_step: downloads,
+        eval_forward_ms: eval.0,
+        launches_per_eval_forward: eval.1,
         device: config.device.describe()?,
         commit: current_commit(),
     })
+}
+
+/// The search network's forward of `images` in eval mode (running batch-norm statistics), as the
+/// validation passes of a search run it; the logits are dropped.
+fn eval_forward(net: &SearchNetwork, searcher: &mut Searcher, images: &Tensor) -> Result<()> {
+    let mut ctx = Ctx::frozen(&mut searcher.store, false);
+    let x = ctx.input(images.clone());
+    let a: Vec<_> = searcher
+        .alphas
+        .iter()
+        .map(|t| ctx.input(t.clone()))
+        .collect();
+    net.forward(&mut ctx, x, a[0], a[1])?;
+    Ok(())
 }
 
 /// An executor's [`Counters`] at one moment.
