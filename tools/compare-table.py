@@ -2,9 +2,9 @@
 
 Pairs each darts-NAME.json in DIR with pytorch-NAME.json (the `--json` reports of
 `darts bench search-cnn` and tools/reference/bench.py, which share their keys) and prints one
-markdown row per NAME: the order, batch, GEMM precision and threads, both medians, their ratio and
-both peak memories (on the device for --device cuda, else on the host). A side that is missing
-or failed shows n/a.
+markdown row per NAME: the order, batch, GEMM precision and threads, both medians, their ratio,
+both peak memories (on the device for --device cuda, else on the host) and both times of one
+eval-mode forward of the validation batch. A side that is missing or failed shows n/a.
 
 Usage: python3 tools/compare-table.py DIR [--device cpu|cuda]
 """
@@ -49,15 +49,21 @@ def main():
         b = r and r.get(memory)
         return f"{b / 2**20:.0f}" if b else "n/a"
 
+    def eval_ms(r):
+        t = r and r.get("eval_forward_ms")
+        return f"{t:.1f}" if t else "n/a"
+
     print(f"device: {args.device}; memory columns: {memory}")
     print("| order | batch | GEMMs | threads | darts-rs ms/step | PyTorch ms/step "
-          "| darts-rs / PyTorch | darts-rs peak MiB | PyTorch peak MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| darts-rs / PyTorch | darts-rs peak MiB | PyTorch peak MiB "
+          "| darts-rs eval ms | PyTorch eval ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (unrolled, batch, tf32, _), ours, theirs in rows:
         ratio = f"{ours['median_ms'] / theirs['median_ms']:.2f}" if ours and theirs else "n/a"
         threads = (ours or theirs).get("threads", "n/a")
         print(f"| {'second' if unrolled else 'first'} | {batch} | {'TF32' if tf32 else 'float'} "
-              f"| {threads} | {ms(ours)} | {ms(theirs)} | {ratio} | {mib(ours)} | {mib(theirs)} |")
+              f"| {threads} | {ms(ours)} | {ms(theirs)} | {ratio} | {mib(ours)} | {mib(theirs)} "
+              f"| {eval_ms(ours)} | {eval_ms(theirs)} |")
     print(f"\nJSON results in {args.dir}")
 
 

@@ -2,7 +2,8 @@
 # darts-rs against PyTorch, on the CPU or (--device cuda) on a GPU against PyTorch with cuDNN: full
 # DARTS CNN search steps (first and second order) at the paper's network shape, timed by
 # `darts bench search-cnn` and by tools/reference/bench.py, then one table: our ms/step, PyTorch's
-# ms/step, their ratio, and the peak memory of both (device memory on a GPU, host memory else).
+# ms/step, their ratio, the peak memory of both (device memory on a GPU, host memory else), and
+# both times of one eval-mode forward of the validation batch.
 #
 # The defaults (batches 16 and 64, 1 warm-up + 1 timed step per case) keep the whole comparison
 # within about ten minutes on 2 cores; `--steps 3` shows the spread in about twice the time.

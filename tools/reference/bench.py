@@ -98,7 +98,18 @@ def main():
           f"{args.warmup} warm-up + {args.steps} timed steps, {args.threads} threads, "
           f"torch {torch.__version__}", file=sys.stderr)
     times = []
+    eval_ms = None
     for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            # One eval-mode forward of the validation batch, as the original's `infer` runs them
+            # (and `darts bench` times one at the same point).
+            model.eval()
+            start = time.perf_counter()
+            with torch.no_grad():
+                model(val[0], alphas)
+            sync()
+            eval_ms = (time.perf_counter() - start) * 1e3
+            model.train()
         start = time.perf_counter()
         ref.search_step(model, alphas, train, val, sgd, adam, hyper, args.unrolled)
         sync()
@@ -106,6 +117,7 @@ def main():
         if i >= args.warmup:
             print(f"  step {len(times)}: {ms:.1f} ms", file=sys.stderr)
             times.append(ms)
+    print(f"  eval-mode forward of the validation batch: {eval_ms:.1f} ms", file=sys.stderr)
     median = statistics.median(times)
     # ru_maxrss is in KiB on Linux.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -123,6 +135,7 @@ def main():
         "min_ms": min(times),
         "max_ms": max(times),
         "images_per_s": args.batch_size / (median / 1e3),
+        "eval_forward_ms": eval_ms,
         "peak_host_bytes": peak,
         "peak_device_bytes": (torch.cuda.max_memory_reserved()
                               if args.device == "cuda" else None),
