@@ -94,34 +94,7 @@ pub fn normalized_weighted_sum_at(
     let shape = tape.shape(xs[0]).to_vec();
     let l = layout_of(OP, &shape)?;
     let normalized = normalized_flags(terms);
-    let train = terms.iter().any(|t| matches!(t, MixedTerm::Normalized(..)));
-    if train && terms.iter().any(|t| matches!(t, MixedTerm::Eval { .. })) {
-        return Err(Error::invalid(
-            OP,
-            "training and eval-mode candidates together",
-        ));
-    }
-    if normalized.contains(&true) {
-        check_eps(OP, eps)?;
-    }
-    if train {
-        check_train_count(OP, &shape, &l)?;
-    }
-    for term in terms {
-        let (x, running) = match *term {
-            MixedTerm::Normalized(x, Some(running)) => (x, running),
-            MixedTerm::Eval { x, mean, var } => (
-                x,
-                RunningStats {
-                    mean,
-                    var,
-                    momentum: 0.0,
-                },
-            ),
-            _ => continue,
-        };
-        check_running(OP, tape.value(x), &running, l.c)?;
-    }
+    let train = check_modes(tape, terms, &shape, &l, eps)?;
     let values: Vec<Tensor> = xs.iter().map(|&x| tape.value(x).clone()).collect();
     let Forward { y, stats, running } = match w.storage() {
         Data::Cpu(wd) => forward_cpu(terms, &values, &wd[at..], &l, eps)?,
@@ -153,6 +126,47 @@ pub fn normalized_weighted_sum_at(
         }
     });
     Ok((y, running))
+}
+
+/// Checks what the batch norms of `terms` need (laid out as `l`, of `shape`): a valid `eps`,
+/// more than one value per channel in training, running statistics that fit the channels and
+/// the device; and that training and eval-mode terms do not mix. Returns whether they train.
+fn check_modes(
+    tape: &Tape,
+    terms: &[MixedTerm<'_>],
+    shape: &[usize],
+    l: &ChannelLayout,
+    eps: f32,
+) -> Result<bool> {
+    let train = terms.iter().any(|t| matches!(t, MixedTerm::Normalized(..)));
+    if train && terms.iter().any(|t| matches!(t, MixedTerm::Eval { .. })) {
+        return Err(Error::invalid(
+            OP,
+            "training and eval-mode candidates together",
+        ));
+    }
+    if terms.iter().any(|t| !matches!(t, MixedTerm::Plain(_))) {
+        check_eps(OP, eps)?;
+    }
+    if train {
+        check_train_count(OP, shape, l)?;
+    }
+    for term in terms {
+        let (x, running) = match *term {
+            MixedTerm::Normalized(x, Some(running)) => (x, running),
+            MixedTerm::Eval { x, mean, var } => (
+                x,
+                RunningStats {
+                    mean,
+                    var,
+                    momentum: 0.0,
+                },
+            ),
+            _ => continue,
+        };
+        check_running(OP, tape.value(x), &running, l.c)?;
+    }
+    Ok(train)
 }
 
 /// What the forward hands on: the sum, the statistics the backward recomputes the terms from, and
