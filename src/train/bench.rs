@@ -12,7 +12,7 @@ use crate::darts::cnn::search::{SearchConfig, SearchNetwork, init_alphas};
 use crate::darts::searcher::Searcher;
 use crate::device::Device;
 use crate::device::gpu::{Counters, GemmPrecision, KernelId};
-use crate::nn::{Ctx, ParamStore};
+use crate::nn::ParamStore;
 use crate::optim::sgd::Sgd;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -160,7 +160,7 @@ pub fn bench_search(
         if i == config.warmup {
             let eval_before = snapshot();
             let start = Instant::now();
-            eval_forward(&net, &mut searcher, &val_x)?;
+            net.infer(&mut searcher.store, &searcher.alphas, val_x.clone())?;
             config.device.synchronize()?;
             let launches = match (eval_before, snapshot()) {
                 (Some(before), Some(after)) => {
@@ -237,20 +237,6 @@ pub fn bench_search(
         device: config.device.describe()?,
         commit: current_commit(),
     })
-}
-
-/// The search network's forward of `images` in eval mode (running batch-norm statistics), as the
-/// validation passes of a search run it; the logits are dropped.
-fn eval_forward(net: &SearchNetwork, searcher: &mut Searcher, images: &Tensor) -> Result<()> {
-    let mut ctx = Ctx::frozen(&mut searcher.store, false);
-    let x = ctx.input(images.clone());
-    let a: Vec<_> = searcher
-        .alphas
-        .iter()
-        .map(|t| ctx.input(t.clone()))
-        .collect();
-    net.forward(&mut ctx, x, a[0], a[1])?;
-    Ok(())
 }
 
 /// An executor's [`Counters`] at one moment.

@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::autograd::Tape;
 use crate::darts::architect::{Architect, ArchitectConfig, Batch};
 use crate::darts::cnn::search::{SearchConfig, SearchNetwork, init_alphas};
 use crate::darts::genotype::{Genotype, alpha_table, derive_genotype};
@@ -23,7 +24,7 @@ use crate::data::dataset::{DatasetKind, ImageDataset, Split, open};
 use crate::data::loader::{BatchLoader, LoaderState, split_indices};
 use crate::device::Device;
 use crate::io::{TensorFile, load_tensors, save_tensors, write_atomically};
-use crate::nn::{Ctx, ParamStore};
+use crate::nn::ParamStore;
 use crate::ops::softmax::{argmax_rows, cross_entropy};
 use crate::optim::optimizer::Optimizer;
 use crate::optim::schedule::cosine_lr;
@@ -198,14 +199,13 @@ fn evaluate(
     let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
     let device = alphas[0].device();
     for batch in loader.epoch() {
-        let mut ctx = Ctx::frozen(store, false);
-        let x = ctx.input(batch.images.to_device(device)?);
-        let a: Vec<_> = alphas.iter().map(|t| ctx.input(t.clone())).collect();
-        let logits = net.forward(&mut ctx, x, a[0], a[1])?;
-        let loss = cross_entropy(&mut ctx.tape, logits, &batch.labels, 0.0)?;
+        let logits = net.infer(store, alphas, batch.images.to_device(device)?)?;
+        let mut tape = Tape::new();
+        let logits_var = tape.constant(logits.clone());
+        let loss = cross_entropy(&mut tape, logits_var, &batch.labels, 0.0)?;
         let n = batch.labels.len();
-        loss_sum += ctx.value(loss).item()? as f64 * n as f64;
-        let predictions = argmax_rows(ctx.value(logits))?;
+        loss_sum += tape.value(loss).item()? as f64 * n as f64;
+        let predictions = argmax_rows(&logits)?;
         correct += predictions
             .iter()
             .zip(&batch.labels)

@@ -338,6 +338,22 @@ impl SearchNetwork {
         let pooled = global_avg_pool(&mut ctx.tape, s1)?;
         self.classifier.forward(ctx, pooled)
     }
+
+    /// Class logits `[N, classes]` for `images` in eval mode (running batch-norm statistics),
+    /// with the weights of `store` and `alphas` (`[α_normal, α_reduce]`) as constants: a search's
+    /// validation pass (the original's `infer`).
+    pub fn infer(
+        &self,
+        store: &mut ParamStore,
+        alphas: &[Tensor],
+        images: Tensor,
+    ) -> Result<Tensor> {
+        let mut ctx = Ctx::frozen(store, false);
+        let x = ctx.input(images);
+        let alphas: Vec<Var> = alphas.iter().map(|a| ctx.input(a.clone())).collect();
+        let logits = self.logits(&mut ctx, x, &alphas)?;
+        Ok(ctx.value(logits).clone())
+    }
 }
 
 impl Supernet for SearchNetwork {
