@@ -99,6 +99,18 @@ __device__ __forceinline__ float output_grad(const float* dy, const float* relu_
     return relu_out_or_null && !(relu_out_or_null[at] > 0.0f) ? 0.0f : dy[at];
 }
 
+// The end of a first reduction pass: sums the pair (a, b) over the block (the fixed tree of
+// common.cuh) and has thread 0 store it as pair `pair` of the workspace of doubles.
+__device__ __forceinline__ void store_block_pair(unsigned* partials, size_t pair, double a, double b, double* scratch) {
+    a = block_reduce_sum(a, scratch);
+    b = block_reduce_sum(b, scratch);
+    if (threadIdx.x == 0) {
+        double* slot = as_doubles(partials) + 2 * pair;
+        slot[0] = a;
+        slot[1] = b;
+    }
+}
+
 // ---- Batch statistics -------------------------------------------------------------------------
 
 // Pass 1 of the statistics, of up to eight inputs x0..x7 of one layout at once (a lone batch norm
@@ -119,13 +131,7 @@ extern "C" __global__ void batchnorm_moments_partial_fwd_f32(const float* __rest
             s1 += d;
             s2 += d * d;
         }
-        s1 = block_reduce_sum(s1, scratch);
-        s2 = block_reduce_sum(s2, scratch);
-        if (threadIdx.x == 0) {
-            double* slot = as_doubles(partials) + 2 * ((size_t(blockIdx.z) * c + ch) * gridDim.x + blockIdx.x);
-            slot[0] = s1;
-            slot[1] = s2;
-        }
+        store_block_pair(partials, (size_t(blockIdx.z) * c + ch) * gridDim.x + blockIdx.x, s1, s2, scratch);
     }
 }
 
@@ -265,13 +271,7 @@ extern "C" __global__ void batchnorm_grad_partial_bwd_f32(const float* __restric
             sum_dy += g;
             sum_dy_xhat += g * double(xhat);  // exact product: fused or not, one rounding
         }
-        sum_dy = block_reduce_sum(sum_dy, scratch);
-        sum_dy_xhat = block_reduce_sum(sum_dy_xhat, scratch);
-        if (threadIdx.x == 0) {
-            double* slot = as_doubles(partials) + 2 * (size_t(ch) * gridDim.x + blockIdx.x);
-            slot[0] = sum_dy;
-            slot[1] = sum_dy_xhat;
-        }
+        store_block_pair(partials, size_t(ch) * gridDim.x + blockIdx.x, sum_dy, sum_dy_xhat, scratch);
     }
 }
 
@@ -454,13 +454,7 @@ extern "C" __global__ void batchnorm_mixed_partial_bwd_f32(const float* __restri
             sum_g += g;
             sum_gt += g * double(normalized_term(x[at], mu, k));  // exact product: one rounding
         }
-        sum_g = block_reduce_sum(sum_g, scratch);
-        sum_gt = block_reduce_sum(sum_gt, scratch);
-        if (threadIdx.x == 0) {
-            double* slot = as_doubles(partials) + 2 * ((size_t(blockIdx.z) * c + ch) * gridDim.x + blockIdx.x);
-            slot[0] = sum_g;
-            slot[1] = sum_gt;
-        }
+        store_block_pair(partials, (size_t(blockIdx.z) * c + ch) * gridDim.x + blockIdx.x, sum_g, sum_gt, scratch);
     }
 }
 
