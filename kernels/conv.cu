@@ -26,7 +26,8 @@
 //     common.cuh) adds the threads. The tree depends only on the block size, which the Rust side
 //     fixes, so the bits never change.
 // Both gradients come from one launch: the first blocks of its grid compute the weight gradient,
-// the rest the input gradient.
+// the rest the input gradient. A launch computes up to four depthwise convolutions of one shape,
+// one per row of its grid (a DARTS search edge's, stage by stage).
 //
 // The general path: im2col + GEMM
 // -------------------------------
@@ -124,10 +125,23 @@ extern "C" __global__ void conv_weight_sum_bwd_f32(const float* __restrict__ par
 }
 
 // ---- Depthwise --------------------------------------------------------------------------------
+// Each launch computes up to DEPTHWISE_SLOTS depthwise convolutions of one shape (the same images,
+// channels, input and output sizes; each its own input, weight and window), one per row of the
+// grid: slot s = blockIdx.y. A DARTS search edge runs the first depthwise convolution of its four
+// separable and dilated candidates, all on the same input, as one launch, and their second ones
+// (the separable convolutions') as another. Slot s computes exactly what a launch of that
+// convolution alone computes: the grid's x extent and the block size do not depend on the slot.
+#define DEPTHWISE_SLOTS 4
+
+// Slot s of four values.
+template <class T>
+__device__ __forceinline__ T depthwise_slot(int s, T v0, T v1, T v2, T v3) {
+    return s == 0 ? v0 : s == 1 ? v1 : s == 2 ? v2 : v3;
+}
 
 // y[n, c, oy, ox] = Σ_{ky, kx} w[c, ky, kx] · x[n, c, iy, ix], taps in order, over the taps that
 // land on the image. One thread per output element.
-extern "C" __global__ void conv_depthwise_fwd_f32(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ y, int images, int channels, ConvWindow win) {
+__device__ __forceinline__ void depthwise_forward(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ y, int images, int channels, ConvWindow win) {
     const ConvAxis ay = win.y, ax = win.x;
     const size_t total = size_t(images) * channels * ay.out * ax.out;
     for (size_t e = global_thread_index(); e < total; e += global_thread_count()) {
@@ -148,6 +162,13 @@ extern "C" __global__ void conv_depthwise_fwd_f32(const float* __restrict__ x, c
         }
         y[e] = acc;
     }
+}
+
+// The forward of slots 0 .. gridDim.y - 1: slot s convolves xs with ws through wins into ys. The
+// x and w slots past the last one may alias any buffer, and their y is null: no row reads them.
+extern "C" __global__ void conv_depthwise_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ w0, const float* __restrict__ w1, const float* __restrict__ w2, const float* __restrict__ w3, float* __restrict__ y0_or_null, float* __restrict__ y1_or_null, float* __restrict__ y2_or_null, float* __restrict__ y3_or_null, int images, int channels, ConvWindow win0, ConvWindow win1, ConvWindow win2, ConvWindow win3) {
+    const int s = int(blockIdx.y);
+    depthwise_forward(depthwise_slot(s, x0, x1, x2, x3), depthwise_slot(s, w0, w1, w2, w3), depthwise_slot(s, y0_or_null, y1_or_null, y2_or_null, y3_or_null), images, channels, depthwise_slot(s, win0, win1, win2, win3));
 }
 
 // dx[n, c, iy, ix] = Σ over the taps, in order, of w[c, ky, kx] · dy[n, c, oy, ox] for the output
@@ -206,16 +227,22 @@ __device__ __forceinline__ void depthwise_weight_grad(const float* __restrict__ 
     }
 }
 
-// The depthwise backward, both gradients in one launch (a training step needs both from most
-// depthwise convs, and would otherwise launch twice): blocks [0, weight_blocks) compute dweight,
-// the others dx. A gradient not wanted has a null output and no blocks. The role is the same for
-// every thread of a block, so the weight gradient's block tree sees whole blocks.
-extern "C" __global__ void conv_depthwise_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ weight, float* __restrict__ dx_or_null, float* __restrict__ dweight_or_null, int images, int channels, ConvWindow win, int weight_blocks) {
+// The backward of slots 0 .. gridDim.y - 1, both gradients in one launch (a training step needs
+// both from most depthwise convs, and would otherwise launch twice per convolution): in each row,
+// blocks [0, weight_blocks) compute the slot's dweight, the others its dx. A gradient not wanted
+// has a null output; weight_blocks is 0 when no slot wants dweight, and the grid has no dx blocks
+// when none wants dx. The role is the same for every thread of a block, so the weight gradient's
+// block tree sees whole blocks.
+extern "C" __global__ void conv_depthwise_bwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ dy0, const float* __restrict__ dy1, const float* __restrict__ dy2, const float* __restrict__ dy3, const float* __restrict__ w0, const float* __restrict__ w1, const float* __restrict__ w2, const float* __restrict__ w3, float* __restrict__ dx0_or_null, float* __restrict__ dx1_or_null, float* __restrict__ dx2_or_null, float* __restrict__ dx3_or_null, float* __restrict__ dweight0_or_null, float* __restrict__ dweight1_or_null, float* __restrict__ dweight2_or_null, float* __restrict__ dweight3_or_null, int images, int channels, ConvWindow win0, ConvWindow win1, ConvWindow win2, ConvWindow win3, int weight_blocks) {
     __shared__ float scratch[WARP_SIZE];
+    const int s = int(blockIdx.y);
+    const ConvWindow win = depthwise_slot(s, win0, win1, win2, win3);
     if (int(blockIdx.x) < weight_blocks) {
-        if (dweight_or_null) depthwise_weight_grad(x, dy, dweight_or_null, images, channels, win, weight_blocks, scratch);
-    } else if (dx_or_null) {
-        depthwise_input_grad(dy, weight, dx_or_null, images, channels, win, weight_blocks, int(gridDim.x) - weight_blocks);
+        float* dweight = depthwise_slot(s, dweight0_or_null, dweight1_or_null, dweight2_or_null, dweight3_or_null);
+        if (dweight) depthwise_weight_grad(depthwise_slot(s, x0, x1, x2, x3), depthwise_slot(s, dy0, dy1, dy2, dy3), dweight, images, channels, win, weight_blocks, scratch);
+    } else {
+        float* dx = depthwise_slot(s, dx0_or_null, dx1_or_null, dx2_or_null, dx3_or_null);
+        if (dx) depthwise_input_grad(depthwise_slot(s, dy0, dy1, dy2, dy3), depthwise_slot(s, w0, w1, w2, w3), dx, images, channels, win, weight_blocks, int(gridDim.x) - weight_blocks);
     }
 }
 

@@ -1,10 +1,12 @@
 //! The tape (a Wengert list): reverse-mode automatic differentiation in one screen.
 //!
 //! Every op that sees an input needing a gradient pushes a [`Node`] holding its input variables and
-//! a `backward` closure that has captured exactly the tensors it needs. Because nodes are pushed in
-//! the order they run, the tape is already topologically sorted: [`Tape::backward`] walks it in
-//! reverse, hands each closure the gradient of its output, and adds (`+=`) what comes back into the
-//! gradients of the inputs. Each closure is consumed as it runs, so what it saved is freed at once.
+//! a `backward` closure that has captured exactly the tensors it needs. Most ops have one output;
+//! a few compute several results in one go (a search edge's depthwise convolutions, one launch
+//! for all) and record them with [`Tape::record_many`]. Because nodes are pushed in the order they
+//! run, the tape is already topologically sorted: [`Tape::backward`] walks it in reverse, hands
+//! each closure the gradients of its outputs, and adds (`+=`) what comes back into the gradients
+//! of the inputs. Each closure is consumed as it runs, so what it saved is freed at once.
 //! DARTS needs first derivatives only (its second-order term is a finite difference), so there is
 //! no double backward.
 //!
@@ -33,6 +35,11 @@ impl Var {
 /// Given the gradient of an op's output and which inputs need a gradient, returns one gradient per
 /// input (`None` where not needed). Runs at most once.
 pub type BackwardFn = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
+
+/// The [`BackwardFn`] of an op with several outputs: given the gradient of each output (`None`
+/// for an output that nothing downstream used), returns one gradient per input.
+pub type BackwardManyFn =
+    Box<dyn FnOnce(&[Option<Tensor>], &[bool]) -> Result<Vec<Option<Tensor>>>>;
 
 /// The most gradient contributions a variable holds before they are added up: one GPU launch
 /// adds this many (`device::gpu::mixed::MAX_CANDIDATES`), against one launch each when added as
@@ -66,12 +73,21 @@ impl GradTerms {
     }
 }
 
-/// One recorded op: its name, its inputs, its output and how to send a gradient back through it.
+/// How a node sends its outputs' gradients back to its inputs.
+enum NodeBackward {
+    /// An op with one output.
+    One(BackwardFn),
+    /// An op with several outputs (consecutive variables on the tape).
+    Many(BackwardManyFn),
+}
+
+/// One recorded op: its name, its inputs, its outputs (consecutive variables) and how to send
+/// their gradients back through it.
 struct Node {
     op: &'static str,
     inputs: Vec<Var>,
-    output: Var,
-    backward: Option<BackwardFn>,
+    outputs: std::ops::Range<usize>,
+    backward: Option<NodeBackward>,
 }
 
 /// A record of the ops of one forward pass, for computing gradients.
@@ -138,22 +154,56 @@ impl Tape {
         inputs: &[Var],
         backward: impl FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
     ) -> Var {
+        let outputs = self.record_node(op, vec![output], inputs, || {
+            NodeBackward::One(Box::new(backward))
+        });
+        Var(outputs.start)
+    }
+
+    /// Records the results of an op with several outputs, like [`Tape::record`]: the closure gets
+    /// the gradient of each output that received one.
+    pub fn record_many(
+        &mut self,
+        op: &'static str,
+        outputs: Vec<Tensor>,
+        inputs: &[Var],
+        backward: impl FnOnce(&[Option<Tensor>], &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
+    ) -> Vec<Var> {
+        let outputs = self.record_node(op, outputs, inputs, || {
+            NodeBackward::Many(Box::new(backward))
+        });
+        outputs.map(Var).collect()
+    }
+
+    /// Puts `outputs` on the tape, and a node with the closure that `backward` makes when an
+    /// input needs a gradient; returns the outputs' positions.
+    fn record_node(
+        &mut self,
+        op: &'static str,
+        outputs: Vec<Tensor>,
+        inputs: &[Var],
+        backward: impl FnOnce() -> NodeBackward,
+    ) -> std::ops::Range<usize> {
         if let Some(last) = self.last_record {
             let now = Instant::now();
             profile::forward(op, now - last);
             self.last_record = Some(now);
         }
         let needs_grad = inputs.iter().any(|v| self.requires_grad[v.0]);
-        let out = self.push_value(output, needs_grad);
+        let first = self.values.len();
+        for output in outputs {
+            self.push_value(output, needs_grad);
+        }
+        let outputs = first..self.values.len();
         if needs_grad {
             self.nodes.push(Node {
                 op,
                 inputs: inputs.to_vec(),
-                output: out,
-                backward: Some(Box::new(backward)),
+                outputs: outputs.clone(),
+                backward: Some(backward()),
             });
         }
-        out
+        outputs
     }
 
     /// Gradients of the scalar `loss` with respect to each of `wrt` (zeros for a variable the loss
@@ -200,9 +250,12 @@ impl Tape {
             .collect();
         grads[output.0].push(seed)?;
         for node in self.nodes.iter_mut().rev() {
-            let Some(grad_out) = std::mem::take(&mut grads[node.output.0]).total()? else {
+            let grads_out = (node.outputs.clone())
+                .map(|v| std::mem::take(&mut grads[v]).total())
+                .collect::<Result<Vec<_>>>()?;
+            if grads_out.iter().all(Option::is_none) {
                 continue;
-            };
+            }
             let Some(backward) = node.backward.take() else {
                 return Err(Error::invalid(
                     "Tape::backward",
@@ -214,7 +267,16 @@ impl Tape {
                 .iter()
                 .map(|v| self.requires_grad[v.0])
                 .collect();
-            let input_grads = profile::backward(node.op, || backward(&grad_out, &needs))?;
+            let input_grads = profile::backward(node.op, || match backward {
+                NodeBackward::One(f) => match &grads_out[..] {
+                    [Some(grad)] => f(grad, &needs),
+                    _ => Err(Error::invalid(
+                        "Tape::backward",
+                        format!("`{}` has one output, without its gradient", node.op),
+                    )),
+                },
+                NodeBackward::Many(f) => f(&grads_out, &needs),
+            })?;
             if input_grads.len() != node.inputs.len() {
                 return Err(Error::WrongInputCount {
                     op: node.op,
@@ -222,7 +284,10 @@ impl Tape {
                     got: input_grads.len(),
                 });
             }
-            for (input, grad) in node.inputs.iter().zip(input_grads) {
+            // Last input first: an op that reads one variable several times (a group of ops on
+            // one input) sends its gradients in the order in which the ops one by one would have
+            // sent them, the last recorded first, so their sum has the same bits.
+            for (input, grad) in node.inputs.iter().zip(input_grads).rev() {
                 let Some(grad) = grad else { continue };
                 if !self.requires_grad[input.0] {
                     continue;
@@ -236,7 +301,7 @@ impl Tape {
                 }
                 grads[input.0].push(grad)?;
             }
-            // The output's gradient (taken above) and the closure's saved tensors are dropped here.
+            // The outputs' gradients (taken above) and the closure's saved tensors are dropped here.
         }
         wrt.iter()
             .map(|v| match grads[v.0].total()? {

@@ -105,3 +105,57 @@ fn a_variable_read_many_times_gets_the_sum_of_its_gradients() {
         }
     }
 }
+
+/// An op with several outputs (`Tape::record_many`): its backward gets the gradient of each
+/// output that was used and `None` for the others, and a node none of whose outputs was used is
+/// skipped.
+#[test]
+fn an_op_with_several_outputs_gets_the_gradient_of_each_used_output() {
+    let mut tape = Tape::new();
+    let x = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap());
+    let outputs = |tape: &mut Tape| {
+        let xv = tape.value(x).clone();
+        let twice = xv.scaled(2.0).unwrap();
+        let thrice = xv.scaled(3.0).unwrap();
+        tape.record_many("two_scales", vec![twice, thrice], &[x], |dys, needs| {
+            assert_eq!(needs, [true]);
+            assert!(
+                dys[0].is_some() && dys[1].is_none(),
+                "only the first is used"
+            );
+            Ok(vec![Some(dys[0].as_ref().unwrap().scaled(2.0)?)])
+        })
+    };
+    let used = outputs(&mut tape);
+    let unused = outputs(&mut tape);
+    assert_eq!((used.len(), unused.len()), (2, 2));
+    assert_eq!(tape.value(used[1]).data(), [3.0, 6.0]);
+    let seed = Tensor::from_vec(vec![1.0, 10.0], &[2]).unwrap();
+    let grad = tape.backward_from(used[0], seed, &[x]).unwrap().remove(0);
+    assert_eq!(grad.data(), [2.0, 20.0]);
+}
+
+/// The gradients an op sends to one variable it reads several times reach it last input first,
+/// as they would from one op per read (the last recorded sends first): `(c + b) + a`, which here
+/// differs from `(a + b) + c` in floats.
+#[test]
+fn the_gradients_of_a_repeated_input_arrive_last_input_first() {
+    let (a, b, c) = (1e8_f32, -1e8_f32, 1.0_f32);
+    assert_ne!((c + b) + a, (a + b) + c);
+    let mut tape = Tape::new();
+    let x = tape.leaf(Tensor::from_vec(vec![0.0], &[1]).unwrap());
+    let y = tape.record(
+        "three_reads",
+        tape.value(x).clone(),
+        &[x, x, x],
+        move |_, _| {
+            Ok([a, b, c]
+                .iter()
+                .map(|&v| Tensor::from_vec(vec![v], &[1]).ok())
+                .collect())
+        },
+    );
+    let seed = Tensor::from_vec(vec![1.0], &[1]).unwrap();
+    let grad = tape.backward_from(y, seed, &[x]).unwrap().remove(0);
+    assert_eq!(grad.data()[0].to_bits(), ((c + b) + a).to_bits());
+}

@@ -13,6 +13,7 @@ mod common;
 use common::gpu::{Tolerance, compare, cpu_reference_tests, random, round_to_tf32};
 use darts::device::cpu::conv::{self as reference, ConvGeometry};
 use darts::device::gpu::conv::ConvPlan;
+use darts::device::gpu::depthwise;
 use darts::device::gpu::{
     ConvWindow, DeviceBuffer, EmuExecutor, Executor, GemmPrecision, GpuError, KernelId,
     LaunchConfig, TestExecutor, kernels,
@@ -304,9 +305,114 @@ fn check_case(e: &dyn Executor, case: &Case, plan: &ConvPlan, data: &Data) {
 }
 
 /// Every case against the CPU, with the whole batch in one workspace chunk and (on the GEMM paths)
-/// one image a chunk.
+/// one image a chunk, and groups of depthwise convolutions.
 fn check_against_cpu(e: &dyn Executor) {
     check_every_case(e, GemmPrecision::F32);
+    check_depthwise_groups(e);
+}
+
+/// Groups of depthwise convolutions of one shape (`device::gpu::depthwise`) against the CPU
+/// reference of each convolution, and against each one's own plan bit for bit: a DARTS edge's
+/// four first-stage windows plus a fifth convolution on a second input (two launches), on 33×31
+/// images (256-thread backward blocks) and on 7×9 with stride 2 (one warp), with the gradients
+/// wanted differing from slot to slot.
+fn check_depthwise_groups(e: &dyn Executor) {
+    for (input, stride, c) in [([33, 31], 1, 3), ([7, 9], 2, 5)] {
+        let windows = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2), (3, 1, 1)];
+        let geometries: Vec<ConvGeometry> = (windows.iter())
+            .map(|&(k, pad, dil)| {
+                let p = params([stride; 2], [pad; 2], dil, c);
+                ConvGeometry {
+                    batch: 2,
+                    c_in: c,
+                    c_out: c,
+                    input,
+                    kernel: [k, k],
+                    output: p.output_size(input, [k, k]).unwrap(),
+                    stride: p.stride,
+                    padding: p.padding,
+                    dilation: p.dilation,
+                    groups: c,
+                }
+            })
+            .collect();
+        let plans: Vec<ConvPlan> = (geometries.iter())
+            .map(|g| ConvPlan::new(g).unwrap())
+            .collect();
+        let plan_refs: Vec<&ConvPlan> = plans.iter().collect();
+        let name = |s: usize| format!("group on {input:?}, stride {stride}, slot {s}");
+        let data: Vec<Data> = (geometries.iter().enumerate())
+            .map(|(s, g)| Data::new(g, 100 + 10 * s as u64, GemmPrecision::F32))
+            .collect();
+        // Slots 0..4 read the first input, slot 4 the second.
+        let x_of = |s: usize| &data[s / 4 * 4].x;
+        let xs: Vec<DeviceBuffer<f32>> = [0, 4].map(|s| e.to_device(x_of(s)).unwrap()).into();
+        let x_buf = |s: usize| &xs[s / 4];
+        let ws: Vec<DeviceBuffer<f32>> = data.iter().map(|d| e.to_device(&d.w).unwrap()).collect();
+        let dys: Vec<DeviceBuffer<f32>> =
+            (data.iter()).map(|d| e.to_device(&d.dy).unwrap()).collect();
+
+        let x_refs: Vec<&DeviceBuffer<f32>> = (0..plans.len()).map(x_buf).collect();
+        let ys = depthwise::forward(e, &plan_refs, &x_refs, &ws.iter().collect::<Vec<_>>());
+        for (s, y) in ys.unwrap().into_iter().enumerate() {
+            let got = host(e, Ok(y));
+            let g = &geometries[s];
+            let want = reference::forward(g, x_of(s), &data[s].w, None);
+            check(e, &format!("{}: forward", name(s)), &got, &want);
+            let alone = host(e, plans[s].forward(e, x_buf(s), &ws[s], None));
+            assert_eq!(bits(&got), bits(&alone), "{}: forward alone", name(s));
+        }
+
+        let needs = [
+            [true, true],
+            [false, true],
+            [true, false],
+            [false, false],
+            [true, true],
+        ];
+        let inputs: Vec<depthwise::BackwardInputs> = (0..plans.len())
+            .map(|s| depthwise::BackwardInputs {
+                x: x_buf(s),
+                w: &ws[s],
+                dy: &dys[s],
+            })
+            .collect();
+        let grads = depthwise::backward(e, &plan_refs, &inputs, &needs).unwrap();
+        for (s, [dx, dw]) in grads.into_iter().enumerate() {
+            let g = &geometries[s];
+            let what = |grad: &str| format!("{}: backward {grad} of {:?}", name(s), needs[s]);
+            assert_eq!(
+                [dx.is_some(), dw.is_some()],
+                needs[s],
+                "{}",
+                what("the gradients")
+            );
+            let [alone_dx, alone_dw] =
+                (plans[s].backward(e, x_buf(s), &ws[s], &dys[s], needs[s])).unwrap();
+            if let (Some(dx), Some(alone)) = (dx, alone_dx) {
+                let got = host(e, Ok(dx));
+                let want = reference::backward_input(g, &data[s].w, &data[s].dy);
+                check(e, &what("dx"), &got, &want);
+                assert_eq!(
+                    bits(&got),
+                    bits(&host(e, Ok(alone))),
+                    "{}",
+                    what("dx alone")
+                );
+            }
+            if let (Some(dw), Some(alone)) = (dw, alone_dw) {
+                let got = host(e, Ok(dw));
+                let want = reference::backward_weight(g, x_of(s), &data[s].dy);
+                check(e, &what("dw"), &got, &want);
+                assert_eq!(
+                    bits(&got),
+                    bits(&host(e, Ok(alone))),
+                    "{}",
+                    what("dw alone")
+                );
+            }
+        }
+    }
 }
 
 /// [`check_against_cpu`] with the executor's GEMMs set to `precision` (and left so).
@@ -406,17 +512,29 @@ fn depthwise_kernels_are_the_same_on_any_grid() {
         let mut dweight = e.alloc::<f32>(data.w.len()).unwrap();
         let mut dx = e.alloc::<f32>(data.x.len()).unwrap();
         // SAFETY: x, w, y and dy hold N·C·H·W, C·kh·kw, N·C·Ho·Wo and N·C·Ho·Wo elements of this
-        // (consistent, depthwise) geometry, dweight C·kh·kw and dx N·C·H·W; block 0 of the
-        // backward computes dweight, block 1 dx.
+        // (consistent, depthwise) geometry, dweight C·kh·kw and dx N·C·H·W; the grids have one
+        // row, so only slot 0 is used; block 0 of the backward computes dweight, block 1 dx.
         unsafe {
             kernels::conv_depthwise_fwd_f32(
                 e,
                 LaunchConfig::linear(1, 32),
                 &x,
+                &x,
+                &x,
+                &x,
                 &w,
-                &mut y,
+                &w,
+                &w,
+                &w,
+                Some(&mut y),
+                None,
+                None,
+                None,
                 n,
                 c,
+                window,
+                window,
+                window,
                 window,
             )
             .unwrap();
@@ -424,12 +542,30 @@ fn depthwise_kernels_are_the_same_on_any_grid() {
                 e,
                 LaunchConfig::linear(2, plan.depthwise_backward_threads()),
                 &x,
+                &x,
+                &x,
+                &x,
+                &dy,
+                &dy,
+                &dy,
                 &dy,
                 &w,
+                &w,
+                &w,
+                &w,
                 Some(&mut dx),
+                None,
+                None,
+                None,
                 Some(&mut dweight),
+                None,
+                None,
+                None,
                 n,
                 c,
+                window,
+                window,
+                window,
                 window,
                 1,
             )
@@ -491,4 +627,46 @@ fn wrong_sizes_are_errors() {
     }
     assert!(plan.backward_bias(e, &x).is_err());
     assert!(plan.forward(e, &x, &w, None).is_ok());
+
+    // Groups of depthwise convolutions: one shape, depthwise plans, a buffer of each kind per plan.
+    let (sep, dil) = (cases()[1].geometry(), cases()[4].geometry());
+    let dense = ConvPlan::new(&g).unwrap();
+    let sep_plan = ConvPlan::new(&sep).unwrap();
+    let other_size = ConvPlan::new(&cases()[2].geometry()).unwrap();
+    let d = Data::new(&sep, 2, GemmPrecision::F32);
+    let (x, w, dy) = (
+        e.to_device(&d.x).unwrap(),
+        e.to_device(&d.w).unwrap(),
+        e.to_device(&d.dy).unwrap(),
+    );
+    assert_ne!(sep.c_in, dil.c_in);
+    let group_error =
+        |plans: &[&ConvPlan], xs: &[&DeviceBuffer<f32>], ws: &[&DeviceBuffer<f32>]| {
+            matches!(
+                depthwise::forward(e, plans, xs, ws),
+                Err(GpuError::Argument { .. })
+            )
+        };
+    assert!(depthwise::forward(e, &[&sep_plan, &sep_plan], &[&x, &x], &[&w, &w]).is_ok());
+    assert!(group_error(&[], &[], &[]), "no convolution");
+    assert!(group_error(&[&dense], &[&x], &[&w]), "a dense convolution");
+    assert!(
+        group_error(&[&sep_plan, &other_size], &[&x, &x], &[&w, &w]),
+        "two shapes"
+    );
+    assert!(
+        group_error(&[&sep_plan, &sep_plan], &[&x], &[&w, &w]),
+        "one input short"
+    );
+    assert!(group_error(&[&sep_plan], &[&w], &[&w]), "a short input");
+    let inputs = depthwise::BackwardInputs {
+        x: &x,
+        w: &w,
+        dy: &dy,
+    };
+    let wrong_dy = depthwise::BackwardInputs { dy: &w, ..inputs };
+    let needs = [[true, true]];
+    assert!(depthwise::backward(e, &[&sep_plan], &[inputs], &needs).is_ok());
+    assert!(depthwise::backward(e, &[&sep_plan], &[wrong_dy], &needs).is_err());
+    assert!(depthwise::backward(e, &[&sep_plan], &[inputs], &[[true, true]; 2]).is_err());
 }

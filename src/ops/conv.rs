@@ -5,6 +5,7 @@ use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::device::cpu::conv::{self as k, ConvGeometry};
 use crate::device::gpu::conv::ConvPlan;
+use crate::device::gpu::depthwise;
 use crate::device::gpu::{DeviceBuffer, Executor};
 use crate::ops::{buffer, common_device};
 use crate::tensor::Tensor;
@@ -222,11 +223,10 @@ impl Runner {
             }
             Runner::Gpu(plan, exec, device) => {
                 let [dx, dw] = plan.backward(*exec, buffer(x), buffer(w), buffer(dy), needs)?;
-                let on_device = |grad: Option<DeviceBuffer<f32>>, shape: &[usize]| {
-                    grad.map(|b| Tensor::from_buffer(b, shape, *device))
-                        .transpose()
-                };
-                Ok([on_device(dx, x_shape)?, on_device(dw, w_shape)?])
+                Ok([
+                    on_device(dx, x_shape, *device)?,
+                    on_device(dw, w_shape, *device)?,
+                ])
             }
         }
     }
@@ -240,6 +240,16 @@ impl Runner {
             }
         }
     }
+}
+
+/// A gradient computed on a GPU, as a tensor of `shape` on `device`.
+fn on_device(
+    grad: Option<DeviceBuffer<f32>>,
+    shape: &[usize],
+    device: Device,
+) -> Result<Option<Tensor>> {
+    grad.map(|b| Tensor::from_buffer(b, shape, device))
+        .transpose()
 }
 
 /// Checks the arguments and runs the forward kernel; returns the output and the runner for the
@@ -300,4 +310,123 @@ pub fn conv2d(
         }
         Ok(grads)
     }))
+}
+
+/// One convolution of [`depthwise_convs`]: its input, its weight and its parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct DepthwiseConv {
+    /// The input, `[N, C, H, W]`.
+    pub x: Var,
+    /// The weight, `[C, 1, kh, kw]`.
+    pub weight: Var,
+    /// Stride, padding and dilation; `groups` must be `C`.
+    pub params: Conv2dParams,
+}
+
+/// Several depthwise convolutions of one shape as one op: `y_s = conv2d(x_s, w_s)` for every `s`,
+/// each with `groups == Cin == Cout`, all with the same batch, channels and input and output
+/// sizes (their windows differ; several may read the same input). A DARTS search edge computes
+/// the first depthwise convolutions of its separable and dilated candidates with one, and the
+/// second ones of its separable convolutions with another. The values and gradients are those of
+/// [`conv2d`] on each, with the same bits: on a GPU the kernels are the same, four convolutions
+/// per launch instead of one (`device::gpu::depthwise`); on the CPU they run one by one. The
+/// gradients of an input read by several of them reach it last convolution first, as they would
+/// from separate ops.
+pub fn depthwise_convs(tape: &mut Tape, convs: &[DepthwiseConv]) -> Result<Vec<Var>> {
+    const OP: &str = "depthwise_convs";
+    if convs.is_empty() {
+        return Err(Error::invalid(OP, "no convolution given"));
+    }
+    let xs: Vec<Tensor> = convs.iter().map(|c| tape.value(c.x).clone()).collect();
+    let ws: Vec<Tensor> = convs.iter().map(|c| tape.value(c.weight).clone()).collect();
+    let device = common_device(OP, &xs.iter().chain(&ws).collect::<Vec<_>>())?;
+    let mut runners: Vec<Runner> = Vec::with_capacity(convs.len());
+    for (s, conv) in convs.iter().enumerate() {
+        let g = conv.params.geometry(xs[s].shape(), ws[s].shape(), None)?;
+        if !g.is_depthwise() {
+            return Err(Error::invalid(
+                OP,
+                format!("convolution {s} is not depthwise (groups {})", g.groups),
+            ));
+        }
+        let shape = |x: &Tensor, g: &ConvGeometry| (x.shape().to_vec(), g.output);
+        if s > 0 && shape(&xs[s], &g) != shape(&xs[0], runners[0].geometry()) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "convolution {s}: an input of {:?} and an output of {:?} pixels, as convolution 0's",
+                    xs[0].shape(),
+                    runners[0].geometry().output
+                ),
+                xs[s].shape(),
+            ));
+        }
+        runners.push(Runner::new(g, device)?);
+    }
+    let ys = match &runners[0] {
+        Runner::Cpu(_) => (runners.iter().zip(&xs).zip(&ws))
+            .map(|((runner, x), w)| runner.forward(x, w, None))
+            .collect::<Result<Vec<_>>>()?,
+        Runner::Gpu(_, exec, device) => {
+            let plans = gpu_plans(&runners);
+            let x_buffers: Vec<_> = xs.iter().map(buffer).collect();
+            let w_buffers: Vec<_> = ws.iter().map(buffer).collect();
+            let g = runners[0].geometry();
+            let shape = [g.batch, g.c_out, g.output[0], g.output[1]];
+            (depthwise::forward(*exec, &plans, &x_buffers, &w_buffers)?.into_iter())
+                .map(|y| Tensor::from_buffer(y, &shape, *device))
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    let inputs: Vec<Var> = convs.iter().flat_map(|c| [c.x, c.weight]).collect();
+    Ok(tape.record_many(OP, ys, &inputs, move |dys, needs| {
+        // The convolutions whose output has a gradient and whose input or weight needs one.
+        let wanted: Vec<(usize, &Tensor, [bool; 2])> = (dys.iter().enumerate())
+            .filter_map(|(s, dy)| Some((s, dy.as_ref()?, [needs[2 * s], needs[2 * s + 1]])))
+            .filter(|(_, _, need)| need.contains(&true))
+            .collect();
+        let mut grads: Vec<Option<Tensor>> = vec![None; needs.len()];
+        let results: Vec<[Option<Tensor>; 2]> = match &runners[0] {
+            Runner::Cpu(_) => (wanted.iter())
+                .map(|&(s, dy, need)| runners[s].backward(&xs[s], &ws[s], dy, need))
+                .collect::<Result<_>>()?,
+            Runner::Gpu(_, exec, device) => {
+                let all = gpu_plans(&runners);
+                let plans: Vec<&ConvPlan> = wanted.iter().map(|&(s, ..)| all[s]).collect();
+                let buffers: Vec<depthwise::BackwardInputs> = (wanted.iter())
+                    .map(|&(s, dy, _)| depthwise::BackwardInputs {
+                        x: buffer(&xs[s]),
+                        w: buffer(&ws[s]),
+                        dy: buffer(dy),
+                    })
+                    .collect();
+                let needs: Vec<[bool; 2]> = wanted.iter().map(|&(.., need)| need).collect();
+                (depthwise::backward(*exec, &plans, &buffers, &needs)?.into_iter())
+                    .zip(&wanted)
+                    .map(|([dx, dw], &(s, ..))| {
+                        Ok([
+                            on_device(dx, xs[s].shape(), *device)?,
+                            on_device(dw, ws[s].shape(), *device)?,
+                        ])
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        for (&(s, ..), [dx, dw]) in wanted.iter().zip(results) {
+            grads[2 * s] = dx;
+            grads[2 * s + 1] = dw;
+        }
+        Ok(grads)
+    }))
+}
+
+/// The GPU plans of runners made for one GPU device.
+fn gpu_plans(runners: &[Runner]) -> Vec<&ConvPlan> {
+    runners
+        .iter()
+        .filter_map(|r| match r {
+            Runner::Gpu(plan, ..) => Some(plan),
+            Runner::Cpu(_) => None,
+        })
+        .collect()
 }

@@ -4,18 +4,19 @@
 //! Inside the search network every batch norm is `affine = false`, and the two pools are followed
 //! by an extra `BN(C, affine = false)` (the original wraps them in `nn.Sequential(pool, BN)`).
 //!
-//! Three departures from the original's code, not from its math: the candidates read their input
+//! Four departures from the original's code, not from its math: the candidates read their input
 //! through an [`EdgeInput`], which computes `ReLU(x)` once for every candidate that starts with
 //! one, on every edge that reads the same state; the ReLU in the middle of a separable
-//! convolution is applied by the batch norm before it, in the same op; and a search edge hands its
-//! candidates' final batch norms, with its weighted sum, to one op
-//! ([`Candidate::forward_to_norm`], `ops::mixed`).
+//! convolution is applied by the batch norm before it, in the same op; a search edge hands its
+//! candidates' final batch norms, with its weighted sum, to one op (`ops::mixed`); and its
+//! separable and dilated convolutions run stage by stage, their depthwise convolutions several
+//! to an op ([`forward_to_norms`]).
 
 use crate::autograd::Var;
 use crate::darts::genotype::PRIMITIVES;
 use crate::nn::{BatchNorm2d, Conv2d, Ctx, ParamStore, join_name};
 use crate::ops::batchnorm::Activation;
-use crate::ops::conv::Conv2dParams;
+use crate::ops::conv::{Conv2dParams, depthwise_convs};
 use crate::ops::elementwise::relu;
 use crate::ops::pool::{avg_pool2d, max_pool2d};
 use crate::ops::shape::{concat, slice, zero};
@@ -144,19 +145,6 @@ impl DwPwBlock {
             bn: BatchNorm2d::new(store, &at(2), c_out, affine)?,
         })
     }
-
-    /// Applies the block to `h`, its input after the ReLU, and `then` to its output (the ReLU
-    /// that starts the next block, inside the batch norm).
-    fn forward(&self, ctx: &mut Ctx, h: Var, then: Activation) -> Result<Var> {
-        let h = self.convolutions(ctx, h)?;
-        self.bn.forward_then(ctx, h, then)
-    }
-
-    /// The block's two convolutions, without the batch norm.
-    fn convolutions(&self, ctx: &mut Ctx, h: Var) -> Result<Var> {
-        let h = self.depthwise.forward(ctx, h)?;
-        self.pointwise.forward(ctx, h)
-    }
 }
 
 /// FactorizedReduce: halves H and W with two stride-2 1×1 convs, the second on the input shifted
@@ -252,9 +240,9 @@ pub enum Candidate {
     /// `skip_connect` with stride 2.
     Reduce(FactorizedReduce),
     /// `sep_conv_*`: two ReLU-dw-pw-BN blocks.
-    SepConv(DwPwBlock, DwPwBlock),
+    SepConv([DwPwBlock; 2]),
     /// `dil_conv_*`: one ReLU-dw(dilation 2)-pw-BN block.
-    DilConv(DwPwBlock),
+    DilConv([DwPwBlock; 1]),
 }
 
 impl Candidate {
@@ -270,7 +258,7 @@ impl Candidate {
     ) -> Result<Candidate> {
         let sep = |store: &mut ParamStore, rng: &mut Rng, k: usize| -> Result<Candidate> {
             let pad = k / 2;
-            Ok(Candidate::SepConv(
+            Ok(Candidate::SepConv([
                 DwPwBlock::new(
                     store,
                     prefix,
@@ -291,11 +279,11 @@ impl Candidate {
                     affine,
                     rng,
                 )?,
-            ))
+            ]))
         };
         let dil = |store: &mut ParamStore, rng: &mut Rng, k: usize| -> Result<Candidate> {
             let params = Conv2dParams::new(stride, k - 1).dilation(2);
-            Ok(Candidate::DilConv(DwPwBlock::new(
+            Ok(Candidate::DilConv([DwPwBlock::new(
                 store,
                 prefix,
                 1,
@@ -304,7 +292,7 @@ impl Candidate {
                 params,
                 affine,
                 rng,
-            )?))
+            )?]))
         };
         // In the search network the pools are `nn.Sequential(pool, BN)`: the BN sits at index 1.
         let pool_bn =
@@ -343,16 +331,25 @@ impl Candidate {
 
     /// Applies the operation to `input`, taking its ReLU from there where it starts with one.
     pub fn forward(&self, ctx: &mut Ctx, input: &mut EdgeInput) -> Result<Var> {
-        match self.forward_to_norm(ctx, input)? {
-            (h, Some(bn)) => bn.forward(ctx, h),
-            (x, None) => Ok(x),
+        match forward_to_norms(ctx, std::slice::from_ref(self), input)?.pop() {
+            Some((h, Some(bn))) => bn.forward(ctx, h),
+            Some((x, None)) => Ok(x),
+            None => Err(Error::invalid("Candidate::forward", "no output")),
         }
     }
 
-    /// The operation up to its final batch norm: that norm's input, and the norm (`None` for
-    /// `none` and the identity, which end in none). [`forward`](Self::forward) applies it; a
-    /// search edge hands all its candidates' to one op (`nn::batchnorm::normalized_mixed_sum`).
-    pub fn forward_to_norm(
+    /// The chain of ReLU-dw-pw-BN blocks of a separable or dilated convolution; `None` for the
+    /// other candidates.
+    fn blocks(&self) -> Option<&[DwPwBlock]> {
+        match self {
+            Candidate::SepConv(blocks) => Some(blocks),
+            Candidate::DilConv(blocks) => Some(blocks),
+            _ => None,
+        }
+    }
+
+    /// A candidate without blocks up to its final batch norm (see [`forward_to_norms`]).
+    fn forward_plain_to_norm(
         &self,
         ctx: &mut Ctx,
         input: &mut EdgeInput,
@@ -371,15 +368,67 @@ impl Candidate {
                 let h = input.relu(ctx)?;
                 (reduce.convolutions_after_relu(ctx, h)?, Some(&reduce.bn))
             }
-            Candidate::SepConv(first, second) => {
-                let h = input.relu(ctx)?;
-                let h = first.forward(ctx, h, Activation::Relu)?;
-                (second.convolutions(ctx, h)?, Some(&second.bn))
-            }
-            Candidate::DilConv(block) => {
-                let h = input.relu(ctx)?;
-                (block.convolutions(ctx, h)?, Some(&block.bn))
+            Candidate::SepConv(_) | Candidate::DilConv(_) => {
+                return Err(Error::invalid(
+                    "Candidate::forward_plain_to_norm",
+                    "a convolution's blocks run in forward_to_norms",
+                ));
             }
         })
     }
+}
+
+/// `candidates` applied to `input`, each up to its final batch norm: that norm's input, and the
+/// norm (`None` for `none` and the identity, which end in none). [`Candidate::forward`] applies
+/// it; a search edge hands all its candidates' to one op (`nn::batchnorm::normalized_mixed_sum`).
+///
+/// The separable and dilated convolutions run stage by stage, as the ops one by one would give
+/// them, value for value: the first depthwise convolutions of all of them (which all read
+/// `ReLU(x)`) as one op, `ops::conv::depthwise_convs` (one launch on a GPU instead of four), then
+/// each one's pointwise convolution (and batch norm, with the next block's ReLU, for a separable
+/// convolution), then the second depthwise convolutions of the separable ones as another op.
+pub fn forward_to_norms<'c>(
+    ctx: &mut Ctx,
+    candidates: &'c [Candidate],
+    input: &mut EdgeInput,
+) -> Result<Vec<(Var, Option<&'c BatchNorm2d>)>> {
+    let mut terms = Vec::with_capacity(candidates.len());
+    for op in candidates {
+        terms.push(match op.blocks() {
+            None => Some(op.forward_plain_to_norm(ctx, input)?),
+            Some(_) => None,
+        });
+    }
+    let chains: Vec<(usize, &[DwPwBlock])> = (candidates.iter().enumerate())
+        .filter_map(|(k, op)| Some((k, op.blocks()?)))
+        .collect();
+    if !chains.is_empty() {
+        let mut heads = vec![input.relu(ctx)?; chains.len()];
+        for stage in 0.. {
+            let active: Vec<usize> = (0..chains.len())
+                .filter(|&i| stage < chains[i].1.len())
+                .collect();
+            if active.is_empty() {
+                break;
+            }
+            let convs = (active.iter())
+                .map(|&i| chains[i].1[stage].depthwise.depthwise_of(ctx, heads[i]))
+                .collect::<Result<Vec<_>>>()?;
+            let outs = depthwise_convs(&mut ctx.tape, &convs)?;
+            for (&i, out) in active.iter().zip(outs) {
+                let (k, blocks) = chains[i];
+                let block = &blocks[stage];
+                let h = block.pointwise.forward(ctx, out)?;
+                if stage + 1 < blocks.len() {
+                    heads[i] = block.bn.forward_then(ctx, h, Activation::Relu)?;
+                } else {
+                    terms[k] = Some((h, Some(&block.bn)));
+                }
+            }
+        }
+    }
+    terms
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::invalid("forward_to_norms", "a candidate was left without an output"))
 }

@@ -3,7 +3,9 @@
 
 use crate::autograd::Var;
 use crate::darts::architect::Supernet;
-use crate::darts::cnn::ops::{Candidate, EdgeInput, FactorizedReduce, ReluConvBn};
+use crate::darts::cnn::ops::{
+    Candidate, EdgeInput, FactorizedReduce, ReluConvBn, forward_to_norms,
+};
 use crate::darts::genotype::PRIMITIVES;
 use crate::nn::batchnorm::normalized_mixed_sum;
 use crate::nn::{BatchNorm2d, Conv2d, Ctx, Linear, ParamStore, join_name};
@@ -110,11 +112,7 @@ impl MixedOp {
         weights: Var,
         edge: usize,
     ) -> Result<Var> {
-        let terms = self
-            .candidates
-            .iter()
-            .map(|op| op.forward_to_norm(ctx, input))
-            .collect::<Result<Vec<_>>>()?;
+        let terms = forward_to_norms(ctx, &self.candidates, input)?;
         let at = edge * PRIMITIVES.len() + COMPUTED.start;
         normalized_mixed_sum(ctx, &terms, weights, at)
     }

@@ -84,7 +84,7 @@ impl ConvGeometry {
     }
 
     /// Whether each output channel sees exactly its own input channel.
-    fn is_depthwise(&self) -> bool {
+    pub fn is_depthwise(&self) -> bool {
         self.groups == self.c_in && self.groups == self.c_out
     }
 

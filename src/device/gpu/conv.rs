@@ -14,9 +14,9 @@
 //! the device, and every reduction runs in a fixed order, so results have the same bits on every
 //! run.
 
-use super::kernels;
 use super::matmul::{self, Batch, DeviceMat, Placement};
 use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, check_len};
+use super::{depthwise, kernels};
 use crate::device::cpu::conv::ConvGeometry;
 
 /// Threads per block: a multiple of 32 (the block reductions need it).
@@ -115,13 +115,13 @@ pub struct ConvPlan {
 
 /// Buffer lengths of a geometry, each checked to fit the kernels' `int`.
 #[derive(Debug, Clone, Copy)]
-struct Lens {
+pub(super) struct Lens {
     /// `N·Cin·H·W`.
-    x: usize,
+    pub(super) x: usize,
     /// `N·Cout·Ho·Wo`.
-    y: usize,
+    pub(super) y: usize,
     /// `Cout·Cin/groups·kh·kw`.
-    w: usize,
+    pub(super) w: usize,
 }
 
 impl ConvPlan {
@@ -202,6 +202,22 @@ impl ConvPlan {
     /// The geometry this plan computes.
     pub fn geometry(&self) -> &ConvGeometry {
         &self.g
+    }
+
+    /// Whether the plan runs the depthwise kernels (`groups == Cin == Cout`), alone or in a
+    /// group of convolutions of one shape (`device::gpu::depthwise`).
+    pub fn is_depthwise(&self) -> bool {
+        self.path == Path::Depthwise
+    }
+
+    /// The buffer lengths of the geometry.
+    pub(super) fn lens(&self) -> Lens {
+        self.lens
+    }
+
+    /// The window, as the kernels take it.
+    pub(super) fn window(&self) -> ConvWindow {
+        self.window
     }
 
     /// Elements of one input plane, `H·W`.
@@ -358,29 +374,12 @@ impl ConvPlan {
             check_len(OP, "the bias", b, self.g.c_out)?;
         }
         let y_len = self.lens.y;
-        let mut y = exec.alloc(y_len)?;
         let (k, p) = (self.col_rows(), self.out_plane());
         let weights = DeviceMat::new(w, self.cout_g(), k);
-        match self.path {
-            Path::Depthwise => {
-                let config = LaunchConfig::grid_stride(y_len, THREADS);
-                // SAFETY: the kernel writes y[0..N·C·Ho·Wo), reads x inside each (n, c) plane of
-                // H·W at bounds-checked positions and w[c·kh·kw + tap]; the buffers were checked
-                // to hold exactly those sizes, which fit an int.
-                unsafe {
-                    kernels::conv_depthwise_fwd_f32(
-                        exec,
-                        config,
-                        x,
-                        w,
-                        &mut y,
-                        int(self.g.batch)?,
-                        int(self.g.c_in)?,
-                        self.window,
-                    )
-                }?;
-            }
+        let mut y = match self.path {
+            Path::Depthwise => depthwise::forward(exec, &[self], &[x], &[w])?.remove(0),
             Path::Pointwise => {
+                let mut y = exec.alloc(y_len)?;
                 let batch = self.batch(
                     self.g.batch,
                     self.weight_placement(),
@@ -389,8 +388,10 @@ impl ConvPlan {
                 );
                 let images = DeviceMat::new(x, k, p);
                 matmul::gemm_batched(exec, weights, images, 0.0, &mut y, &batch)?;
+                y
             }
             Path::Im2col => {
+                let mut y = exec.alloc(y_len)?;
                 let mut col = self.workspace(exec, self.g.c_in * self.taps() * p)?;
                 for (n0, images) in self.chunks() {
                     self.im2col(exec, x, &mut col, (n0, images))?;
@@ -403,8 +404,9 @@ impl ConvPlan {
                     let cols = DeviceMat::new(&col, k, p);
                     matmul::gemm_batched(exec, weights, cols, 0.0, &mut y, &batch)?;
                 }
+                y
             }
-        }
+        };
         if let Some(b) = bias {
             let config = LaunchConfig::grid_stride(y_len, THREADS);
             // SAFETY: the kernel updates y[0..N·Cout·Ho·Wo) and reads b[0..Cout); y and b were
@@ -440,7 +442,8 @@ impl ConvPlan {
         check_len(OP, "the weight", w, self.lens.w)?;
         check_len(OP, "dy", dy, self.lens.y)?;
         if self.path == Path::Depthwise {
-            return self.depthwise_backward(exec, x, w, dy, needs);
+            let inputs = depthwise::BackwardInputs { x, w, dy };
+            return Ok(depthwise::backward(exec, &[self], &[inputs], &[needs])?.remove(0));
         }
         let dx = match needs[0] {
             true => Some(self.backward_input(exec, w, dy)?),
@@ -450,58 +453,6 @@ impl ConvPlan {
             true => Some(self.backward_weight(exec, x, dy)?),
             false => None,
         };
-        Ok([dx, dw])
-    }
-
-    /// Both gradients of a depthwise convolution, those that `needs` asks for, in one launch:
-    /// one block per (channel, tap) for the weight gradient (a fixed block tree each, so the same
-    /// bits on every run), then a grid-stride share of the input elements for the input gradient.
-    fn depthwise_backward(
-        &self,
-        exec: &dyn Executor,
-        x: &DeviceBuffer<f32>,
-        w: &DeviceBuffer<f32>,
-        dy: &DeviceBuffer<f32>,
-        [input, weight]: [bool; 2],
-    ) -> Result<[Option<DeviceBuffer<f32>>; 2], GpuError> {
-        let mut dx = match input {
-            true => Some(exec.alloc(self.lens.x)?),
-            false => None,
-        };
-        let mut dw = match weight {
-            true => Some(exec.alloc(self.lens.w)?),
-            false => None,
-        };
-        let threads = self.depthwise_backward_threads();
-        let weight_blocks = if weight { self.lens.w } else { 0 };
-        let input_blocks = match input {
-            true => LaunchConfig::grid_stride(self.lens.x, threads).grid[0] as usize,
-            false => 0,
-        };
-        if weight_blocks + input_blocks == 0 {
-            return Ok([dx, dw]);
-        }
-        let config = LaunchConfig::linear(int(weight_blocks + input_blocks)? as u32, threads);
-        // SAFETY: blocks below weight_blocks (= C·kh·kw when dw is wanted) write dw[block] for
-        // block < C·kh·kw, reading x and dy inside the (n, c) planes at bounds-checked positions;
-        // the others write dx[0..N·C·H·W) and read dy and w[c·kh·kw + tap] likewise. x, w and dy
-        // were checked to hold N·C·H·W, C·kh·kw and N·C·Ho·Wo elements, dx and dw were allocated
-        // with those of x and w, and all fit an int.
-        unsafe {
-            kernels::conv_depthwise_bwd_f32(
-                exec,
-                config,
-                x,
-                dy,
-                w,
-                dx.as_mut(),
-                dw.as_mut(),
-                int(self.g.batch)?,
-                int(self.g.c_in)?,
-                self.window,
-                int(weight_blocks)?,
-            )
-        }?;
         Ok([dx, dw])
     }
 

@@ -18,6 +18,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod cuda;
+pub mod depthwise;
 pub mod dropout;
 pub mod elementwise;
 pub mod emu;
