@@ -314,6 +314,14 @@ fn parse_signature(family: &str, line: &str, location: &str) -> Result<Kernel, S
     let rest = line
         .strip_prefix(PREFIX)
         .ok_or("expected the line to start with `extern \"C\" __global__ void `")?;
+    // An optional `__launch_bounds__(threads, blocks)` before the name (nvcc's register budget).
+    let rest = match rest.strip_prefix("__launch_bounds__(") {
+        Some(bounds) => {
+            let end = bounds.find(')').ok_or("an unclosed `__launch_bounds__(`")?;
+            bounds[end + 1..].trim_start()
+        }
+        None => rest,
+    };
     let open = rest.find('(').ok_or("no `(` on the line")?;
     let close = rest
         .rfind(')')

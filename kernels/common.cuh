@@ -117,6 +117,19 @@ __device__ __forceinline__ T* slot_of(int j, T* p0, T* p1, T* p2, T* p3, T* p4, 
     }
 }
 
+// ---- Four problem slots -----------------------------------------------------------------------
+// The convolution kernels and the GEMM under them compute up to GROUP_SLOTS problems of one shape
+// per launch (a DARTS search edge's convolutions, stage by stage), each with its own buffers,
+// passed as four parameters of each kind: problem slot s reads the s-th. Past the last slot in
+// use, the input parameters may alias any buffer and the outputs are null; no thread reads them.
+#define GROUP_SLOTS 4
+
+// Slot s of four values (s uniform over a block, so a few selects).
+template <class T>
+__device__ __forceinline__ T group_slot(int s, T v0, T v1, T v2, T v3) {
+    return s == 0 ? v0 : s == 1 ? v1 : s == 2 ? v2 : v3;
+}
+
 // ---- Batch-normalised terms of a mixed op ------------------------------------------------------
 // A DARTS search edge sums its candidates' batch norms (no affine parameters) without ever
 // writing them out: its forward keeps, per candidate, the mean and 1/sigma of each channel in a

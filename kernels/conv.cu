@@ -115,8 +115,12 @@ extern "C" __global__ void conv_col2im_bwd_f32(const float* __restrict__ col, fl
 }
 
 // dweight[i] = Σ_j partials[j·len + i] for j = 0 .. count-1 in order, added to dweight[i] when
-// `accumulate` is non-zero (the next chunk of images), else stored.
-extern "C" __global__ void conv_weight_sum_bwd_f32(const float* __restrict__ partials, float* __restrict__ dweight, int count, int len, int accumulate) {
+// `accumulate` is non-zero (the next chunk of images), else stored; for the slots
+// 0 .. gridDim.y - 1 of a group of convolutions of one shape, slot s = blockIdx.y.
+extern "C" __global__ void conv_weight_sum_bwd_f32(const float* __restrict__ partials0, const float* __restrict__ partials1, const float* __restrict__ partials2, const float* __restrict__ partials3, float* __restrict__ dweight0_or_null, float* __restrict__ dweight1_or_null, float* __restrict__ dweight2_or_null, float* __restrict__ dweight3_or_null, int count, int len, int accumulate) {
+    const int slot = int(blockIdx.y);
+    const float* partials = group_slot(slot, partials0, partials1, partials2, partials3);
+    float* dweight = group_slot(slot, dweight0_or_null, dweight1_or_null, dweight2_or_null, dweight3_or_null);
     for (size_t i = global_thread_index(); i < size_t(len); i += global_thread_count()) {
         float s = partials[i];
         for (int j = 1; j < count; ++j) s += partials[size_t(j) * len + i];
@@ -125,20 +129,12 @@ extern "C" __global__ void conv_weight_sum_bwd_f32(const float* __restrict__ par
 }
 
 // ---- Depthwise --------------------------------------------------------------------------------
-// Each launch computes up to DEPTHWISE_SLOTS depthwise convolutions of one shape (the same images,
+// Each launch computes up to GROUP_SLOTS depthwise convolutions of one shape (the same images,
 // channels, input and output sizes; each its own input, weight and window), one per row of the
 // grid: slot s = blockIdx.y. A DARTS search edge runs the first depthwise convolution of its four
 // separable and dilated candidates, all on the same input, as one launch, and their second ones
 // (the separable convolutions') as another. Slot s computes exactly what a launch of that
 // convolution alone computes: the grid's x extent and the block size do not depend on the slot.
-#define DEPTHWISE_SLOTS 4
-
-// Slot s of four values.
-template <class T>
-__device__ __forceinline__ T depthwise_slot(int s, T v0, T v1, T v2, T v3) {
-    return s == 0 ? v0 : s == 1 ? v1 : s == 2 ? v2 : v3;
-}
-
 // y[n, c, oy, ox] = Σ_{ky, kx} w[c, ky, kx] · x[n, c, iy, ix], taps in order, over the taps that
 // land on the image. One thread per output element.
 __device__ __forceinline__ void depthwise_forward(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ y, int images, int channels, ConvWindow win) {
@@ -164,11 +160,19 @@ __device__ __forceinline__ void depthwise_forward(const float* __restrict__ x, c
     }
 }
 
-// The forward of slots 0 .. gridDim.y - 1: slot s convolves xs with ws through wins into ys. The
-// x and w slots past the last one may alias any buffer, and their y is null: no row reads them.
+// The forward of slots 0 .. gridDim.y - 1: slot s convolves x_s with w_s through win_s into y_s.
 extern "C" __global__ void conv_depthwise_fwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ w0, const float* __restrict__ w1, const float* __restrict__ w2, const float* __restrict__ w3, float* __restrict__ y0_or_null, float* __restrict__ y1_or_null, float* __restrict__ y2_or_null, float* __restrict__ y3_or_null, int images, int channels, ConvWindow win0, ConvWindow win1, ConvWindow win2, ConvWindow win3) {
-    const int s = int(blockIdx.y);
-    depthwise_forward(depthwise_slot(s, x0, x1, x2, x3), depthwise_slot(s, w0, w1, w2, w3), depthwise_slot(s, y0_or_null, y1_or_null, y2_or_null, y3_or_null), images, channels, depthwise_slot(s, win0, win1, win2, win3));
+    // One copy of the loop per slot (not a select of the slot's window), so that a launch needs
+    // no more registers than a single convolution does.
+    const auto run = [&](const float* x, const float* w, float* y, ConvWindow win) {
+        depthwise_forward(x, w, y, images, channels, win);
+    };
+    switch (blockIdx.y) {
+        case 0: run(x0, w0, y0_or_null, win0); break;
+        case 1: run(x1, w1, y1_or_null, win1); break;
+        case 2: run(x2, w2, y2_or_null, win2); break;
+        default: run(x3, w3, y3_or_null, win3); break;
+    }
 }
 
 // dx[n, c, iy, ix] = Σ over the taps, in order, of w[c, ky, kx] · dy[n, c, oy, ox] for the output
@@ -235,14 +239,19 @@ __device__ __forceinline__ void depthwise_weight_grad(const float* __restrict__ 
 // block tree sees whole blocks.
 extern "C" __global__ void conv_depthwise_bwd_f32(const float* __restrict__ x0, const float* __restrict__ x1, const float* __restrict__ x2, const float* __restrict__ x3, const float* __restrict__ dy0, const float* __restrict__ dy1, const float* __restrict__ dy2, const float* __restrict__ dy3, const float* __restrict__ w0, const float* __restrict__ w1, const float* __restrict__ w2, const float* __restrict__ w3, float* __restrict__ dx0_or_null, float* __restrict__ dx1_or_null, float* __restrict__ dx2_or_null, float* __restrict__ dx3_or_null, float* __restrict__ dweight0_or_null, float* __restrict__ dweight1_or_null, float* __restrict__ dweight2_or_null, float* __restrict__ dweight3_or_null, int images, int channels, ConvWindow win0, ConvWindow win1, ConvWindow win2, ConvWindow win3, int weight_blocks) {
     __shared__ float scratch[WARP_SIZE];
-    const int s = int(blockIdx.y);
-    const ConvWindow win = depthwise_slot(s, win0, win1, win2, win3);
-    if (int(blockIdx.x) < weight_blocks) {
-        float* dweight = depthwise_slot(s, dweight0_or_null, dweight1_or_null, dweight2_or_null, dweight3_or_null);
-        if (dweight) depthwise_weight_grad(depthwise_slot(s, x0, x1, x2, x3), depthwise_slot(s, dy0, dy1, dy2, dy3), dweight, images, channels, win, weight_blocks, scratch);
-    } else {
-        float* dx = depthwise_slot(s, dx0_or_null, dx1_or_null, dx2_or_null, dx3_or_null);
-        if (dx) depthwise_input_grad(depthwise_slot(s, dy0, dy1, dy2, dy3), depthwise_slot(s, w0, w1, w2, w3), dx, images, channels, win, weight_blocks, int(gridDim.x) - weight_blocks);
+    // One copy of the work per slot, as in the forward.
+    const auto run = [&](const float* x, const float* dy, const float* w, float* dx, float* dweight, ConvWindow win) {
+        if (int(blockIdx.x) < weight_blocks) {
+            if (dweight) depthwise_weight_grad(x, dy, dweight, images, channels, win, weight_blocks, scratch);
+        } else if (dx) {
+            depthwise_input_grad(dy, w, dx, images, channels, win, weight_blocks, int(gridDim.x) - weight_blocks);
+        }
+    };
+    switch (blockIdx.y) {
+        case 0: run(x0, dy0, w0, dx0_or_null, dweight0_or_null, win0); break;
+        case 1: run(x1, dy1, w1, dx1_or_null, dweight1_or_null, win1); break;
+        case 2: run(x2, dy2, w2, dx2_or_null, dweight2_or_null, win2); break;
+        default: run(x3, dy3, w3, dx3_or_null, dweight3_or_null, win3); break;
     }
 }
 

@@ -38,8 +38,11 @@
 //
 // Batches: the convolutions need many independent products at once (one per image and channel
 // group), so the kernel runs `outer × inner` problems. Problem (o, g) reads A at a + a_off +
-// o·a_so + g·a_si, B and C likewise. The grid is (n tiles, m tiles, problems), each axis a
-// grid-stride loop, so any grid gives the same result and the Rust side only picks it for speed.
+// o·a_so + g·a_si, B and C likewise. Up to four such batches of one shape, each with its own
+// buffers (slots 0 .. slots-1: a_s, b_s, c_s, see GROUP_SLOTS in common.cuh), share a launch: the
+// 1×1 convolutions of a DARTS search edge's candidates, stage by stage. The grid is (n tiles,
+// m tiles, problems of all slots), each axis a grid-stride loop, so any grid gives the same
+// result and the Rust side only picks it for speed.
 //
 // The TF32 tensor-core GEMM
 // --------------------------
@@ -119,9 +122,9 @@ __device__ __forceinline__ void gemm_store(float* c, float v, float beta) {
     *c = beta == 0.0f ? v : v + beta * *c;
 }
 
-// C = A·B + beta·C for a batch of outer × inner problems (beta = 0: C is only written, never
-// read, so it may hold NaN). Block (16, 16, 1); any grid.
-extern "C" __global__ void matmul_gemm_fwd_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c, int m, int n, int k, int a_rs, int a_cs, int b_rs, int b_cs, float beta, int outer, int inner, int a_off, int a_so, int a_si, int b_off, int b_so, int b_si, int c_off, int c_so, int c_si) {
+// C_s = A_s·B_s + beta·C_s for a batch of outer × inner problems in each slot s < slots (beta = 0:
+// C is only written, never read, so it may hold NaN). Block (16, 16, 1); any grid.
+extern "C" __global__ void matmul_gemm_fwd_f32(const float* __restrict__ a0, const float* __restrict__ a1, const float* __restrict__ a2, const float* __restrict__ a3, const float* __restrict__ b0, const float* __restrict__ b1, const float* __restrict__ b2, const float* __restrict__ b3, float* __restrict__ c0_or_null, float* __restrict__ c1_or_null, float* __restrict__ c2_or_null, float* __restrict__ c3_or_null, int slots, int m, int n, int k, int a_rs, int a_cs, int b_rs, int b_cs, float beta, int outer, int inner, int a_off, int a_so, int a_si, int b_off, int b_so, int b_si, int c_off, int c_so, int c_si) {
     __shared__ float as[GEMM_SLAB][GEMM_TILE + GEMM_PAD];
     __shared__ float bs[GEMM_SLAB][GEMM_TILE + GEMM_PAD];
     const int tx = threadIdx.x;
@@ -129,12 +132,14 @@ extern "C" __global__ void matmul_gemm_fwd_f32(const float* __restrict__ a, cons
     const int tid = ty * GEMM_THREADS_SIDE + tx;
     const int tiles_m = (m + GEMM_TILE - 1) / GEMM_TILE;
     const int tiles_n = (n + GEMM_TILE - 1) / GEMM_TILE;
-    const int problems = outer * inner;
+    const int per_slot = outer * inner;
+    const int problems = slots * per_slot;
 
     for (int p = blockIdx.z; p < problems; p += gridDim.z) {
-        const float* ap = a + gemm_offset(p, inner, a_off, a_so, a_si);
-        const float* bp = b + gemm_offset(p, inner, b_off, b_so, b_si);
-        float* cp = c + gemm_offset(p, inner, c_off, c_so, c_si);
+        const int s = p / per_slot;
+        const float* ap = group_slot(s, a0, a1, a2, a3) + gemm_offset(p % per_slot, inner, a_off, a_so, a_si);
+        const float* bp = group_slot(s, b0, b1, b2, b3) + gemm_offset(p % per_slot, inner, b_off, b_so, b_si);
+        float* cp = group_slot(s, c0_or_null, c1_or_null, c2_or_null, c3_or_null) + gemm_offset(p % per_slot, inner, c_off, c_so, c_si);
         for (int tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
             for (int tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
                 const int row0 = tm * GEMM_TILE;
@@ -190,7 +195,7 @@ extern "C" __global__ void matmul_gemm_fwd_f32(const float* __restrict__ a, cons
 
 // The TF32 tensor-core twin of matmul_gemm_fwd_f32 (same arguments, same result up to TF32
 // rounding). Block (128, 1, 1): four whole warps; any grid.
-extern "C" __global__ void matmul_gemm_tf32_fwd_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c, int m, int n, int k, int a_rs, int a_cs, int b_rs, int b_cs, float beta, int outer, int inner, int a_off, int a_so, int a_si, int b_off, int b_so, int b_si, int c_off, int c_so, int c_si) {
+extern "C" __global__ void __launch_bounds__(TF32_THREADS, 4) matmul_gemm_tf32_fwd_f32(const float* __restrict__ a0, const float* __restrict__ a1, const float* __restrict__ a2, const float* __restrict__ a3, const float* __restrict__ b0, const float* __restrict__ b1, const float* __restrict__ b2, const float* __restrict__ b3, float* __restrict__ c0_or_null, float* __restrict__ c1_or_null, float* __restrict__ c2_or_null, float* __restrict__ c3_or_null, int slots, int m, int n, int k, int a_rs, int a_cs, int b_rs, int b_cs, float beta, int outer, int inner, int a_off, int a_so, int a_si, int b_off, int b_so, int b_si, int c_off, int c_so, int c_si) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     __trap();  // no TF32 tensor cores before sm_80; the Rust side never picks this kernel there
 #else
@@ -209,12 +214,14 @@ extern "C" __global__ void matmul_gemm_tf32_fwd_f32(const float* __restrict__ a,
     const int warp_col = (warp % TF32_WARPS_SIDE) * TF32_WARP_TILE;
     const int tiles_m = (m + GEMM_TILE - 1) / GEMM_TILE;
     const int tiles_n = (n + GEMM_TILE - 1) / GEMM_TILE;
-    const int problems = outer * inner;
+    const int per_slot = outer * inner;
+    const int problems = slots * per_slot;
 
     for (int p = blockIdx.z; p < problems; p += gridDim.z) {
-        const float* ap = a + gemm_offset(p, inner, a_off, a_so, a_si);
-        const float* bp = b + gemm_offset(p, inner, b_off, b_so, b_si);
-        float* cp = c + gemm_offset(p, inner, c_off, c_so, c_si);
+        const int s = p / per_slot;
+        const float* ap = group_slot(s, a0, a1, a2, a3) + gemm_offset(p % per_slot, inner, a_off, a_so, a_si);
+        const float* bp = group_slot(s, b0, b1, b2, b3) + gemm_offset(p % per_slot, inner, b_off, b_so, b_si);
+        float* cp = group_slot(s, c0_or_null, c1_or_null, c2_or_null, c3_or_null) + gemm_offset(p % per_slot, inner, c_off, c_so, c_si);
         for (int tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
             for (int tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
                 const int row0 = tm * GEMM_TILE;

@@ -12,8 +12,7 @@ mod common;
 
 use common::gpu::{Tolerance, compare, cpu_reference_tests, random, round_to_tf32};
 use darts::device::cpu::conv::{self as reference, ConvGeometry};
-use darts::device::gpu::conv::ConvPlan;
-use darts::device::gpu::depthwise;
+use darts::device::gpu::conv::{self, BackwardInputs, ConvPlan};
 use darts::device::gpu::{
     ConvWindow, DeviceBuffer, EmuExecutor, Executor, GemmPrecision, GpuError, KernelId,
     LaunchConfig, TestExecutor, kernels,
@@ -305,24 +304,98 @@ fn check_case(e: &dyn Executor, case: &Case, plan: &ConvPlan, data: &Data) {
 }
 
 /// Every case against the CPU, with the whole batch in one workspace chunk and (on the GEMM paths)
-/// one image a chunk, and groups of depthwise convolutions.
+/// one image a chunk, and groups of convolutions of one shape.
 fn check_against_cpu(e: &dyn Executor) {
     check_every_case(e, GemmPrecision::F32);
-    check_depthwise_groups(e);
+    check_groups(e);
 }
 
-/// Groups of depthwise convolutions of one shape (`device::gpu::depthwise`) against the CPU
-/// reference of each convolution, and against each one's own plan bit for bit: a DARTS edge's
-/// four first-stage windows plus a fifth convolution on a second input (two launches), on 33×31
-/// images (256-thread backward blocks) and on 7×9 with stride 2 (one warp), with the gradients
-/// wanted differing from slot to slot.
-fn check_depthwise_groups(e: &dyn Executor) {
+/// One group of convolutions of one shape (`device::gpu::conv::forward_group`) against the CPU
+/// reference of each convolution, and against each one's own plan bit for bit. Slots 0..4 read
+/// one input, the others a second one; the gradients wanted differ from slot to slot.
+fn check_group(e: &dyn Executor, name: &str, plans: &[ConvPlan]) {
+    let name = |s: usize| format!("{name}, slot {s}");
+    let geometries: Vec<&ConvGeometry> = plans.iter().map(ConvPlan::geometry).collect();
+    let plan_refs: Vec<&ConvPlan> = plans.iter().collect();
+    let data: Vec<Data> = (geometries.iter().enumerate())
+        .map(|(s, g)| Data::new(g, 100 + 10 * s as u64, GemmPrecision::F32))
+        .collect();
+    let x_of = |s: usize| &data[s / 4 * 4].x;
+    let xs: Vec<DeviceBuffer<f32>> = (0..plans.len().div_ceil(4))
+        .map(|i| e.to_device(x_of(4 * i)).unwrap())
+        .collect();
+    let x_buf = |s: usize| &xs[s / 4];
+    let ws: Vec<DeviceBuffer<f32>> = data.iter().map(|d| e.to_device(&d.w).unwrap()).collect();
+    let dys: Vec<DeviceBuffer<f32>> = (data.iter()).map(|d| e.to_device(&d.dy).unwrap()).collect();
+
+    let x_refs: Vec<&DeviceBuffer<f32>> = (0..plans.len()).map(x_buf).collect();
+    let w_refs: Vec<&DeviceBuffer<f32>> = ws.iter().collect();
+    let ys = conv::forward_group(e, &plan_refs, &x_refs, &w_refs).unwrap();
+    for (s, y) in ys.into_iter().enumerate() {
+        let got = host(e, Ok(y));
+        let want = reference::forward(geometries[s], x_of(s), &data[s].w, None);
+        check(e, &format!("{}: forward", name(s)), &got, &want);
+        let alone = host(e, plans[s].forward(e, x_buf(s), &ws[s], None));
+        assert_eq!(bits(&got), bits(&alone), "{}: forward alone", name(s));
+    }
+
+    let patterns = [[true, true], [false, true], [true, false], [false, false]];
+    let needs: Vec<[bool; 2]> = (0..plans.len()).map(|s| patterns[s % 4]).collect();
+    let inputs: Vec<BackwardInputs> = (0..plans.len())
+        .map(|s| BackwardInputs {
+            x: x_buf(s),
+            w: &ws[s],
+            dy: &dys[s],
+        })
+        .collect();
+    let grads = conv::backward_group(e, &plan_refs, &inputs, &needs).unwrap();
+    for (s, [dx, dw]) in grads.into_iter().enumerate() {
+        let g = geometries[s];
+        let what = |grad: &str| format!("{}: backward {grad} of {:?}", name(s), needs[s]);
+        assert_eq!(
+            [dx.is_some(), dw.is_some()],
+            needs[s],
+            "{}",
+            what("the gradients")
+        );
+        let [alone_dx, alone_dw] =
+            (plans[s].backward(e, x_buf(s), &ws[s], &dys[s], needs[s])).unwrap();
+        if let (Some(dx), Some(alone)) = (dx, alone_dx) {
+            let got = host(e, Ok(dx));
+            let want = reference::backward_input(g, &data[s].w, &data[s].dy);
+            check(e, &what("dx"), &got, &want);
+            assert_eq!(
+                bits(&got),
+                bits(&host(e, Ok(alone))),
+                "{}",
+                what("dx alone")
+            );
+        }
+        if let (Some(dw), Some(alone)) = (dw, alone_dw) {
+            let got = host(e, Ok(dw));
+            let want = reference::backward_weight(g, x_of(s), &data[s].dy);
+            check(e, &what("dw"), &got, &want);
+            assert_eq!(
+                bits(&got),
+                bits(&host(e, Ok(alone))),
+                "{}",
+                what("dw alone")
+            );
+        }
+    }
+}
+
+/// Groups of five convolutions (two launches per kernel): a DARTS edge's four first-stage
+/// depthwise windows plus a fifth, on 33×31 images (256-thread depthwise backward blocks) and on
+/// 7×9 with stride 2 (one warp); five 1×1 convolutions, their weight gradients summed over one
+/// chunk of images and over one image a chunk; five dense 3×3 convolutions (im2col).
+fn check_groups(e: &dyn Executor) {
     for (input, stride, c) in [([33, 31], 1, 3), ([7, 9], 2, 5)] {
         let windows = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2), (3, 1, 1)];
-        let geometries: Vec<ConvGeometry> = (windows.iter())
+        let plans: Vec<ConvPlan> = (windows.iter())
             .map(|&(k, pad, dil)| {
                 let p = params([stride; 2], [pad; 2], dil, c);
-                ConvGeometry {
+                let g = ConvGeometry {
                     batch: 2,
                     c_in: c,
                     c_out: c,
@@ -333,86 +406,30 @@ fn check_depthwise_groups(e: &dyn Executor) {
                     padding: p.padding,
                     dilation: p.dilation,
                     groups: c,
-                }
+                };
+                ConvPlan::new(&g).unwrap()
             })
             .collect();
-        let plans: Vec<ConvPlan> = (geometries.iter())
-            .map(|g| ConvPlan::new(g).unwrap())
-            .collect();
-        let plan_refs: Vec<&ConvPlan> = plans.iter().collect();
-        let name = |s: usize| format!("group on {input:?}, stride {stride}, slot {s}");
-        let data: Vec<Data> = (geometries.iter().enumerate())
-            .map(|(s, g)| Data::new(g, 100 + 10 * s as u64, GemmPrecision::F32))
-            .collect();
-        // Slots 0..4 read the first input, slot 4 the second.
-        let x_of = |s: usize| &data[s / 4 * 4].x;
-        let xs: Vec<DeviceBuffer<f32>> = [0, 4].map(|s| e.to_device(x_of(s)).unwrap()).into();
-        let x_buf = |s: usize| &xs[s / 4];
-        let ws: Vec<DeviceBuffer<f32>> = data.iter().map(|d| e.to_device(&d.w).unwrap()).collect();
-        let dys: Vec<DeviceBuffer<f32>> =
-            (data.iter()).map(|d| e.to_device(&d.dy).unwrap()).collect();
-
-        let x_refs: Vec<&DeviceBuffer<f32>> = (0..plans.len()).map(x_buf).collect();
-        let ys = depthwise::forward(e, &plan_refs, &x_refs, &ws.iter().collect::<Vec<_>>());
-        for (s, y) in ys.unwrap().into_iter().enumerate() {
-            let got = host(e, Ok(y));
-            let g = &geometries[s];
-            let want = reference::forward(g, x_of(s), &data[s].w, None);
-            check(e, &format!("{}: forward", name(s)), &got, &want);
-            let alone = host(e, plans[s].forward(e, x_buf(s), &ws[s], None));
-            assert_eq!(bits(&got), bits(&alone), "{}: forward alone", name(s));
-        }
-
-        let needs = [
-            [true, true],
-            [false, true],
-            [true, false],
-            [false, false],
-            [true, true],
-        ];
-        let inputs: Vec<depthwise::BackwardInputs> = (0..plans.len())
-            .map(|s| depthwise::BackwardInputs {
-                x: x_buf(s),
-                w: &ws[s],
-                dy: &dys[s],
-            })
-            .collect();
-        let grads = depthwise::backward(e, &plan_refs, &inputs, &needs).unwrap();
-        for (s, [dx, dw]) in grads.into_iter().enumerate() {
-            let g = &geometries[s];
-            let what = |grad: &str| format!("{}: backward {grad} of {:?}", name(s), needs[s]);
-            assert_eq!(
-                [dx.is_some(), dw.is_some()],
-                needs[s],
-                "{}",
-                what("the gradients")
-            );
-            let [alone_dx, alone_dw] =
-                (plans[s].backward(e, x_buf(s), &ws[s], &dys[s], needs[s])).unwrap();
-            if let (Some(dx), Some(alone)) = (dx, alone_dx) {
-                let got = host(e, Ok(dx));
-                let want = reference::backward_input(g, &data[s].w, &data[s].dy);
-                check(e, &what("dx"), &got, &want);
-                assert_eq!(
-                    bits(&got),
-                    bits(&host(e, Ok(alone))),
-                    "{}",
-                    what("dx alone")
-                );
-            }
-            if let (Some(dw), Some(alone)) = (dw, alone_dw) {
-                let got = host(e, Ok(dw));
-                let want = reference::backward_weight(g, x_of(s), &data[s].dy);
-                check(e, &what("dw"), &got, &want);
-                assert_eq!(
-                    bits(&got),
-                    bits(&host(e, Ok(alone))),
-                    "{}",
-                    what("dw alone")
-                );
-            }
-        }
+        let name = format!("depthwise group on {input:?}, stride {stride}");
+        check_group(e, &name, &plans);
     }
+    let all = cases();
+    let find = |name: &str| all.iter().find(|c| c.name == name).unwrap().geometry();
+    let pointwise = ConvGeometry {
+        c_in: 5,
+        c_out: 5,
+        groups: 1,
+        ..find("1x1, groups 2")
+    };
+    let plan = ConvPlan::new(&pointwise).unwrap();
+    check_group(e, "1x1 group", &[plan; 5]);
+    check_group(
+        e,
+        "1x1 group, one image a chunk",
+        &[plan.with_images_per_chunk(1); 5],
+    );
+    let stem = ConvPlan::new(&find("3x3 stem")).unwrap();
+    check_group(e, "3x3 group", &[stem; 5]);
 }
 
 /// [`check_against_cpu`] with the executor's GEMMs set to `precision` (and left so).
@@ -631,6 +648,7 @@ fn wrong_sizes_are_errors() {
     // Groups of depthwise convolutions: one shape, depthwise plans, a buffer of each kind per plan.
     let (sep, dil) = (cases()[1].geometry(), cases()[4].geometry());
     let dense = ConvPlan::new(&g).unwrap();
+    let other_dense = ConvPlan::new(&cases()[6].geometry()).unwrap();
     let sep_plan = ConvPlan::new(&sep).unwrap();
     let other_size = ConvPlan::new(&cases()[2].geometry()).unwrap();
     let d = Data::new(&sep, 2, GemmPrecision::F32);
@@ -643,13 +661,20 @@ fn wrong_sizes_are_errors() {
     let group_error =
         |plans: &[&ConvPlan], xs: &[&DeviceBuffer<f32>], ws: &[&DeviceBuffer<f32>]| {
             matches!(
-                depthwise::forward(e, plans, xs, ws),
+                conv::forward_group(e, plans, xs, ws),
                 Err(GpuError::Argument { .. })
             )
         };
-    assert!(depthwise::forward(e, &[&sep_plan, &sep_plan], &[&x, &x], &[&w, &w]).is_ok());
+    assert!(conv::forward_group(e, &[&sep_plan, &sep_plan], &[&x, &x], &[&w, &w]).is_ok());
     assert!(group_error(&[], &[], &[]), "no convolution");
-    assert!(group_error(&[&dense], &[&x], &[&w]), "a dense convolution");
+    assert!(
+        group_error(&[&sep_plan, &dense], &[&x, &x], &[&w, &w]),
+        "a dense convolution"
+    );
+    assert!(
+        group_error(&[&dense, &sep_plan], &[&x, &x], &[&w, &w]),
+        "a depthwise one"
+    );
     assert!(
         group_error(&[&sep_plan, &other_size], &[&x, &x], &[&w, &w]),
         "two shapes"
@@ -659,14 +684,17 @@ fn wrong_sizes_are_errors() {
         "one input short"
     );
     assert!(group_error(&[&sep_plan], &[&w], &[&w]), "a short input");
-    let inputs = depthwise::BackwardInputs {
+    let inputs = BackwardInputs {
         x: &x,
         w: &w,
         dy: &dy,
     };
-    let wrong_dy = depthwise::BackwardInputs { dy: &w, ..inputs };
+    let wrong_dy = BackwardInputs { dy: &w, ..inputs };
     let needs = [[true, true]];
-    assert!(depthwise::backward(e, &[&sep_plan], &[inputs], &needs).is_ok());
-    assert!(depthwise::backward(e, &[&sep_plan], &[wrong_dy], &needs).is_err());
-    assert!(depthwise::backward(e, &[&sep_plan], &[inputs], &[[true, true]; 2]).is_err());
+    assert!(conv::backward_group(e, &[&sep_plan], &[inputs], &needs).is_ok());
+    assert!(conv::backward_group(e, &[&sep_plan], &[wrong_dy], &needs).is_err());
+    assert!(conv::backward_group(e, &[&sep_plan], &[inputs], &[[true, true]; 2]).is_err());
+    let two_geometries =
+        conv::backward_group(e, &[&dense, &other_dense], &[inputs; 2], &[needs[0]; 2]);
+    assert!(matches!(two_geometries, Err(GpuError::Argument { .. })));
 }

@@ -218,40 +218,66 @@ fn tf32_gemm_rounds_its_inputs_and_repeats_its_bits() {
 
 cpu_reference_tests!(check_against_cpu, COVERED);
 
-/// The GEMM on a one-block grid (the block walks every tile by its grid-stride loops) gives the
-/// same bits as on the grid the op picks: every element is one thread's sum in k order.
+/// The GEMM on a one-block grid (the block walks every tile and both slots of a two-slot launch
+/// by its grid-stride loops) gives each slot the bits the op gives it alone on the grid it picks:
+/// every element is one thread's sum in k order.
 #[test]
-fn gemm_is_the_same_on_any_grid() {
+fn gemm_is_the_same_on_any_grid_and_in_any_slot() {
     let exec = EmuExecutor::new();
     let e: &dyn Executor = &exec;
     let (m, k, n) = (70, 40, 130);
-    let (a, b) = (random(m * k, 1), random(k * n, 2));
-    let (da, db) = (e.to_device(&a).unwrap(), e.to_device(&b).unwrap());
-    let mut planned = e.alloc::<f32>(m * n).unwrap();
-    ops::gemm(
-        e,
-        DeviceMat::new(&da, m, k),
-        DeviceMat::new(&db, k, n),
-        0.0,
-        &mut planned,
-    )
-    .unwrap();
-    let mut single = e.alloc::<f32>(m * n).unwrap();
+    let operands: Vec<_> = (0..2u64)
+        .map(|s| {
+            let (a, b) = (random(m * k, 1 + 2 * s), random(k * n, 2 + 2 * s));
+            (e.to_device(&a).unwrap(), e.to_device(&b).unwrap())
+        })
+        .collect();
+    let planned: Vec<Vec<f32>> = (operands.iter())
+        .map(|(da, db)| {
+            let mut c = e.alloc::<f32>(m * n).unwrap();
+            ops::gemm(
+                e,
+                DeviceMat::new(da, m, k),
+                DeviceMat::new(db, k, n),
+                0.0,
+                &mut c,
+            )
+            .unwrap();
+            e.to_host(&c).unwrap()
+        })
+        .collect();
+    let mut single = [
+        e.alloc::<f32>(m * n).unwrap(),
+        e.alloc::<f32>(m * n).unwrap(),
+    ];
     let one_block = LaunchConfig {
         grid: [1, 1, 1],
         block: [16, 16, 1],
         shared_bytes: 0,
     };
     let (m_, k_, n_) = (m as i32, k as i32, n as i32);
-    // SAFETY: one row-major m×k A, k×n B and m×n C, each holding exactly those elements; a single
-    // problem at offset 0.
+    let [(a0, b0), (a1, b1)] = [&operands[0], &operands[1]].map(|(a, b)| (a, b));
+    let [c0, c1] = &mut single;
+    // SAFETY: per slot s < 2, one row-major m×k A, k×n B and m×n C, each holding exactly those
+    // elements; a single problem at offset 0. Slots 2 and 3 alias slot 0's inputs and have no
+    // output; the kernel reads none of them.
     unsafe {
         kernels::matmul_gemm_fwd_f32(
             e,
             one_block,
-            &da,
-            &db,
-            &mut single,
+            a0,
+            a1,
+            a0,
+            a0,
+            b0,
+            b1,
+            b0,
+            b0,
+            Some(c0),
+            Some(c1),
+            None,
+            None,
+            2,
             m_,
             n_,
             k_,
@@ -274,9 +300,12 @@ fn gemm_is_the_same_on_any_grid() {
         )
     }
     .unwrap();
-    let (planned, single) = (e.to_host(&planned).unwrap(), e.to_host(&single).unwrap());
-    assert_eq!(bits(&planned), bits(&single));
-    assert!(planned.iter().all(|v| v.is_finite()));
+    for (s, (planned, single)) in planned.iter().zip(&single).enumerate() {
+        let single = e.to_host(single).unwrap();
+        assert_eq!(bits(planned), bits(&single), "slot {s}");
+        assert!(planned.iter().all(|v| v.is_finite()), "slot {s}");
+    }
+    assert_ne!(bits(&planned[0]), bits(&planned[1]));
 }
 
 /// The embedding gradient twice on ids with many repeats: the same bits.

@@ -2,7 +2,7 @@
 
 use crate::autograd::Var;
 use crate::nn::{Ctx, ParamId, ParamStore, join_name, uniform_fan_in};
-use crate::ops::conv::{Conv2dParams, DepthwiseConv, conv2d};
+use crate::ops::conv::{Conv2dArgs, Conv2dParams, conv2d};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -62,17 +62,17 @@ impl Conv2d {
         conv2d(&mut ctx.tape, x, w, b, self.params)
     }
 
-    /// This convolution of `x`, for [`ops::conv::depthwise_convs`](crate::ops::conv::depthwise_convs)
-    /// to run with others of its shape: its weight put on the tape, and its parameters. Fails if
-    /// the layer has a bias, which that op does not take.
-    pub fn depthwise_of(&self, ctx: &mut Ctx, x: Var) -> Result<DepthwiseConv> {
+    /// This convolution of `x`, for [`ops::conv::conv2d_many`](crate::ops::conv::conv2d_many) to
+    /// run with others of its shape: its weight put on the tape, and its parameters. Fails if the
+    /// layer has a bias, which that op does not take.
+    pub fn args(&self, ctx: &mut Ctx, x: Var) -> Result<Conv2dArgs> {
         if self.bias.is_some() {
             return Err(Error::invalid(
-                "Conv2d::depthwise_of",
-                "a convolution with a bias cannot join a group of depthwise convolutions",
+                "Conv2d::args",
+                "a convolution with a bias cannot join a group of convolutions",
             ));
         }
-        Ok(DepthwiseConv {
+        Ok(Conv2dArgs {
             x,
             weight: ctx.param(self.weight),
             params: self.params,

@@ -4,8 +4,7 @@
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::device::cpu::conv::{self as k, ConvGeometry};
-use crate::device::gpu::conv::ConvPlan;
-use crate::device::gpu::depthwise;
+use crate::device::gpu::conv::{self as gpu_conv, BackwardInputs, ConvPlan};
 use crate::device::gpu::{DeviceBuffer, Executor};
 use crate::ops::{buffer, common_device};
 use crate::tensor::Tensor;
@@ -312,28 +311,30 @@ pub fn conv2d(
     }))
 }
 
-/// One convolution of [`depthwise_convs`]: its input, its weight and its parameters.
+/// One convolution of [`conv2d_many`]: its input, its weight and its parameters.
 #[derive(Debug, Clone, Copy)]
-pub struct DepthwiseConv {
-    /// The input, `[N, C, H, W]`.
+pub struct Conv2dArgs {
+    /// The input, `[N, Cin, H, W]`.
     pub x: Var,
-    /// The weight, `[C, 1, kh, kw]`.
+    /// The weight, `[Cout, Cin/groups, kh, kw]`.
     pub weight: Var,
-    /// Stride, padding and dilation; `groups` must be `C`.
+    /// Stride, padding, dilation and groups.
     pub params: Conv2dParams,
 }
 
-/// Several depthwise convolutions of one shape as one op: `y_s = conv2d(x_s, w_s)` for every `s`,
-/// each with `groups == Cin == Cout`, all with the same batch, channels and input and output
-/// sizes (their windows differ; several may read the same input). A DARTS search edge computes
-/// the first depthwise convolutions of its separable and dilated candidates with one, and the
-/// second ones of its separable convolutions with another. The values and gradients are those of
-/// [`conv2d`] on each, with the same bits: on a GPU the kernels are the same, four convolutions
-/// per launch instead of one (`device::gpu::depthwise`); on the CPU they run one by one. The
-/// gradients of an input read by several of them reach it last convolution first, as they would
-/// from separate ops.
-pub fn depthwise_convs(tape: &mut Tape, convs: &[DepthwiseConv]) -> Result<Vec<Var>> {
-    const OP: &str = "depthwise_convs";
+/// Several convolutions of one shape (no bias) as one op: `y_s = conv2d(x_s, w_s)` for every `s`.
+/// Either all depthwise (`groups == Cin == Cout`) with the same batch, channels and input and
+/// output sizes (their windows may differ), or all of one geometry; several may read the same
+/// input. A DARTS search edge computes its candidates' convolutions stage by stage with it: the
+/// first depthwise convolutions of its separable and dilated candidates (which all read `ReLU(x)`),
+/// then their 1×1 convolutions, then the separable ones' second depthwise and 1×1 convolutions.
+///
+/// The values and gradients are those of [`conv2d`] on each, with the same bits: on a GPU the
+/// kernels are the same, with four convolutions to a launch (`device::gpu::conv::forward_group`);
+/// on the CPU they run one by one. The gradients of an input read by several of them reach it last
+/// convolution first, as they would from separate ops.
+pub fn conv2d_many(tape: &mut Tape, convs: &[Conv2dArgs]) -> Result<Vec<Var>> {
+    const OP: &str = "conv2d_many";
     if convs.is_empty() {
         return Err(Error::invalid(OP, "no convolution given"));
     }
@@ -343,23 +344,21 @@ pub fn depthwise_convs(tape: &mut Tape, convs: &[DepthwiseConv]) -> Result<Vec<V
     let mut runners: Vec<Runner> = Vec::with_capacity(convs.len());
     for (s, conv) in convs.iter().enumerate() {
         let g = conv.params.geometry(xs[s].shape(), ws[s].shape(), None)?;
-        if !g.is_depthwise() {
-            return Err(Error::invalid(
-                OP,
-                format!("convolution {s} is not depthwise (groups {})", g.groups),
-            ));
-        }
-        let shape = |x: &Tensor, g: &ConvGeometry| (x.shape().to_vec(), g.output);
-        if s > 0 && shape(&xs[s], &g) != shape(&xs[0], runners[0].geometry()) {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "convolution {s}: an input of {:?} and an output of {:?} pixels, as convolution 0's",
-                    xs[0].shape(),
-                    runners[0].geometry().output
-                ),
-                xs[s].shape(),
-            ));
+        if let Some(first) = runners.first().map(Runner::geometry) {
+            let sizes = |g: &ConvGeometry| (g.batch, g.c_in, g.c_out, g.input, g.output);
+            let same = match first.is_depthwise() {
+                true => g.is_depthwise() && sizes(&g) == sizes(first),
+                false => g == *first,
+            };
+            if !same {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "convolution {s} ({g:?}) is not of convolution 0's shape ({first:?}): \
+                         depthwise ones need the same sizes, others the same geometry"
+                    ),
+                ));
+            }
         }
         runners.push(Runner::new(g, device)?);
     }
@@ -373,7 +372,7 @@ pub fn depthwise_convs(tape: &mut Tape, convs: &[DepthwiseConv]) -> Result<Vec<V
             let w_buffers: Vec<_> = ws.iter().map(buffer).collect();
             let g = runners[0].geometry();
             let shape = [g.batch, g.c_out, g.output[0], g.output[1]];
-            (depthwise::forward(*exec, &plans, &x_buffers, &w_buffers)?.into_iter())
+            (gpu_conv::forward_group(*exec, &plans, &x_buffers, &w_buffers)?.into_iter())
                 .map(|y| Tensor::from_buffer(y, &shape, *device))
                 .collect::<Result<Vec<_>>>()?
         }
@@ -386,6 +385,9 @@ pub fn depthwise_convs(tape: &mut Tape, convs: &[DepthwiseConv]) -> Result<Vec<V
             .filter(|(_, _, need)| need.contains(&true))
             .collect();
         let mut grads: Vec<Option<Tensor>> = vec![None; needs.len()];
+        if wanted.is_empty() {
+            return Ok(grads);
+        }
         let results: Vec<[Option<Tensor>; 2]> = match &runners[0] {
             Runner::Cpu(_) => (wanted.iter())
                 .map(|&(s, dy, need)| runners[s].backward(&xs[s], &ws[s], dy, need))
@@ -393,15 +395,15 @@ pub fn depthwise_convs(tape: &mut Tape, convs: &[DepthwiseConv]) -> Result<Vec<V
             Runner::Gpu(_, exec, device) => {
                 let all = gpu_plans(&runners);
                 let plans: Vec<&ConvPlan> = wanted.iter().map(|&(s, ..)| all[s]).collect();
-                let buffers: Vec<depthwise::BackwardInputs> = (wanted.iter())
-                    .map(|&(s, dy, _)| depthwise::BackwardInputs {
+                let buffers: Vec<BackwardInputs> = (wanted.iter())
+                    .map(|&(s, dy, _)| BackwardInputs {
                         x: buffer(&xs[s]),
                         w: buffer(&ws[s]),
                         dy: buffer(dy),
                     })
                     .collect();
                 let needs: Vec<[bool; 2]> = wanted.iter().map(|&(.., need)| need).collect();
-                (depthwise::backward(*exec, &plans, &buffers, &needs)?.into_iter())
+                (gpu_conv::backward_group(*exec, &plans, &buffers, &needs)?.into_iter())
                     .zip(&wanted)
                     .map(|([dx, dw], &(s, ..))| {
                         Ok([

@@ -16,7 +16,7 @@ use crate::autograd::Var;
 use crate::darts::genotype::PRIMITIVES;
 use crate::nn::{BatchNorm2d, Conv2d, Ctx, ParamStore, join_name};
 use crate::ops::batchnorm::Activation;
-use crate::ops::conv::{Conv2dParams, depthwise_convs};
+use crate::ops::conv::{Conv2dParams, conv2d_many};
 use crate::ops::elementwise::relu;
 use crate::ops::pool::{avg_pool2d, max_pool2d};
 use crate::ops::shape::{concat, slice, zero};
@@ -382,11 +382,11 @@ impl Candidate {
 /// norm (`None` for `none` and the identity, which end in none). [`Candidate::forward`] applies
 /// it; a search edge hands all its candidates' to one op (`nn::batchnorm::normalized_mixed_sum`).
 ///
-/// The separable and dilated convolutions run stage by stage, as the ops one by one would give
-/// them, value for value: the first depthwise convolutions of all of them (which all read
-/// `ReLU(x)`) as one op, `ops::conv::depthwise_convs` (one launch on a GPU instead of four), then
-/// each one's pointwise convolution (and batch norm, with the next block's ReLU, for a separable
-/// convolution), then the second depthwise convolutions of the separable ones as another op.
+/// The separable and dilated convolutions run stage by stage, with the values the ops one by one
+/// would give them, bit for bit: the first depthwise convolutions of all of them (which all read
+/// `ReLU(x)`) as one op, `ops::conv::conv2d_many` (one launch on a GPU instead of four), their
+/// 1×1 convolutions as another, each separable convolution's batch norm (with the next block's
+/// ReLU), then the second depthwise and 1×1 convolutions of the separable ones likewise.
 pub fn forward_to_norms<'c>(
     ctx: &mut Ctx,
     candidates: &'c [Candidate],
@@ -411,14 +411,17 @@ pub fn forward_to_norms<'c>(
             if active.is_empty() {
                 break;
             }
-            let convs = (active.iter())
-                .map(|&i| chains[i].1[stage].depthwise.depthwise_of(ctx, heads[i]))
+            let blocks: Vec<&DwPwBlock> = active.iter().map(|&i| &chains[i].1[stage]).collect();
+            let depthwise = (blocks.iter().zip(&active))
+                .map(|(block, &i)| block.depthwise.args(ctx, heads[i]))
                 .collect::<Result<Vec<_>>>()?;
-            let outs = depthwise_convs(&mut ctx.tape, &convs)?;
-            for (&i, out) in active.iter().zip(outs) {
+            let hs = conv2d_many(&mut ctx.tape, &depthwise)?;
+            let pointwise = (blocks.iter().zip(hs))
+                .map(|(block, h)| block.pointwise.args(ctx, h))
+                .collect::<Result<Vec<_>>>()?;
+            let hs = conv2d_many(&mut ctx.tape, &pointwise)?;
+            for ((&i, block), h) in active.iter().zip(blocks).zip(hs) {
                 let (k, blocks) = chains[i];
-                let block = &blocks[stage];
-                let h = block.pointwise.forward(ctx, out)?;
                 if stage + 1 < blocks.len() {
                     heads[i] = block.bn.forward_then(ctx, h, Activation::Relu)?;
                 } else {

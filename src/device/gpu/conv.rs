@@ -3,19 +3,24 @@
 //! from the same [`ConvGeometry`] the CPU reference (`device::cpu::conv`) takes, and its methods
 //! compute what the reference's functions of the same names compute:
 //! - depthwise (`groups == Cin == Cout`): direct kernels, forward, input gradient (a gather) and
-//!   weight gradient (one block tree per channel and tap);
+//!   weight gradient (one block tree per channel and tap), in `device::gpu::depthwise`;
 //! - pointwise (1×1 kernel, stride 1, padding 0): one batched GEMM per pass, on the images as
 //!   they stand;
 //! - everything else: im2col into a workspace, batched GEMMs over (image, group), col2im (a
 //!   gather) for the input gradient, and per-image weight-gradient partials added in image order.
+//!
+//! [`forward_group`] and [`backward_group`] run several convolutions of one shape together (a
+//! DARTS search edge's, stage by stage): their kernels take up to [`GROUP_SLOTS`] problems of one
+//! shape per launch, each with its own buffers, and give each the bits it gets alone. A single
+//! convolution is a group of one.
 //!
 //! The workspaces hold a chunk of images at a time, so memory stays bounded on big batches. The
 //! chunk size depends only on the geometry (or on [`ConvPlan::with_images_per_chunk`]), never on
 //! the device, and every reduction runs in a fixed order, so results have the same bits on every
 //! run.
 
-use super::matmul::{self, Batch, DeviceMat, Placement};
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, check_len};
+use super::matmul::{self, Batch, DeviceMat, GemmSlot, Placement};
+use super::{DeviceBuffer, Executor, GROUP_SLOTS, GpuError, LaunchConfig, check_len};
 use super::{depthwise, kernels};
 use crate::device::cpu::conv::ConvGeometry;
 
@@ -368,47 +373,12 @@ impl ConvPlan {
         w: &DeviceBuffer<f32>,
         bias: Option<&DeviceBuffer<f32>>,
     ) -> Result<DeviceBuffer<f32>, GpuError> {
-        check_len(OP, "x", x, self.lens.x)?;
-        check_len(OP, "the weight", w, self.lens.w)?;
         if let Some(b) = bias {
             check_len(OP, "the bias", b, self.g.c_out)?;
         }
-        let y_len = self.lens.y;
-        let (k, p) = (self.col_rows(), self.out_plane());
-        let weights = DeviceMat::new(w, self.cout_g(), k);
-        let mut y = match self.path {
-            Path::Depthwise => depthwise::forward(exec, &[self], &[x], &[w])?.remove(0),
-            Path::Pointwise => {
-                let mut y = exec.alloc(y_len)?;
-                let batch = self.batch(
-                    self.g.batch,
-                    self.weight_placement(),
-                    self.input_placement(0),
-                    self.output_placement(0),
-                );
-                let images = DeviceMat::new(x, k, p);
-                matmul::gemm_batched(exec, weights, images, 0.0, &mut y, &batch)?;
-                y
-            }
-            Path::Im2col => {
-                let mut y = exec.alloc(y_len)?;
-                let mut col = self.workspace(exec, self.g.c_in * self.taps() * p)?;
-                for (n0, images) in self.chunks() {
-                    self.im2col(exec, x, &mut col, (n0, images))?;
-                    let batch = self.batch(
-                        images,
-                        self.weight_placement(),
-                        self.column_placement(),
-                        self.output_placement(n0),
-                    );
-                    let cols = DeviceMat::new(&col, k, p);
-                    matmul::gemm_batched(exec, weights, cols, 0.0, &mut y, &batch)?;
-                }
-                y
-            }
-        };
+        let mut y = forward_group(exec, &[self], &[x], &[w])?.remove(0);
         if let Some(b) = bias {
-            let config = LaunchConfig::grid_stride(y_len, THREADS);
+            let config = LaunchConfig::grid_stride(self.lens.y, THREADS);
             // SAFETY: the kernel updates y[0..N·Cout·Ho·Wo) and reads b[0..Cout); y and b were
             // allocated and checked at those lengths.
             unsafe {
@@ -419,7 +389,7 @@ impl ConvPlan {
                     b,
                     int(self.g.batch)?,
                     int(self.g.c_out)?,
-                    int(p)?,
+                    int(self.out_plane())?,
                 )
             }?;
         }
@@ -438,22 +408,8 @@ impl ConvPlan {
         dy: &DeviceBuffer<f32>,
         needs: [bool; 2],
     ) -> Result<[Option<DeviceBuffer<f32>>; 2], GpuError> {
-        check_len(OP, "x", x, self.lens.x)?;
-        check_len(OP, "the weight", w, self.lens.w)?;
-        check_len(OP, "dy", dy, self.lens.y)?;
-        if self.path == Path::Depthwise {
-            let inputs = depthwise::BackwardInputs { x, w, dy };
-            return Ok(depthwise::backward(exec, &[self], &[inputs], &[needs])?.remove(0));
-        }
-        let dx = match needs[0] {
-            true => Some(self.backward_input(exec, w, dy)?),
-            false => None,
-        };
-        let dw = match needs[1] {
-            true => Some(self.backward_weight(exec, x, dy)?),
-            false => None,
-        };
-        Ok([dx, dw])
+        let inputs = BackwardInputs { x, w, dy };
+        Ok(backward_group(exec, &[self], &[inputs], &[needs])?.remove(0))
     }
 
     /// Threads per block of the depthwise backward: enough whole warps for
@@ -468,81 +424,151 @@ impl ConvPlan {
             .min(THREADS as usize) as u32
     }
 
-    /// The gradient with respect to `x` on the GEMM paths (the lengths checked by
-    /// [`backward`](Self::backward)).
-    fn backward_input(
+    /// The forwards `y_s = conv(x_s, w_s)` of this geometry on the GEMM paths, the GEMMs of all
+    /// of them in one launch per chunk of images (up to [`GROUP_SLOTS`]).
+    fn gemm_forward(
         &self,
         exec: &dyn Executor,
-        w: &DeviceBuffer<f32>,
-        dy: &DeviceBuffer<f32>,
-    ) -> Result<DeviceBuffer<f32>, GpuError> {
-        let x_len = self.lens.x;
-        let mut dx = exec.alloc(x_len)?;
+        xs: &[&DeviceBuffer<f32>],
+        ws: &[&DeviceBuffer<f32>],
+    ) -> Result<Vec<DeviceBuffer<f32>>, GpuError> {
         let (k, p) = (self.col_rows(), self.out_plane());
-        let weights_t = DeviceMat::new(w, self.cout_g(), k).t();
-        let grads = DeviceMat::new(dy, self.cout_g(), p);
-        match self.path {
-            Path::Pointwise => {
-                let batch = self.batch(
-                    self.g.batch,
-                    self.weight_placement(),
-                    self.output_placement(0),
-                    self.input_placement(0),
-                );
-                matmul::gemm_batched(exec, weights_t, grads, 0.0, &mut dx, &batch)?;
-            }
-            // Im2col: the depthwise path has its kernel in `depthwise_backward`.
-            _ => {
-                let mut dcol = self.workspace(exec, self.g.c_in * self.taps() * p)?;
-                for (n0, images) in self.chunks() {
-                    let batch = self.batch(
-                        images,
-                        self.weight_placement(),
-                        self.output_placement(n0),
-                        self.column_placement(),
-                    );
-                    matmul::gemm_batched(exec, weights_t, grads, 0.0, &mut dcol, &batch)?;
-                    let len = images * self.g.c_in * self.in_plane();
-                    let config = LaunchConfig::grid_stride(len, THREADS);
-                    // SAFETY: the kernel writes dx inside images n0 .. n0 + images (dx holds N)
-                    // and reads dcol[0..images·Cin·kh·kw·Ho·Wo) at bounds-checked output
-                    // positions (dcol holds a chunk of at least `images`); sizes fit an int.
-                    unsafe {
-                        kernels::conv_col2im_bwd_f32(
-                            exec,
-                            config,
-                            &dcol,
-                            &mut dx,
-                            int(n0)?,
-                            int(images)?,
-                            int(self.g.c_in)?,
-                            self.window,
-                        )
-                    }?;
-                }
-            }
+        let mut ys = allocs(exec, xs.len(), self.lens.y)?;
+        let weights = |w| DeviceMat::new(w, self.cout_g(), k);
+        if self.path == Path::Pointwise {
+            let batch = self.batch(
+                self.g.batch,
+                self.weight_placement(),
+                self.input_placement(0),
+                self.output_placement(0),
+            );
+            let slots = (ws.iter().zip(xs).zip(&mut ys))
+                .map(|((w, x), y)| GemmSlot {
+                    a: weights(w),
+                    b: DeviceMat::new(x, k, p),
+                    c: y,
+                })
+                .collect();
+            matmul::gemm_slots(exec, slots, 0.0, &batch)?;
+            return Ok(ys);
         }
-        Ok(dx)
+        let col_len = self.g.c_in * self.taps() * p;
+        let mut cols = (0..xs.len())
+            .map(|_| self.workspace(exec, col_len))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (n0, images) in self.chunks() {
+            for (x, col) in xs.iter().zip(&mut cols) {
+                self.im2col(exec, x, col, (n0, images))?;
+            }
+            let batch = self.batch(
+                images,
+                self.weight_placement(),
+                self.column_placement(),
+                self.output_placement(n0),
+            );
+            let slots = (ws.iter().zip(&cols).zip(&mut ys))
+                .map(|((w, col), y)| GemmSlot {
+                    a: weights(w),
+                    b: DeviceMat::new(col, k, p),
+                    c: y,
+                })
+                .collect();
+            matmul::gemm_slots(exec, slots, 0.0, &batch)?;
+        }
+        Ok(ys)
     }
 
-    /// The gradient with respect to the weight on the GEMM paths (the lengths checked by
-    /// [`backward`](Self::backward)): a sum over the batch in a fixed order, per-image partials
-    /// added in image order, so the same bits on every run.
-    fn backward_weight(
+    /// The gradients with respect to `x` of this geometry on the GEMM paths, for weights `ws`
+    /// and output gradients `dys`.
+    fn gemm_backward_input(
         &self,
         exec: &dyn Executor,
-        x: &DeviceBuffer<f32>,
-        dy: &DeviceBuffer<f32>,
-    ) -> Result<DeviceBuffer<f32>, GpuError> {
-        let w_len = self.lens.w;
-        let mut dw = exec.alloc(w_len)?;
+        ws: &[&DeviceBuffer<f32>],
+        dys: &[&DeviceBuffer<f32>],
+    ) -> Result<Vec<DeviceBuffer<f32>>, GpuError> {
+        let mut dxs = allocs(exec, ws.len(), self.lens.x)?;
         let (k, p) = (self.col_rows(), self.out_plane());
-        let grads = DeviceMat::new(dy, self.cout_g(), p);
+        let weights_t = |w| DeviceMat::new(w, self.cout_g(), k).t();
+        let grads = |dy| DeviceMat::new(dy, self.cout_g(), p);
+        if self.path == Path::Pointwise {
+            let batch = self.batch(
+                self.g.batch,
+                self.weight_placement(),
+                self.output_placement(0),
+                self.input_placement(0),
+            );
+            let slots = (ws.iter().zip(dys).zip(&mut dxs))
+                .map(|((w, dy), dx)| GemmSlot {
+                    a: weights_t(w),
+                    b: grads(dy),
+                    c: dx,
+                })
+                .collect();
+            matmul::gemm_slots(exec, slots, 0.0, &batch)?;
+            return Ok(dxs);
+        }
+        let col_len = self.g.c_in * self.taps() * p;
+        let mut dcols = (0..ws.len())
+            .map(|_| self.workspace(exec, col_len))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (n0, images) in self.chunks() {
+            let batch = self.batch(
+                images,
+                self.weight_placement(),
+                self.output_placement(n0),
+                self.column_placement(),
+            );
+            let slots = (ws.iter().zip(dys).zip(&mut dcols))
+                .map(|((w, dy), dcol)| GemmSlot {
+                    a: weights_t(w),
+                    b: grads(dy),
+                    c: dcol,
+                })
+                .collect();
+            matmul::gemm_slots(exec, slots, 0.0, &batch)?;
+            for (dcol, dx) in dcols.iter().zip(&mut dxs) {
+                let len = images * self.g.c_in * self.in_plane();
+                let config = LaunchConfig::grid_stride(len, THREADS);
+                // SAFETY: the kernel writes dx inside images n0 .. n0 + images (dx holds N) and
+                // reads dcol[0..images·Cin·kh·kw·Ho·Wo) at bounds-checked output positions (dcol
+                // holds a chunk of at least `images`); sizes fit an int.
+                unsafe {
+                    kernels::conv_col2im_bwd_f32(
+                        exec,
+                        config,
+                        dcol,
+                        dx,
+                        int(n0)?,
+                        int(images)?,
+                        int(self.g.c_in)?,
+                        self.window,
+                    )
+                }?;
+            }
+        }
+        Ok(dxs)
+    }
+
+    /// The gradients with respect to the weight of this geometry on the GEMM paths, for inputs
+    /// `xs` and output gradients `dys`: sums over the batch in a fixed order, per-image partials
+    /// added in image order, so the same bits on every run and in any group.
+    fn gemm_backward_weight(
+        &self,
+        exec: &dyn Executor,
+        xs: &[&DeviceBuffer<f32>],
+        dys: &[&DeviceBuffer<f32>],
+    ) -> Result<Vec<DeviceBuffer<f32>>, GpuError> {
+        let mut dws = allocs(exec, xs.len(), self.lens.w)?;
+        let (k, p) = (self.col_rows(), self.out_plane());
         let partial = self.g.c_out * k;
-        let mut partials = self.workspace(exec, partial)?;
-        let mut col = match self.path {
-            Path::Im2col => Some(self.workspace(exec, self.g.c_in * self.taps() * p)?),
-            _ => None,
+        let mut partials = (0..xs.len())
+            .map(|_| self.workspace(exec, partial))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut cols = match self.path {
+            Path::Im2col => (0..xs.len())
+                .map(|_| self.workspace(exec, self.g.c_in * self.taps() * p))
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => Vec::new(),
         };
         let per_image = Placement {
             offset: 0,
@@ -550,32 +576,25 @@ impl ConvPlan {
             inner: self.cout_g() * k,
         };
         for (chunk, (n0, images)) in self.chunks().enumerate() {
-            let (columns, placement) = match col.as_mut() {
-                Some(col) => {
-                    self.im2col(exec, x, col, (n0, images))?;
-                    (DeviceMat::new(col, k, p), self.column_placement())
-                }
-                None => (DeviceMat::new(x, k, p), self.input_placement(n0)),
+            for (x, col) in xs.iter().zip(&mut cols) {
+                self.im2col(exec, x, col, (n0, images))?;
+            }
+            let (columns, placement): (Vec<&DeviceBuffer<f32>>, _) = match cols.is_empty() {
+                true => (xs.to_vec(), self.input_placement(n0)),
+                false => (cols.iter().collect(), self.column_placement()),
             };
             let batch = self.batch(images, self.output_placement(n0), placement, per_image);
-            matmul::gemm_batched(exec, grads, columns.t(), 0.0, &mut partials, &batch)?;
-            let config = LaunchConfig::grid_stride(partial, THREADS);
-            // SAFETY: the kernel reads partials[0..images·partial) (the workspace holds a chunk of
-            // at least `images`) and writes dw[0..partial), partial = Cout·Cin/groups·kh·kw being
-            // the length of dw; the sizes fit an int.
-            unsafe {
-                kernels::conv_weight_sum_bwd_f32(
-                    exec,
-                    config,
-                    &partials,
-                    &mut dw,
-                    int(images)?,
-                    int(partial)?,
-                    i32::from(chunk > 0),
-                )
-            }?;
+            let slots = (dys.iter().zip(columns).zip(&mut partials))
+                .map(|((dy, columns), partials)| GemmSlot {
+                    a: DeviceMat::new(dy, self.cout_g(), p),
+                    b: DeviceMat::new(columns, k, p).t(),
+                    c: partials,
+                })
+                .collect();
+            matmul::gemm_slots(exec, slots, 0.0, &batch)?;
+            weight_sums(exec, &partials, &mut dws, images, partial, chunk > 0)?;
         }
-        Ok(dw)
+        Ok(dws)
     }
 
     /// The gradient with respect to the bias (`[Cout]`): `Σ` over images and positions of `dy`,
@@ -603,4 +622,161 @@ impl ConvPlan {
         }?;
         Ok(db)
     }
+}
+
+/// `count` fresh device buffers of `len` floats.
+fn allocs(
+    exec: &dyn Executor,
+    count: usize,
+    len: usize,
+) -> Result<Vec<DeviceBuffer<f32>>, GpuError> {
+    (0..count).map(|_| exec.alloc(len)).collect()
+}
+
+/// `dw_s (+)= Σ_j partials_s[j]` over the `images` per-image partials of `len` floats of each
+/// slot, in image order (added onto `dw_s` when `accumulate`, the next chunk of images), up to
+/// [`GROUP_SLOTS`] slots to a launch.
+fn weight_sums(
+    exec: &dyn Executor,
+    partials: &[DeviceBuffer<f32>],
+    dws: &mut [DeviceBuffer<f32>],
+    images: usize,
+    len: usize,
+    accumulate: bool,
+) -> Result<(), GpuError> {
+    for (partials, dws) in partials
+        .chunks(GROUP_SLOTS)
+        .zip(dws.chunks_mut(GROUP_SLOTS))
+    {
+        let mut config = LaunchConfig::grid_stride(len, THREADS);
+        config.grid[1] = partials.len() as u32;
+        let p = |s: usize| partials.get(s).unwrap_or(&partials[0]);
+        let mut outputs = dws.iter_mut();
+        let [dw0, dw1, dw2, dw3] = std::array::from_fn(|_| outputs.next());
+        // SAFETY: row s < K (K = partials.len() ≤ GROUP_SLOTS) reads partials_s[0..images·len)
+        // (each workspace holds a chunk of at least `images`) and writes dw_s[0..len), len =
+        // Cout·Cin/groups·kh·kw being each dw's length; the slots past K alias partials 0 and
+        // have null outputs, and no row reads them; the sizes fit an int.
+        unsafe {
+            kernels::conv_weight_sum_bwd_f32(
+                exec,
+                config,
+                p(0),
+                p(1),
+                p(2),
+                p(3),
+                dw0,
+                dw1,
+                dw2,
+                dw3,
+                int(images)?,
+                int(len)?,
+                i32::from(accumulate),
+            )
+        }?;
+    }
+    Ok(())
+}
+
+/// The buffers of one convolution's backward: its input, weight and output gradient.
+#[derive(Clone, Copy)]
+pub struct BackwardInputs<'a> {
+    /// The convolution's input, `[N, Cin, H, W]`.
+    pub x: &'a DeviceBuffer<f32>,
+    /// Its weight, `[Cout, Cin/groups, kh, kw]`.
+    pub w: &'a DeviceBuffer<f32>,
+    /// The gradient of its output, `[N, Cout, Ho, Wo]`.
+    pub dy: &'a DeviceBuffer<f32>,
+}
+
+/// Checks that `plans` is a group the GEMM paths can run: at least one plan, all of one geometry
+/// off the depthwise path, and `count` buffers of each kind per plan.
+fn check_gemm_group(plans: &[&ConvPlan], counts: &[(&str, usize)]) -> Result<(), GpuError> {
+    let Some(first) = plans.first() else {
+        return Err(invalid("no convolution to run".into()));
+    };
+    for (what, count) in counts {
+        if *count != plans.len() {
+            return Err(invalid(format!(
+                "{count} {what} for {} convolutions",
+                plans.len()
+            )));
+        }
+    }
+    match plans.iter().position(|plan| plan.g != first.g) {
+        Some(s) => Err(invalid(format!(
+            "convolution {s} has another geometry than the first: {:?} and {:?}",
+            plans[s].g, first.g
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The forwards `y_s = conv_s(x_s, w_s)` (no bias) of a group of convolutions of one shape,
+/// several to a launch: depthwise ones with the same sizes (their windows may differ; see
+/// `device::gpu::depthwise`), or others of one geometry, whose GEMMs share launches (a DARTS
+/// search edge's 1×1 convolutions, stage by stage). Each gets the bits it gets alone.
+pub fn forward_group(
+    exec: &dyn Executor,
+    plans: &[&ConvPlan],
+    xs: &[&DeviceBuffer<f32>],
+    ws: &[&DeviceBuffer<f32>],
+) -> Result<Vec<DeviceBuffer<f32>>, GpuError> {
+    if plans.first().is_some_and(|plan| plan.is_depthwise()) {
+        return depthwise::forward(exec, plans, xs, ws);
+    }
+    check_gemm_group(plans, &[("inputs", xs.len()), ("weights", ws.len())])?;
+    let plan = plans[0];
+    for (s, (x, w)) in xs.iter().zip(ws).enumerate() {
+        check_len(OP, &format!("x {s}"), x, plan.lens.x)?;
+        check_len(OP, &format!("the weight {s}"), w, plan.lens.w)?;
+    }
+    plan.gemm_forward(exec, xs, ws)
+}
+
+/// The gradients `[dx_s, dw_s]` that `needs[s]` asks for (`[input, weight]`) of a group of
+/// convolutions of one shape, as [`forward_group`] groups them.
+pub fn backward_group(
+    exec: &dyn Executor,
+    plans: &[&ConvPlan],
+    inputs: &[BackwardInputs],
+    needs: &[[bool; 2]],
+) -> Result<Vec<[Option<DeviceBuffer<f32>>; 2]>, GpuError> {
+    if plans.first().is_some_and(|plan| plan.is_depthwise()) {
+        return depthwise::backward(exec, plans, inputs, needs);
+    }
+    let counts = [("sets of buffers", inputs.len()), ("needs", needs.len())];
+    check_gemm_group(plans, &counts)?;
+    let plan = plans[0];
+    for (s, b) in inputs.iter().enumerate() {
+        check_len(OP, &format!("x {s}"), b.x, plan.lens.x)?;
+        check_len(OP, &format!("the weight {s}"), b.w, plan.lens.w)?;
+        check_len(OP, &format!("dy {s}"), b.dy, plan.lens.y)?;
+    }
+    let wanting =
+        |which: usize| -> Vec<usize> { (0..needs.len()).filter(|&s| needs[s][which]).collect() };
+    let (for_dx, for_dw) = (wanting(0), wanting(1));
+    let mut grads: Vec<[Option<DeviceBuffer<f32>>; 2]> =
+        (0..needs.len()).map(|_| [None, None]).collect();
+    if !for_dx.is_empty() {
+        let ws: Vec<_> = for_dx.iter().map(|&s| inputs[s].w).collect();
+        let dys: Vec<_> = for_dx.iter().map(|&s| inputs[s].dy).collect();
+        for (&s, dx) in for_dx
+            .iter()
+            .zip(plan.gemm_backward_input(exec, &ws, &dys)?)
+        {
+            grads[s][0] = Some(dx);
+        }
+    }
+    if !for_dw.is_empty() {
+        let xs: Vec<_> = for_dw.iter().map(|&s| inputs[s].x).collect();
+        let dys: Vec<_> = for_dw.iter().map(|&s| inputs[s].dy).collect();
+        for (&s, dw) in for_dw
+            .iter()
+            .zip(plan.gemm_backward_weight(exec, &xs, &dys)?)
+        {
+            grads[s][1] = Some(dw);
+        }
+    }
+    Ok(grads)
 }

@@ -1,16 +1,13 @@
 //! The depthwise path of the conv family (`conv_depthwise_*` in `kernels/conv.cu`): several
-//! depthwise convolutions of one shape per launch, [`DEPTHWISE_SLOTS`] at a time, one per row of
+//! depthwise convolutions of one shape per launch, [`GROUP_SLOTS`] at a time, one per row of
 //! the grid. A plain depthwise [`ConvPlan`] runs as a group of one; a DARTS search edge runs the
 //! first depthwise convolutions of its four separable and dilated candidates (which read the same
 //! input) as one group, and the second ones of its two separable convolutions as another. Each
 //! convolution of a group gets exactly the values, with the same bits, that it gets alone.
 
-use super::conv::ConvPlan;
+use super::conv::{BackwardInputs, ConvPlan};
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, check_len};
-
-/// The most depthwise convolutions one launch computes (`DEPTHWISE_SLOTS` in `kernels/conv.cu`).
-pub const DEPTHWISE_SLOTS: usize = 4;
+use super::{DeviceBuffer, Executor, GROUP_SLOTS, GpuError, LaunchConfig, check_len};
 
 /// Threads per block of the forward's grid-stride loop.
 const THREADS: u32 = 256;
@@ -69,7 +66,7 @@ fn slot<'a, T>(items: &[&'a T], s: usize) -> &'a T {
 }
 
 /// The forwards `y_s = conv_s(x_s, w_s)` of a group of depthwise convolutions of one shape (see
-/// [`ConvPlan::forward`] for one), in launches of [`DEPTHWISE_SLOTS`].
+/// [`ConvPlan::forward`] for one), in launches of [`GROUP_SLOTS`].
 pub fn forward(
     exec: &dyn Executor,
     plans: &[&ConvPlan],
@@ -83,9 +80,9 @@ pub fn forward(
     }
     let mut ys = Vec::with_capacity(plans.len());
     for ((plans, xs), ws) in plans
-        .chunks(DEPTHWISE_SLOTS)
-        .zip(xs.chunks(DEPTHWISE_SLOTS))
-        .zip(ws.chunks(DEPTHWISE_SLOTS))
+        .chunks(GROUP_SLOTS)
+        .zip(xs.chunks(GROUP_SLOTS))
+        .zip(ws.chunks(GROUP_SLOTS))
     {
         let (g, lens) = (plans[0].geometry(), plans[0].lens());
         let mut out = (0..plans.len())
@@ -96,7 +93,7 @@ pub fn forward(
         let window = |s: usize| slot(plans, s).window();
         let mut outs = out.iter_mut();
         let [y0, y1, y2, y3] = std::array::from_fn(|_| outs.next());
-        // SAFETY: row s < K of the grid (K = plans.len(), at most DEPTHWISE_SLOTS) writes ys[s] at
+        // SAFETY: row s < K of the grid (K = plans.len(), at most GROUP_SLOTS) writes ys[s] at
         // [0..N·C·Ho·Wo), allocated here at that length, and reads xs[s] inside its (n, c) planes
         // of H·W at bounds-checked positions and ws[s] at [0..C·kh·kw), both checked above to hold
         // those lengths; the slots past K are never read, and their outputs are null. Every plan
@@ -130,20 +127,9 @@ pub fn forward(
     Ok(ys)
 }
 
-/// The buffers of one depthwise convolution's backward: its input, weight and output gradient.
-#[derive(Clone, Copy)]
-pub struct BackwardInputs<'a> {
-    /// The convolution's input, `[N, C, H, W]`.
-    pub x: &'a DeviceBuffer<f32>,
-    /// Its weight, `[C, 1, kh, kw]`.
-    pub w: &'a DeviceBuffer<f32>,
-    /// The gradient of its output, `[N, C, Ho, Wo]`.
-    pub dy: &'a DeviceBuffer<f32>,
-}
-
 /// The gradients `[dx_s, dw_s]` that `needs[s]` asks for (`[input, weight]`) of a group of
 /// depthwise convolutions of one shape (see [`ConvPlan::backward`] for one), in launches of
-/// [`DEPTHWISE_SLOTS`]. In each launch, every row of the grid starts with one block per
+/// [`GROUP_SLOTS`]. In each launch, every row of the grid starts with one block per
 /// (channel, tap) of its weight gradient (a fixed block tree each, so the same bits on every
 /// run), as many as the widest window needs, then a grid-stride share of the input elements.
 pub fn backward(
@@ -164,9 +150,9 @@ pub fn backward(
     }
     let mut grads = Vec::with_capacity(plans.len());
     for ((plans, inputs), needs) in plans
-        .chunks(DEPTHWISE_SLOTS)
-        .zip(inputs.chunks(DEPTHWISE_SLOTS))
-        .zip(needs.chunks(DEPTHWISE_SLOTS))
+        .chunks(GROUP_SLOTS)
+        .zip(inputs.chunks(GROUP_SLOTS))
+        .zip(needs.chunks(GROUP_SLOTS))
     {
         let mut out = plans
             .iter()
@@ -204,7 +190,7 @@ pub fn backward(
             let (mut dxs, mut dws) = (dxs.into_iter(), dws.into_iter());
             let [dx0, dx1, dx2, dx3] = std::array::from_fn(|_| dxs.next().flatten());
             let [dw0, dw1, dw2, dw3] = std::array::from_fn(|_| dws.next().flatten());
-            // SAFETY: in row s < K of the grid (K = plans.len() ≤ DEPTHWISE_SLOTS), the blocks
+            // SAFETY: in row s < K of the grid (K = plans.len() ≤ GROUP_SLOTS), the blocks
             // below weight_blocks (the largest C·kh·kw of the rows that want dw) write dw_s[job]
             // for job < C·kh·kw of slot s, reading x_s and dy_s inside the (n, c) planes at
             // bounds-checked positions; the others write dx_s[0..N·C·H·W) and read dy_s and

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GpuError, LaunchConfig, int, invalid};
+use super::{DeviceBuffer, Executor, GROUP_SLOTS, GpuError, LaunchConfig, int, invalid};
 
 /// Rows and columns of C one GEMM block computes (`GEMM_TILE` in `kernels/matmul.cu`).
 const GEMM_TILE: usize = 64;
@@ -202,15 +202,43 @@ pub(crate) fn gemm_batched(
     c: &mut DeviceBuffer<f32>,
     batch: &Batch,
 ) -> Result<(), GpuError> {
+    gemm_slots(exec, vec![GemmSlot { a, b, c }], beta, batch)
+}
+
+/// One batch of problems of [`gemm_slots`]: its operands and its output buffer.
+pub(crate) struct GemmSlot<'a, 'c> {
+    /// A, as in [`gemm_batched`].
+    pub a: DeviceMat<'a>,
+    /// B.
+    pub b: DeviceMat<'a>,
+    /// The buffer of the row-major C matrices.
+    pub c: &'c mut DeviceBuffer<f32>,
+}
+
+/// [`gemm_batched`] for several batches of one shape, each with its own buffers (`slots`: the same
+/// `m`, `k`, `n` and strides, placed alike by `batch`), [`GROUP_SLOTS`] to a launch: the 1×1
+/// convolutions of a DARTS search edge's candidates, stage by stage. Each batch gets the bits it
+/// gets alone.
+pub(crate) fn gemm_slots(
+    exec: &dyn Executor,
+    mut slots: Vec<GemmSlot>,
+    beta: f32,
+    batch: &Batch,
+) -> Result<(), GpuError> {
     const OP: &str = "gemm";
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    if m == 0 || k == 0 || n == 0 || b.rows != k {
+    let Some(first) = slots.first() else {
+        return Err(invalid(OP, "no product to compute".into()));
+    };
+    let shape = |a: &DeviceMat, b: &DeviceMat| {
+        let strides = [a.row_stride, a.col_stride, b.row_stride, b.col_stride];
+        (a.rows, a.cols, b.rows, b.cols, strides)
+    };
+    let first_shape = shape(&first.a, &first.b);
+    let (m, k, n) = (first.a.rows, first.a.cols, first.b.cols);
+    if m == 0 || k == 0 || n == 0 || first.b.rows != k {
         return Err(invalid(
             OP,
-            format!(
-                "a {}×{} matrix times a {}×{} one",
-                a.rows, a.cols, b.rows, b.cols
-            ),
+            format!("a {m}×{k} matrix times a {}×{n} one", first.b.rows),
         ));
     }
     let [outer, inner] = batch.problems;
@@ -218,40 +246,49 @@ pub(crate) fn gemm_batched(
         .checked_mul(inner)
         .filter(|&p| p > 0)
         .ok_or_else(|| invalid(OP, format!("a batch of {outer}×{inner} problems")))?;
-    let c_view = DeviceMat {
-        data: c,
-        rows: m,
-        cols: n,
-        row_stride: n,
-        col_stride: 1,
-    };
     let reach = |mat: &DeviceMat, place: &Placement| {
         mat.last()
             .zip(place.last(batch.problems))
             .and_then(|(a, b)| a.checked_add(b))
     };
-    for (name, mat, place) in [
-        ("A", &a, &batch.a),
-        ("B", &b, &batch.b),
-        ("C", &c_view, &batch.c),
-    ] {
-        let len = mat.data.len();
-        // The kernel indexes inside one matrix with an `int`, and across the batch with 64 bits.
-        let fits = mat.last().is_some_and(|last| i32::try_from(last).is_ok())
-            && reach(mat, place).is_some_and(|last| last < len);
-        if !fits {
+    for (s, slot) in slots.iter().enumerate() {
+        if shape(&slot.a, &slot.b) != first_shape {
             return Err(invalid(
                 OP,
-                format!(
-                    "{name} ({}×{} placed at {place:?}) does not fit its {len} elements, or spans \
-                     2^31 or more",
-                    mat.rows, mat.cols
-                ),
+                format!("slot {s} has another shape or layout than slot 0"),
             ));
+        }
+        let c_view = DeviceMat {
+            data: slot.c,
+            rows: m,
+            cols: n,
+            row_stride: n,
+            col_stride: 1,
+        };
+        for (name, mat, place) in [
+            ("A", &slot.a, &batch.a),
+            ("B", &slot.b, &batch.b),
+            ("C", &c_view, &batch.c),
+        ] {
+            let len = mat.data.len();
+            // The kernel indexes inside one matrix with an `int`, and across the batch with 64
+            // bits.
+            let fits = mat.last().is_some_and(|last| i32::try_from(last).is_ok())
+                && reach(mat, place).is_some_and(|last| last < len);
+            if !fits {
+                return Err(invalid(
+                    OP,
+                    format!(
+                        "{name} of slot {s} ({}×{} placed at {place:?}) does not fit its {len} \
+                         elements, or spans 2^31 or more",
+                        mat.rows, mat.cols
+                    ),
+                ));
+            }
         }
     }
     let i = |v: usize| int(OP, v);
-    i(problems)?;
+    i(problems.saturating_mul(GROUP_SLOTS))?;
     // The two kernels take the same arguments and tile C alike; only their blocks differ.
     let (launch, block) = match exec.gemm_precision() {
         GemmPrecision::F32 => (
@@ -263,46 +300,68 @@ pub(crate) fn gemm_batched(
             [TF32_THREADS, 1, 1],
         ),
     };
-    let config = LaunchConfig {
-        grid: [
-            n.div_ceil(GEMM_TILE) as u32,
-            m.div_ceil(GEMM_TILE).min(MAX_GRID_YZ) as u32,
-            problems.min(MAX_GRID_YZ) as u32,
-        ],
-        block,
-        shared_bytes: 0,
-    };
-    // SAFETY: problem (o, g) reads a[a_off + o·a_so + g·a_si + i·a_rs + l·a_cs] for i < m, l < k,
-    // b likewise for l < k, j < n, and touches c[c_off + o·c_so + g·c_si + i·n + j]; the largest
-    // such index of each buffer was checked above to lie inside it, and every value fits an int.
-    unsafe {
-        launch(
-            exec,
-            config,
-            a.data,
-            b.data,
-            c,
-            i(m)?,
-            i(n)?,
-            i(k)?,
-            i(a.row_stride)?,
-            i(a.col_stride)?,
-            i(b.row_stride)?,
-            i(b.col_stride)?,
-            beta,
-            i(outer)?,
-            i(inner)?,
-            i(batch.a.offset)?,
-            i(batch.a.outer)?,
-            i(batch.a.inner)?,
-            i(batch.b.offset)?,
-            i(batch.b.outer)?,
-            i(batch.b.inner)?,
-            i(batch.c.offset)?,
-            i(batch.c.outer)?,
-            i(batch.c.inner)?,
-        )
+    for chunk in slots.chunks_mut(GROUP_SLOTS) {
+        let count = chunk.len();
+        let config = LaunchConfig {
+            grid: [
+                n.div_ceil(GEMM_TILE) as u32,
+                m.div_ceil(GEMM_TILE).min(MAX_GRID_YZ) as u32,
+                (problems * count).min(MAX_GRID_YZ) as u32,
+            ],
+            block,
+            shared_bytes: 0,
+        };
+        let a = |s: usize| chunk.get(s).unwrap_or(&chunk[0]).a.data;
+        let b = |s: usize| chunk.get(s).unwrap_or(&chunk[0]).b.data;
+        let (a0, a1, a2, a3) = (a(0), a(1), a(2), a(3));
+        let (b0, b1, b2, b3) = (b(0), b(1), b(2), b(3));
+        let mut outputs = chunk.iter_mut().map(|slot| &mut *slot.c);
+        let [c0, c1, c2, c3] = std::array::from_fn(|_| outputs.next());
+        // SAFETY: problem (o, g) of slot s < count reads a_s[a_off + o·a_so + g·a_si + i·a_rs +
+        // l·a_cs] for i < m, l < k, b_s likewise for l < k, j < n, and touches c_s[c_off + o·c_so +
+        // g·c_si + i·n + j]; the largest such index of each slot's buffers was checked above to
+        // lie inside them, and every value fits an int. The slots past `count` alias slot 0's
+        // inputs and have null outputs; the kernel reads none of them.
+        unsafe {
+            launch(
+                exec,
+                config,
+                a0,
+                a1,
+                a2,
+                a3,
+                b0,
+                b1,
+                b2,
+                b3,
+                c0,
+                c1,
+                c2,
+                c3,
+                i(count)?,
+                i(m)?,
+                i(n)?,
+                i(k)?,
+                i(first_shape.4[0])?,
+                i(first_shape.4[1])?,
+                i(first_shape.4[2])?,
+                i(first_shape.4[3])?,
+                beta,
+                i(outer)?,
+                i(inner)?,
+                i(batch.a.offset)?,
+                i(batch.a.outer)?,
+                i(batch.a.inner)?,
+                i(batch.b.offset)?,
+                i(batch.b.outer)?,
+                i(batch.b.inner)?,
+                i(batch.c.offset)?,
+                i(batch.c.outer)?,
+                i(batch.c.inner)?,
+            )
+        }?;
     }
+    Ok(())
 }
 
 /// The generated launcher of either GEMM kernel (they share one signature).
@@ -311,7 +370,17 @@ type GemmLauncher = unsafe fn(
     LaunchConfig,
     &DeviceBuffer<f32>,
     &DeviceBuffer<f32>,
-    &mut DeviceBuffer<f32>,
+    &DeviceBuffer<f32>,
+    &DeviceBuffer<f32>,
+    &DeviceBuffer<f32>,
+    &DeviceBuffer<f32>,
+    &DeviceBuffer<f32>,
+    &DeviceBuffer<f32>,
+    Option<&mut DeviceBuffer<f32>>,
+    Option<&mut DeviceBuffer<f32>>,
+    Option<&mut DeviceBuffer<f32>>,
+    Option<&mut DeviceBuffer<f32>>,
+    i32,
     i32,
     i32,
     i32,

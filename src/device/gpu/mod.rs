@@ -328,6 +328,11 @@ pub struct LaunchConfig {
     pub shared_bytes: u32,
 }
 
+/// The most problems of one shape that a convolution or GEMM launch computes, each with its own
+/// buffers (`GROUP_SLOTS` in `kernels/common.cuh`): a DARTS search edge's convolutions run stage
+/// by stage, up to four to a launch.
+pub const GROUP_SLOTS: usize = 4;
+
 /// The most blocks a grid-stride launch uses: enough to fill the largest GPU several times over
 /// (an H200 has 132 SMs), few enough that each thread handles several elements of a big tensor.
 pub const MAX_GRID_STRIDE_BLOCKS: u32 = 1024;

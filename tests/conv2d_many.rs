@@ -1,19 +1,19 @@
-//! `ops::conv::depthwise_convs`, several depthwise convolutions of one shape as one op (a DARTS
-//! search edge's, stage by stage): each convolution gets the values and gradients that `conv2d`
-//! gives it alone, bit for bit, on the CPU and on the emulator (the kernels and launch code of
-//! CUDA), with four convolutions per launch there; the gradients agree with finite differences;
-//! and bad groups are refused.
+//! `ops::conv::conv2d_many`, several convolutions of one shape as one op (a DARTS search edge's,
+//! stage by stage: depthwise ones with different windows, then 1×1 ones): each convolution gets
+//! the values and gradients that `conv2d` gives it alone, bit for bit, on the CPU and on the
+//! emulator (the kernels and launch code of CUDA), with four convolutions per launch there; the
+//! gradients agree with finite differences; and bad groups are refused.
 
 mod common;
 
 use common::randn;
 use darts::device::gpu::KernelId;
 use darts::gradcheck::{GradCheck, check_gradients};
-use darts::ops::conv::{Conv2dParams, DepthwiseConv, conv2d, depthwise_convs};
+use darts::ops::conv::{Conv2dArgs, Conv2dParams, conv2d, conv2d_many};
 use darts::ops::shape::concat;
 use darts::{Device, Error, Result, Tape, Tensor, Var};
 
-/// One convolution of a group: its kernel size, its parameters and which input it reads.
+/// One convolution of a group: its (square) kernel size, its parameters and which input it reads.
 #[derive(Clone, Copy)]
 struct Conv {
     kernel: usize,
@@ -61,6 +61,11 @@ fn groups() -> Vec<Group> {
     ];
     let mut six = edge_first_stage(1, c);
     six.extend(second_stage.iter().map(|&conv| Conv { input: 1, ..conv }));
+    let pointwise = |input| Conv {
+        kernel: 1,
+        params: Conv2dParams::default(),
+        input,
+    };
     vec![
         Group {
             name: "an edge's first stage",
@@ -86,6 +91,18 @@ fn groups() -> Vec<Group> {
             inputs: 2,
             convs: six,
         },
+        Group {
+            name: "an edge's 1x1 convolutions",
+            x_shape: [2, c, 9, 7],
+            inputs: 4,
+            convs: (0..4).map(pointwise).collect(),
+        },
+        Group {
+            name: "five 1x1 convolutions of two inputs (two launches)",
+            x_shape: [3, c, 5, 3],
+            inputs: 2,
+            convs: [0, 1, 0, 1, 1].map(pointwise).into(),
+        },
     ]
 }
 
@@ -110,22 +127,25 @@ fn group_data(group: &Group, seed: u64) -> (Vec<Tensor>, Vec<Tensor>) {
         .map(|i| randn(&group.x_shape, seed + i as u64))
         .collect();
     let ws = (group.convs.iter().enumerate())
-        .map(|(s, conv)| randn(&[c, 1, conv.kernel, conv.kernel], seed + 10 + s as u64))
+        .map(|(s, conv)| {
+            let shape = [c, c / conv.params.groups, conv.kernel, conv.kernel];
+            randn(&shape, seed + 10 + s as u64)
+        })
         .collect();
     (xs, ws)
 }
 
 /// The group's outputs on `tape`, from `xs` and `ws`, as one op or one `conv2d` each.
 fn outputs(tape: &mut Tape, group: &Group, xs: &[Var], ws: &[Var], as_one_op: bool) -> Vec<Var> {
-    let convs: Vec<DepthwiseConv> = (group.convs.iter().zip(ws))
-        .map(|(conv, &weight)| DepthwiseConv {
+    let convs: Vec<Conv2dArgs> = (group.convs.iter().zip(ws))
+        .map(|(conv, &weight)| Conv2dArgs {
             x: xs[conv.input],
             weight,
             params: conv.params,
         })
         .collect();
     match as_one_op {
-        true => depthwise_convs(tape, &convs).unwrap(),
+        true => conv2d_many(tape, &convs).unwrap(),
         false => (convs.iter())
             .map(|c| conv2d(tape, c.x, c.weight, None, c.params).unwrap())
             .collect(),
@@ -167,10 +187,14 @@ fn each_convolution_gets_its_own_values_and_gradients_bit_for_bit() {
     for device in [Device::Cpu, Device::Emu] {
         for group in groups() {
             let what = format!("{} on {device}", group.name);
-            let (fwd, bwd) = (KernelId::ConvDepthwiseFwdF32, KernelId::ConvDepthwiseBwdF32);
-            let before = [launches(device, fwd), launches(device, bwd)];
+            let kernels = match group.convs[0].kernel {
+                1 => [KernelId::MatmulGemmFwdF32, KernelId::ConvWeightSumBwdF32],
+                _ => [KernelId::ConvDepthwiseFwdF32, KernelId::ConvDepthwiseBwdF32],
+            };
+            let counts = || kernels.map(|kernel| launches(device, kernel));
+            let before = counts();
             let (y, grads) = run(&group, device, true);
-            let grouped = [launches(device, fwd), launches(device, bwd)];
+            let grouped = counts();
             let (want_y, want_grads) = run(&group, device, false);
             assert_eq!(bits(&y), bits(&want_y), "{what}: values");
             for (i, (got, want)) in grads.iter().zip(&want_grads).enumerate() {
@@ -193,10 +217,20 @@ fn each_convolution_gets_its_own_values_and_gradients_bit_for_bit() {
                 );
             }
             if device != Device::Cpu {
-                // Four convolutions a launch; the backward skips the unused last output's.
+                // Four convolutions a launch; the backward skips the unused last output's. The
+                // depthwise forward and backward launch once per four; a 1×1 group launches GEMMs
+                // for its forward, its input gradients and its weight gradients (but the frozen
+                // one's), and sums the weight gradients' per-image partials once per four.
                 let k = group.convs.len() as u64;
                 let launched = [grouped[0] - before[0], grouped[1] - before[1]];
-                assert_eq!(launched, [k.div_ceil(4), (k - 1).div_ceil(4)], "{what}");
+                let want = match group.convs[0].kernel {
+                    1 => [
+                        k.div_ceil(4) + (k - 1).div_ceil(4) + (k - 2).div_ceil(4),
+                        (k - 2).div_ceil(4),
+                    ],
+                    _ => [k.div_ceil(4), (k - 1).div_ceil(4)],
+                };
+                assert_eq!(launched, want, "{what}");
             }
         }
     }
@@ -230,18 +264,18 @@ fn bad_groups_are_errors() {
         let xs: Vec<Var> = (x_shapes.iter().enumerate())
             .map(|(i, s)| tape.leaf(randn(s, i as u64)))
             .collect();
-        let convs: Vec<DepthwiseConv> = (convs.iter())
-            .map(|&(input, kernel, params)| DepthwiseConv {
+        let convs: Vec<Conv2dArgs> = (convs.iter())
+            .map(|&(input, kernel, params)| Conv2dArgs {
                 x: xs[input],
-                weight: tape.leaf(randn(&[3, 1, kernel, kernel], 9)),
+                weight: tape.leaf(randn(&[3, 3 / params.groups, kernel, kernel], 9)),
                 params,
             })
             .collect();
-        depthwise_convs(&mut tape, &convs)
+        conv2d_many(&mut tape, &convs)
     };
     let invalid = |r: Result<Vec<Var>>| matches!(r, Err(Error::InvalidArgument { .. }));
-    let shape = |r: Result<Vec<Var>>| matches!(r, Err(Error::ShapeMismatch { .. }));
     let same = Conv2dParams::new(1, 1).groups(3);
+    let dense = Conv2dParams::new(1, 1);
     let x = [2, 3, 6, 5];
     assert!(
         run(
@@ -251,29 +285,38 @@ fn bad_groups_are_errors() {
         .is_ok()
     );
     assert!(invalid(run(&[x], &[])), "no convolution");
+    assert!(run(&[x, x], &[(0, 3, dense), (1, 3, dense)]).is_ok());
     assert!(
-        invalid(run(&[[2, 1, 6, 5]], &[(0, 3, Conv2dParams::new(1, 1))])),
-        "a convolution from 1 channel to 3"
+        invalid(run(&[x], &[(0, 3, same), (0, 3, dense)])),
+        "a dense convolution after a depthwise one"
     );
     assert!(
-        shape(run(&[x], &[(0, 3, same), (0, 5, same)])),
+        invalid(run(&[x], &[(0, 3, dense), (0, 3, same)])),
+        "a depthwise convolution after a dense one"
+    );
+    assert!(
+        invalid(run(&[x], &[(0, 3, dense), (0, 5, Conv2dParams::new(1, 2))])),
+        "dense convolutions of two geometries"
+    );
+    assert!(
+        invalid(run(&[x], &[(0, 3, same), (0, 5, same)])),
         "another output size"
     );
     assert!(
-        shape(run(&[x, [2, 3, 6, 7]], &[(0, 3, same), (1, 3, same)])),
+        invalid(run(&[x, [2, 3, 6, 7]], &[(0, 3, same), (1, 3, same)])),
         "another input size"
     );
     let mut tape = Tape::new();
     let on_cpu = tape.leaf(randn(&x, 1));
     let on_emu = tape.leaf(randn(&x, 2).to_device(Device::Emu).unwrap());
     let w = tape.leaf(randn(&[3, 1, 3, 3], 3));
-    let conv = |x| DepthwiseConv {
+    let conv = |x| Conv2dArgs {
         x,
         weight: w,
         params: same,
     };
     assert!(
-        depthwise_convs(&mut tape, &[conv(on_cpu), conv(on_emu)]).is_err(),
+        conv2d_many(&mut tape, &[conv(on_cpu), conv(on_emu)]).is_err(),
         "two devices"
     );
 }
