@@ -20,7 +20,9 @@
 //! run.
 
 use super::matmul::{self, Batch, DeviceMat, GemmSlot, Placement};
-use super::{DeviceBuffer, Executor, GROUP_SLOTS, GpuError, LaunchConfig, check_len};
+use super::{
+    DeviceBuffer, Executor, GROUP_SLOTS, GpuError, LaunchConfig, check_len, slot_or_first,
+};
 use super::{depthwise, kernels};
 use crate::device::cpu::conv::ConvGeometry;
 
@@ -650,7 +652,7 @@ fn weight_sums(
     {
         let mut config = LaunchConfig::grid_stride(len, THREADS);
         config.grid[1] = partials.len() as u32;
-        let p = |s: usize| partials.get(s).unwrap_or(&partials[0]);
+        let p = |s: usize| slot_or_first(partials, s);
         let mut outputs = dws.iter_mut();
         let [dw0, dw1, dw2, dw3] = std::array::from_fn(|_| outputs.next());
         // SAFETY: row s < K (K = partials.len() ≤ GROUP_SLOTS) reads partials_s[0..images·len)
@@ -689,10 +691,13 @@ pub struct BackwardInputs<'a> {
     pub dy: &'a DeviceBuffer<f32>,
 }
 
-/// Checks that `plans` is a group the GEMM paths can run: at least one plan, all of one geometry
-/// off the depthwise path, and `count` buffers of each kind per plan.
-fn check_gemm_group(plans: &[&ConvPlan], counts: &[(&str, usize)]) -> Result<(), GpuError> {
-    let Some(first) = plans.first() else {
+/// The first of `plans`, after checking that there is one and `count` buffers of each kind (the
+/// `counts`) per plan.
+pub(super) fn first_of_group<'p>(
+    plans: &[&'p ConvPlan],
+    counts: &[(&str, usize)],
+) -> Result<&'p ConvPlan, GpuError> {
+    let Some(&first) = plans.first() else {
         return Err(invalid("no convolution to run".into()));
     };
     for (what, count) in counts {
@@ -703,6 +708,13 @@ fn check_gemm_group(plans: &[&ConvPlan], counts: &[(&str, usize)]) -> Result<(),
             )));
         }
     }
+    Ok(first)
+}
+
+/// Checks that `plans` is a group the GEMM paths can run: [`first_of_group`]'s checks, and all of
+/// one geometry off the depthwise path.
+fn check_gemm_group(plans: &[&ConvPlan], counts: &[(&str, usize)]) -> Result<(), GpuError> {
+    let first = first_of_group(plans, counts)?;
     match plans.iter().position(|plan| plan.g != first.g) {
         Some(s) => Err(invalid(format!(
             "convolution {s} has another geometry than the first: {:?} and {:?}",

@@ -5,9 +5,11 @@
 //! input) as one group, and the second ones of its two separable convolutions as another. Each
 //! convolution of a group gets exactly the values, with the same bits, that it gets alone.
 
-use super::conv::{BackwardInputs, ConvPlan};
+use super::conv::{self, BackwardInputs, ConvPlan};
 use super::kernels;
-use super::{DeviceBuffer, Executor, GROUP_SLOTS, GpuError, LaunchConfig, check_len};
+use super::{
+    DeviceBuffer, Executor, GROUP_SLOTS, GpuError, LaunchConfig, check_len, slot_or_first,
+};
 
 /// Threads per block of the forward's grid-stride loop.
 const THREADS: u32 = 256;
@@ -23,21 +25,11 @@ fn int(n: usize) -> Result<i32, GpuError> {
     i32::try_from(n).map_err(|_| invalid(format!("{n} is more than a kernel indexes")))
 }
 
-/// Checks that `plans` is a group the kernels can run: at least one plan, every one on the
-/// depthwise path with the first one's batch, channels and input and output sizes (their
-/// windows may differ), and `count` buffers of each kind per plan.
+/// Checks that `plans` is a group the kernels can run: [`conv::first_of_group`]'s checks, and every
+/// plan on the depthwise path with the first one's batch, channels and input and output sizes
+/// (their windows may differ).
 fn check_group(plans: &[&ConvPlan], counts: &[(&str, usize)]) -> Result<(), GpuError> {
-    let Some(first) = plans.first() else {
-        return Err(invalid("no convolution to run".into()));
-    };
-    for (what, count) in counts {
-        if *count != plans.len() {
-            return Err(invalid(format!(
-                "{count} {what} for {} convolutions",
-                plans.len()
-            )));
-        }
-    }
+    let first = conv::first_of_group(plans, counts)?;
     let shape = |p: &ConvPlan| {
         let g = p.geometry();
         (g.batch, g.c_in, g.input, g.output)
@@ -58,11 +50,6 @@ fn check_group(plans: &[&ConvPlan], counts: &[(&str, usize)]) -> Result<(), GpuE
         }
     }
     Ok(())
-}
-
-/// Slot `s` of `items`, or the first item past the end (a slot that no row of the grid reads).
-fn slot<'a, T>(items: &[&'a T], s: usize) -> &'a T {
-    items.get(s).copied().unwrap_or(items[0])
 }
 
 /// The forwards `y_s = conv_s(x_s, w_s)` of a group of depthwise convolutions of one shape (see
@@ -90,7 +77,9 @@ pub fn forward(
             .collect::<Result<Vec<_>, _>>()?;
         let mut config = LaunchConfig::grid_stride(lens.y, THREADS);
         config.grid[1] = plans.len() as u32;
-        let window = |s: usize| slot(plans, s).window();
+        let window = |s: usize| slot_or_first(plans, s).window();
+        let xs_slot = |s: usize| *slot_or_first(xs, s);
+        let ws_slot = |s: usize| *slot_or_first(ws, s);
         let mut outs = out.iter_mut();
         let [y0, y1, y2, y3] = std::array::from_fn(|_| outs.next());
         // SAFETY: row s < K of the grid (K = plans.len(), at most GROUP_SLOTS) writes ys[s] at
@@ -102,14 +91,14 @@ pub fn forward(
             kernels::conv_depthwise_fwd_f32(
                 exec,
                 config,
-                slot(xs, 0),
-                slot(xs, 1),
-                slot(xs, 2),
-                slot(xs, 3),
-                slot(ws, 0),
-                slot(ws, 1),
-                slot(ws, 2),
-                slot(ws, 3),
+                xs_slot(0),
+                xs_slot(1),
+                xs_slot(2),
+                xs_slot(3),
+                ws_slot(0),
+                ws_slot(1),
+                ws_slot(2),
+                ws_slot(3),
                 y0,
                 y1,
                 y2,
@@ -179,10 +168,10 @@ pub fn backward(
             let mut config =
                 LaunchConfig::linear(int(weight_blocks + input_blocks)? as u32, threads);
             config.grid[1] = plans.len() as u32;
-            let x = |s: usize| inputs.get(s).unwrap_or(&inputs[0]).x;
-            let w = |s: usize| inputs.get(s).unwrap_or(&inputs[0]).w;
-            let dy = |s: usize| inputs.get(s).unwrap_or(&inputs[0]).dy;
-            let window = |s: usize| slot(plans, s).window();
+            let x = |s: usize| slot_or_first(inputs, s).x;
+            let w = |s: usize| slot_or_first(inputs, s).w;
+            let dy = |s: usize| slot_or_first(inputs, s).dy;
+            let window = |s: usize| slot_or_first(plans, s).window();
             let (dxs, dws): (Vec<_>, Vec<_>) = out
                 .iter_mut()
                 .map(|[dx, dw]| (dx.as_mut(), dw.as_mut()))

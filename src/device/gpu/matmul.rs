@@ -8,7 +8,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::kernels;
-use super::{DeviceBuffer, Executor, GROUP_SLOTS, GpuError, LaunchConfig, int, invalid};
+use super::{
+    DeviceBuffer, Executor, GROUP_SLOTS, GpuError, LaunchConfig, int, invalid, slot_or_first,
+};
 
 /// Rows and columns of C one GEMM block computes (`GEMM_TILE` in `kernels/matmul.cu`).
 const GEMM_TILE: usize = 64;
@@ -311,8 +313,8 @@ pub(crate) fn gemm_slots(
             block,
             shared_bytes: 0,
         };
-        let a = |s: usize| chunk.get(s).unwrap_or(&chunk[0]).a.data;
-        let b = |s: usize| chunk.get(s).unwrap_or(&chunk[0]).b.data;
+        let a = |s: usize| slot_or_first(chunk, s).a.data;
+        let b = |s: usize| slot_or_first(chunk, s).b.data;
         let (a0, a1, a2, a3) = (a(0), a(1), a(2), a(3));
         let (b0, b1, b2, b3) = (b(0), b(1), b(2), b(3));
         let mut outputs = chunk.iter_mut().map(|slot| &mut *slot.c);

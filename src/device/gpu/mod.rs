@@ -333,6 +333,12 @@ pub struct LaunchConfig {
 /// by stage, up to four to a launch.
 pub const GROUP_SLOTS: usize = 4;
 
+/// Item `s` of a group's slots, or the first one past the end: what a launch passes for the
+/// [`GROUP_SLOTS`] parameters of a kind that it does not use (no thread reads them).
+pub(crate) fn slot_or_first<T>(items: &[T], s: usize) -> &T {
+    items.get(s).unwrap_or(&items[0])
+}
+
 /// The most blocks a grid-stride launch uses: enough to fill the largest GPU several times over
 /// (an H200 has 132 SMs), few enough that each thread handles several elements of a big tensor.
 pub const MAX_GRID_STRIDE_BLOCKS: u32 = 1024;
