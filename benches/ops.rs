@@ -11,8 +11,8 @@ use darts::device::gpu::matmul::{self, DeviceMat};
 use darts::device::gpu::softmax::{Normalize, Strategy, lanes_forward};
 use darts::device::gpu::{GemmPrecision, elementwise, mixed};
 use darts::ops::batchnorm::{Activation, batch_norm_train};
-use darts::ops::conv::{Conv2dParams, conv2d};
-use darts::ops::elementwise::weighted_sum_at;
+use darts::ops::conv::{Conv2dArgs, Conv2dParams, conv2d, conv2d_many};
+use darts::ops::elementwise::{add_all, weighted_sum_at};
 use darts::ops::mixed::{MixedTerm, normalized_weighted_sum_at};
 use darts::ops::pool::{avg_pool2d, max_pool2d};
 use darts::ops::softmax::softmax;
@@ -86,6 +86,23 @@ fn cases() -> Vec<Case> {
                 weighted_sum_at(t, &ts, v[7], 0)
             }),
         });
+        // A DARTS search edge's first convolution stage: the first depthwise convolutions of its
+        // four separable and dilated candidates on one input, then their four 1×1
+        // convolutions, as two ops (two launches each way on a GPU) and one by one.
+        let mut stage = vec![x.clone()];
+        stage.extend(
+            EDGE_WINDOWS
+                .iter()
+                .map(|&(k, _)| randn(&[c, 1, k, k], 40 + k as u64)),
+        );
+        stage.extend((0..4).map(|s| randn(&[c, c, 1, 1], 50 + s)));
+        for (label, as_one_op) in [("one_op", true), ("one_by_one", false)] {
+            cases.push(Case {
+                name: format!("edge_convs_{label}/{c}x{hw}x{hw}"),
+                inputs: stage.clone(),
+                op: Box::new(move |t, v| edge_first_stage(t, v, c, as_one_op)),
+            });
+        }
         cases.push(Case {
             name: format!("maxpool3x3_s1/{c}x{hw}x{hw}"),
             inputs: vec![x.clone()],
@@ -108,6 +125,38 @@ fn cases() -> Vec<Case> {
         op: Box::new(|t, v| softmax(t, v[0], 1)),
     });
     cases
+}
+
+/// The kernel size and dilation of the first depthwise convolution of a DARTS edge's
+/// sep_conv_3x3, sep_conv_5x5, dil_conv_3x3 and dil_conv_5x5.
+const EDGE_WINDOWS: [(usize, usize); 4] = [(3, 1), (5, 1), (3, 2), (5, 2)];
+
+/// An edge's first convolution stage on `v = [x, four depthwise weights, four 1×1 weights]` (`c`
+/// channels), its four outputs added up: through `conv2d_many` or one `conv2d` at a time.
+fn edge_first_stage(t: &mut Tape, v: &[Var], c: usize, as_one_op: bool) -> Result<Var> {
+    let depthwise: Vec<Conv2dArgs> = (EDGE_WINDOWS.iter().enumerate())
+        .map(|(s, &(k, d))| Conv2dArgs {
+            x: v[0],
+            weight: v[1 + s],
+            params: Conv2dParams::new(1, d * (k - 1) / 2).dilation(d).groups(c),
+        })
+        .collect();
+    let convs = |t: &mut Tape, args: &[Conv2dArgs]| match as_one_op {
+        true => conv2d_many(t, args),
+        false => (args.iter())
+            .map(|a| conv2d(t, a.x, a.weight, None, a.params))
+            .collect(),
+    };
+    let hs = convs(t, &depthwise)?;
+    let pointwise: Vec<Conv2dArgs> = (hs.iter().enumerate())
+        .map(|(s, &h)| Conv2dArgs {
+            x: h,
+            weight: v[5 + s],
+            params: Conv2dParams::default(),
+        })
+        .collect();
+    let ys = convs(t, &pointwise)?;
+    add_all(t, &ys)
 }
 
 fn run(case: &Case, inputs: &[Tensor], backward: bool, device: Device) {

@@ -8,7 +8,7 @@ mod common;
 
 use common::{assert_close, randn, randn_away_from_zero, uniform};
 use darts::ops::batchnorm::{Activation, RunningStats, batch_norm_eval, batch_norm_train};
-use darts::ops::conv::{Conv2dParams, conv2d};
+use darts::ops::conv::{Conv2dArgs, Conv2dParams, conv2d, conv2d_many};
 use darts::ops::dropout::{drop_path, dropout, variational_dropout};
 use darts::ops::elementwise::{
     add, add_all, mul, relu, scale, sigmoid, sub, tanh, weighted_sum, weighted_sum_at,
@@ -139,6 +139,37 @@ fn convolutions() {
         });
         check(&format!("{what} + bias"), vec![x.clone(), w, b], |t, v| {
             conv2d(t, v[0], v[1], Some(v[2]), params)
+        });
+    }
+}
+
+/// Five convolutions of one shape as one op (two launches per kernel on a GPU), concatenated:
+/// a DARTS edge's first-stage depthwise windows plus one more, all on one input, and five 1×1
+/// convolutions on two inputs.
+#[test]
+fn convolutions_of_one_shape() {
+    let c = 6;
+    let depthwise = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2), (3, 1, 1)]
+        .map(|(k, pad, dil)| (k, Conv2dParams::new(2, pad).dilation(dil).groups(c)));
+    let pointwise = [(1, Conv2dParams::default()); 5];
+    for (what, convs, inputs) in [
+        ("depthwise convolutions", depthwise, [0; 5]),
+        ("1x1 convolutions", pointwise, [0, 1, 0, 1, 1]),
+    ] {
+        let mut tensors = vec![randn(&[2, c, 9, 7], 8), randn(&[2, c, 9, 7], 9)];
+        for (s, (k, params)) in convs.iter().enumerate() {
+            tensors.push(randn(&[c, c / params.groups, *k, *k], 10 + s as u64));
+        }
+        check(what, tensors, |t, v| {
+            let args: Vec<Conv2dArgs> = (convs.iter().zip(inputs).enumerate())
+                .map(|(s, (&(_, params), input))| Conv2dArgs {
+                    x: v[input],
+                    weight: v[2 + s],
+                    params,
+                })
+                .collect();
+            let ys = conv2d_many(t, &args)?;
+            concat(t, &ys, 1)
         });
     }
 }
