@@ -14,7 +14,7 @@ use darts::ops::batchnorm::{Activation, batch_norm_train};
 use darts::ops::conv::{Conv2dArgs, Conv2dParams, conv2d, conv2d_many};
 use darts::ops::elementwise::{add_all, weighted_sum_at};
 use darts::ops::mixed::{MixedTerm, normalized_weighted_sum_at};
-use darts::ops::pool::{avg_pool2d, max_pool2d};
+use darts::ops::pool::{avg_pool2d, max_and_avg_pool2d, max_pool2d};
 use darts::ops::softmax::softmax;
 use darts::{Device, Result, Rng, Tape, Tensor, Var};
 
@@ -112,6 +112,15 @@ fn cases() -> Vec<Case> {
             name: format!("avgpool3x3_s1/{c}x{hw}x{hw}"),
             inputs: vec![x.clone()],
             op: Box::new(|t, v| avg_pool2d(t, v[0], 3, 1, 1)),
+        });
+        // A search edge's two pooling candidates as one op (one launch each way on a GPU).
+        cases.push(Case {
+            name: format!("maxavgpool3x3_s1/{c}x{hw}x{hw}"),
+            inputs: vec![x.clone()],
+            op: Box::new(|t, v| {
+                let pools = max_and_avg_pool2d(t, v[0], 3, 1, 1)?;
+                add_all(t, &pools)
+            }),
         });
     }
     cases.push(Case {

@@ -71,66 +71,34 @@ __device__ __forceinline__ int last_window(int padded, int stride, int outs) {
     return min(padded / stride, outs - 1);
 }
 
-// ---- Max pooling ------------------------------------------------------------------------------
+// ---- Max and average pooling -------------------------------------------------------------------
+// A DARTS search edge max-pools and average-pools the same input through the same 3x3 window, so
+// each kernel below does either or both: the forward of one output reads its window once for
+// both, and the backward of one input element gathers both gradients. A result not wanted has a
+// null pointer (uniform over the launch, so the branch is free); each result has the bits of the
+// pool computed alone.
 
-// y[plane, oy, ox] = max of the window; argmax[plane, oy, ox] = its offset iy * w + ix in the plane.
-extern "C" __global__ void pool_max_fwd_f32(const float* __restrict__ x, float* __restrict__ y, unsigned* __restrict__ argmax, int planes, int h, int w, int out_h, int out_w, int ksize, int stride, int padding) {
-    const size_t outs = size_t(out_h) * out_w;
-    const size_t n = size_t(planes) * outs;
-    for (size_t i = global_thread_index(); i < n; i += global_thread_count()) {
-        const unsigned u = unsigned(i);  // i < n, which fits in an int
-        const int ox = int(u % unsigned(out_w));
-        const int oy = int(u / unsigned(out_w) % unsigned(out_h));
-        const float* plane = x + size_t(u / unsigned(outs)) * h * w;
-        const int y0 = oy * stride - padding;
-        const int x0 = ox * stride - padding;
-        float best = 0.0f;
-        int best_tap = 0;
-        for (int ky = 0; ky < ksize; ++ky) {
-            const int iy = y0 + ky;
-            for (int kx = 0; kx < ksize; ++kx) {
-                const int ix = x0 + kx;
-                const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
-                const float v = inside ? plane[iy * w + ix] : -INFINITY;
-                const int tap = ky * ksize + kx;
-                if (tap == 0 || v > best || v != v) {  // v != v: v is NaN
-                    best = v;
-                    best_tap = tap;
-                }
+// Max of the window at (y0, x0) (its top-left corner, which may lie in the padding) of a plane:
+// the value, and the winner's offset iy * w + ix in the plane.
+__device__ __forceinline__ void max_window(const float* plane, int y0, int x0, int h, int w, int ksize, float& best, unsigned& argmax) {
+    best = 0.0f;
+    int best_tap = 0;
+    for (int ky = 0; ky < ksize; ++ky) {
+        const int iy = y0 + ky;
+        for (int kx = 0; kx < ksize; ++kx) {
+            const int ix = x0 + kx;
+            const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+            const float v = inside ? plane[iy * w + ix] : -INFINITY;
+            const int tap = ky * ksize + kx;
+            if (tap == 0 || v > best || v != v) {  // v != v: v is NaN
+                best = v;
+                best_tap = tap;
             }
         }
-        y[i] = best;
-        argmax[i] = best == -INFINITY
-                        ? unsigned(window_lo(y0) * w + window_lo(x0))
-                        : unsigned((y0 + best_tap / ksize) * w + x0 + best_tap % ksize);
     }
+    argmax = best == -INFINITY ? unsigned(window_lo(y0) * w + window_lo(x0))
+                               : unsigned((y0 + best_tap / ksize) * w + x0 + best_tap % ksize);
 }
-
-// dx[plane, iy, ix] = sum of dy[o] over the outputs o whose argmax is this element, in output order.
-extern "C" __global__ void pool_max_bwd_f32(const float* __restrict__ dy, const unsigned* __restrict__ argmax, float* __restrict__ dx, int planes, int h, int w, int out_h, int out_w, int ksize, int stride, int padding) {
-    const size_t plane_len = size_t(h) * w;
-    const size_t n = size_t(planes) * plane_len;
-    for (size_t i = global_thread_index(); i < n; i += global_thread_count()) {
-        const unsigned u = unsigned(i);  // i < n, which fits in an int
-        const unsigned offset = u % unsigned(plane_len);
-        const int iy = int(offset / unsigned(w));
-        const int ix = int(offset % unsigned(w));
-        const size_t base = size_t(u / unsigned(plane_len)) * out_h * out_w;
-        const int oy_hi = last_window(iy + padding, stride, out_h);
-        const int ox_lo = first_window(ix + padding, ksize, stride);
-        const int ox_hi = last_window(ix + padding, stride, out_w);
-        float acc = 0.0f;
-        for (int oy = first_window(iy + padding, ksize, stride); oy <= oy_hi; ++oy) {
-            for (int ox = ox_lo; ox <= ox_hi; ++ox) {
-                const size_t o = base + size_t(oy) * out_w + ox;
-                if (argmax[o] == offset) acc += dy[o];
-            }
-        }
-        dx[i] = acc;
-    }
-}
-
-// ---- Average pooling --------------------------------------------------------------------------
 
 // The number of in-image elements of the window of output (oy, ox), as a float.
 __device__ __forceinline__ float window_count(int oy, int ox, int h, int w, int ksize, int stride, int padding) {
@@ -141,8 +109,27 @@ __device__ __forceinline__ float window_count(int oy, int ox, int h, int w, int 
     return float(rows * cols);
 }
 
-// y[plane, oy, ox] = (sum of the window's in-image elements) / their count.
-extern "C" __global__ void pool_avg_fwd_f32(const float* __restrict__ x, float* __restrict__ y, int planes, int h, int w, int out_h, int out_w, int ksize, int stride, int padding) {
+// Sum of the in-image elements of the window at (y0, x0) of a plane, in row-major window order.
+// Padding adds +0, as in the CPU's padded plane: the sum starts at the first tap's value and adds
+// the others in order, so even the sign of a zero sum agrees.
+__device__ __forceinline__ float window_sum(const float* plane, int y0, int x0, int h, int w, int ksize) {
+    float sum = 0.0f;
+    for (int ky = 0; ky < ksize; ++ky) {
+        const int iy = y0 + ky;
+        for (int kx = 0; kx < ksize; ++kx) {
+            const int ix = x0 + kx;
+            const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+            const float v = inside ? plane[iy * w + ix] : 0.0f;
+            sum = (ky == 0 && kx == 0) ? v : sum + v;
+        }
+    }
+    return sum;
+}
+
+// max[plane, oy, ox] = max of the window and argmax[plane, oy, ox] = its offset iy * w + ix in the
+// plane (both or neither given); avg[plane, oy, ox] = (sum of the window's in-image elements) /
+// their count.
+extern "C" __global__ void pool_max_avg_fwd_f32(const float* __restrict__ x, float* __restrict__ max_or_null, unsigned* __restrict__ argmax_or_null, float* __restrict__ avg_or_null, int planes, int h, int w, int out_h, int out_w, int ksize, int stride, int padding) {
     const size_t outs = size_t(out_h) * out_w;
     const size_t n = size_t(planes) * outs;
     for (size_t i = global_thread_index(); i < n; i += global_thread_count()) {
@@ -152,44 +139,56 @@ extern "C" __global__ void pool_avg_fwd_f32(const float* __restrict__ x, float* 
         const float* plane = x + size_t(u / unsigned(outs)) * h * w;
         const int y0 = oy * stride - padding;
         const int x0 = ox * stride - padding;
-        // Padding adds +0, as in the CPU's padded plane: the sum starts at the first tap's value
-        // and adds the others in order, so even the sign of a zero sum agrees.
-        float sum = 0.0f;
-        for (int ky = 0; ky < ksize; ++ky) {
-            const int iy = y0 + ky;
-            for (int kx = 0; kx < ksize; ++kx) {
-                const int ix = x0 + kx;
-                const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
-                const float v = inside ? plane[iy * w + ix] : 0.0f;
-                sum = (ky == 0 && kx == 0) ? v : sum + v;
-            }
+        if (max_or_null && argmax_or_null) {
+            float best;
+            unsigned argmax;
+            max_window(plane, y0, x0, h, w, ksize, best, argmax);
+            max_or_null[i] = best;
+            argmax_or_null[i] = argmax;
         }
-        y[i] = sum / window_count(oy, ox, h, w, ksize, stride, padding);
+        if (avg_or_null) avg_or_null[i] = window_sum(plane, y0, x0, h, w, ksize) / window_count(oy, ox, h, w, ksize, stride, padding);
     }
 }
 
-// dx[plane, iy, ix] = sum of dy[o] / count[o] over the outputs o whose windows hold this element,
-// in the CPU's tap order (oy, ox downwards).
-extern "C" __global__ void pool_avg_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx, int planes, int h, int w, int out_h, int out_w, int ksize, int stride, int padding) {
+// dx_max[plane, iy, ix] = sum of dmax[o] over the outputs o whose argmax is this element, in output
+// order; dx_avg[plane, iy, ix] = sum of davg[o] / count[o] over the outputs o whose windows hold
+// this element, in the CPU's tap order (oy, ox downwards). Each where its gradient (and, for the
+// max, the argmax) is given.
+extern "C" __global__ void pool_max_avg_bwd_f32(const float* __restrict__ dmax_or_null, const unsigned* __restrict__ argmax_or_null, const float* __restrict__ davg_or_null, float* __restrict__ dx_max_or_null, float* __restrict__ dx_avg_or_null, int planes, int h, int w, int out_h, int out_w, int ksize, int stride, int padding) {
     const size_t plane_len = size_t(h) * w;
     const size_t n = size_t(planes) * plane_len;
+    const bool max_wanted = dmax_or_null && argmax_or_null && dx_max_or_null;
+    const bool avg_wanted = davg_or_null && dx_avg_or_null;
     for (size_t i = global_thread_index(); i < n; i += global_thread_count()) {
         const unsigned u = unsigned(i);  // i < n, which fits in an int
         const unsigned offset = u % unsigned(plane_len);
         const int iy = int(offset / unsigned(w));
         const int ix = int(offset % unsigned(w));
-        const float* grads = dy + size_t(u / unsigned(plane_len)) * out_h * out_w;
+        const size_t base = size_t(u / unsigned(plane_len)) * out_h * out_w;
         const int oy_lo = first_window(iy + padding, ksize, stride);
+        const int oy_hi = last_window(iy + padding, stride, out_h);
         const int ox_lo = first_window(ix + padding, ksize, stride);
         const int ox_hi = last_window(ix + padding, stride, out_w);
-        float acc = 0.0f;
-        for (int oy = last_window(iy + padding, stride, out_h); oy >= oy_lo; --oy) {
-            for (int ox = ox_hi; ox >= ox_lo; --ox) {
-                const float share = grads[oy * out_w + ox] / window_count(oy, ox, h, w, ksize, stride, padding);
-                acc += share;
+        if (max_wanted) {
+            float acc = 0.0f;
+            for (int oy = oy_lo; oy <= oy_hi; ++oy) {
+                for (int ox = ox_lo; ox <= ox_hi; ++ox) {
+                    const size_t o = base + size_t(oy) * out_w + ox;
+                    if (argmax_or_null[o] == offset) acc += dmax_or_null[o];
+                }
             }
+            dx_max_or_null[i] = acc;
         }
-        dx[i] = acc;
+        if (avg_wanted) {
+            float acc = 0.0f;
+            for (int oy = oy_hi; oy >= oy_lo; --oy) {
+                for (int ox = ox_hi; ox >= ox_lo; --ox) {
+                    const float share = davg_or_null[base + size_t(oy) * out_w + ox] / window_count(oy, ox, h, w, ksize, stride, padding);
+                    acc += share;
+                }
+            }
+            dx_avg_or_null[i] = acc;
+        }
     }
 }
 

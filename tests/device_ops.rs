@@ -15,7 +15,7 @@ use darts::ops::elementwise::{
 };
 use darts::ops::matmul::{embedding, linear, matmul};
 use darts::ops::mixed::{MixedTerm, normalized_weighted_sum_at};
-use darts::ops::pool::{avg_pool2d, global_avg_pool, max_pool2d};
+use darts::ops::pool::{avg_pool2d, global_avg_pool, max_and_avg_pool2d, max_pool2d};
 use darts::ops::reduce::{mean, sum};
 use darts::ops::rnn::{NodeActivation, recurrent_node};
 use darts::ops::shape::{concat, reshape, slice, zero};
@@ -189,6 +189,16 @@ fn pooling() {
     check("avg_pool stride 2", vec![x.clone()], |t, v| {
         avg_pool2d(t, v[0], 3, 2, 1)
     });
+    for stride in [1, 2] {
+        check(
+            &format!("max and avg pool, stride {stride}"),
+            vec![x.clone()],
+            |t, v| {
+                let pools = max_and_avg_pool2d(t, v[0], 3, stride, 1)?;
+                concat(t, &pools, 1)
+            },
+        );
+    }
     check("global_avg_pool", vec![x], |t, v| global_avg_pool(t, v[0]));
 }
 

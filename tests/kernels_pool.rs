@@ -15,10 +15,8 @@ use darts::device::gpu::{DeviceBuffer, EmuExecutor, Executor, GpuError, KernelId
 /// The kernels this file launches. Each backend's test checks that it launched exactly these,
 /// and `tests/kernel_coverage.rs` checks that every kernel of the build is in such a list.
 const COVERED: &[KernelId] = &[
-    KernelId::PoolMaxFwdF32,
-    KernelId::PoolMaxBwdF32,
-    KernelId::PoolAvgFwdF32,
-    KernelId::PoolAvgBwdF32,
+    KernelId::PoolMaxAvgFwdF32,
+    KernelId::PoolMaxAvgBwdF32,
     KernelId::PoolGlobalAvgFwdF32,
     KernelId::PoolGlobalAvgBwdF32,
 ];
@@ -118,6 +116,54 @@ fn check_against_cpu(e: &dyn Executor) {
         let want = reference::avg_pool2d_backward(&dy, &g);
         let got = ops::avg_pool2d_backward(e, &ddy, &g).unwrap();
         check(e, &what("avg_pool2d_backward"), &got, &want, EXACT);
+
+        // Both pools of one input in one launch each way (a DARTS edge's), against the CPU.
+        let x = max_pool_input(&g, seed + 5);
+        let (want_max, want_argmax) = reference::max_pool2d(&x, &g);
+        let want_avg = reference::avg_pool2d(&x, &g);
+        let both = [true, true];
+        let pools = ops::max_avg_pool2d(e, &e.to_device(&x).unwrap(), &g, both).unwrap();
+        let ((y_max, argmax), y_avg) = (pools.max.unwrap(), pools.avg.unwrap());
+        check(e, &what("max_avg_pool2d max"), &y_max, &want_max, EXACT);
+        check(e, &what("max_avg_pool2d avg"), &y_avg, &want_avg, EXACT);
+        assert_eq!(
+            e.to_host(&argmax).unwrap(),
+            want_argmax,
+            "{}",
+            what("argmax")
+        );
+        let d_avg = e.to_device(&random(out_len, seed + 6)).unwrap();
+        let grads = ops::MaxAvgGrads {
+            max: Some((&ddy, &argmax)),
+            avg: Some(&d_avg),
+        };
+        let [dx_max, dx_avg] = ops::max_avg_pool2d_backward(e, grads, &g).unwrap();
+        let want = reference::max_pool2d_backward(&dy, &want_argmax, &g);
+        check(
+            e,
+            &what("max_avg backward max"),
+            &dx_max.unwrap(),
+            &want,
+            EXACT,
+        );
+        let want = reference::avg_pool2d_backward(&e.to_host(&d_avg).unwrap(), &g);
+        check(
+            e,
+            &what("max_avg backward avg"),
+            &dx_avg.unwrap(),
+            &want,
+            EXACT,
+        );
+        let none = ops::MaxAvgGrads {
+            max: None,
+            avg: None,
+        };
+        let nothing = ops::max_avg_pool2d_backward(e, none, &g).unwrap();
+        assert!(
+            nothing.iter().all(Option::is_none),
+            "{}",
+            what("no gradient")
+        );
 
         let plane = h * w;
         // A mean far from zero, so that the order of the additions matters.

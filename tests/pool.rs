@@ -1,9 +1,11 @@
 mod common;
 
 use common::{assert_close, randn};
+use darts::device::gpu::KernelId;
 use darts::gradcheck::{GradCheck, check_gradients};
 use darts::ops::pool;
-use darts::{Error, Rng, Tape, Tensor};
+use darts::ops::shape::concat;
+use darts::{Device, Error, Rng, Tape, Tensor};
 
 /// Naive pooling straight from the definition: for every output, walk the `k × k` window in
 /// padded coordinates, skip the padding, and reduce. Returns (max, argmax offset in the plane,
@@ -321,4 +323,100 @@ fn bad_arguments_are_errors() {
             ..
         })
     ));
+}
+
+/// The bits of a tensor's values.
+fn bits(t: &Tensor) -> Vec<u32> {
+    let host = t.to_device(Device::Cpu).unwrap();
+    host.data().iter().map(|v| v.to_bits()).collect()
+}
+
+/// Both pools of one input as one op (a DARTS edge's two pooling candidates) give the values and
+/// the input gradient of the two ops, bit for bit, on the CPU and on the emulator, where each pass
+/// is one launch; with one output unused too. The input has ties (values on a coarse grid).
+#[test]
+fn max_and_avg_pool_is_both_pools_bit_for_bit() {
+    for (i, &(shape, k, s, p)) in CASES.iter().enumerate() {
+        let values: Vec<f32> = randn(shape, 500 + i as u64)
+            .data()
+            .iter()
+            .map(|v| (2.0 * v).round() / 2.0)
+            .collect();
+        let x = Tensor::from_vec(values, shape).unwrap();
+        for device in [Device::Cpu, Device::Emu] {
+            for used in [[true, true], [false, true]] {
+                let what = format!("{shape:?} k{k} s{s} p{p} on {device}, used {used:?}");
+                let run = |as_one_op: bool| {
+                    let mut tape = Tape::new();
+                    let xv = tape.leaf(x.to_device(device).unwrap());
+                    let pools = match as_one_op {
+                        true => pool::max_and_avg_pool2d(&mut tape, xv, k, s, p).unwrap(),
+                        false => [
+                            pool::max_pool2d(&mut tape, xv, k, s, p).unwrap(),
+                            pool::avg_pool2d(&mut tape, xv, k, s, p).unwrap(),
+                        ],
+                    };
+                    let kept: Vec<_> = (0..2).filter(|&j| used[j]).map(|j| pools[j]).collect();
+                    let y = concat(&mut tape, &kept, 1).unwrap();
+                    let seed = randn(tape.shape(y), 7).to_device(device).unwrap();
+                    let values: Vec<Vec<u32>> =
+                        pools.iter().map(|&v| bits(tape.value(v))).collect();
+                    let grad = tape.backward_from(y, seed, &[xv]).unwrap().remove(0);
+                    (values, bits(&grad))
+                };
+                let launches = || launches(device, KernelId::PoolMaxAvgFwdF32);
+                let before = launches();
+                let (values, grad) = run(true);
+                let one_op = launches() - before;
+                assert_eq!(run(false), (values, grad), "{what}");
+                if device != Device::Cpu {
+                    assert_eq!(one_op, 1, "{what}: forward launches");
+                }
+            }
+        }
+    }
+}
+
+/// Launches of `kernel` on `device` so far (0 on the CPU).
+fn launches(device: Device, kernel: KernelId) -> u64 {
+    match device.executor().unwrap() {
+        Some(exec) => exec.counters().launches_per_kernel()[kernel as usize],
+        None => 0,
+    }
+}
+
+#[test]
+fn max_and_avg_pool_gradients() {
+    for (i, &(shape, k, s, p)) in CASES.iter().take(9).enumerate() {
+        let x = distinct(shape, 600 + i as u64);
+        check_gradients(&[x], pool_check(), |t, v| {
+            let pools = pool::max_and_avg_pool2d(t, v[0], k, s, p)?;
+            concat(t, &pools, 1)
+        })
+        .unwrap()
+        .assert_ok(&format!("max_and_avg_pool2d {shape:?} k{k} s{s} p{p}"));
+    }
+}
+
+#[test]
+fn max_and_avg_pool_refuses_what_the_pools_refuse() {
+    let mut tape = Tape::new();
+    let x = tape.constant(randn(&[2, 3, 5, 5], 1));
+    let flat = tape.constant(randn(&[2, 3, 5], 2));
+    let op = "max_and_avg_pool2d";
+    for (k, s, p) in [(0, 1, 0), (3, 0, 1), (3, 1, 2), (7, 1, 0)] {
+        assert!(
+            matches!(pool::max_and_avg_pool2d(&mut tape, x, k, s, p), Err(Error::InvalidArgument { op: o, .. }) if o == op),
+            "k{k} s{s} p{p} was accepted"
+        );
+    }
+    assert!(matches!(
+        pool::max_and_avg_pool2d(&mut tape, flat, 3, 1, 1),
+        Err(Error::ShapeMismatch { op: o, .. }) if o == op
+    ));
+    let [max, avg] = pool::max_and_avg_pool2d(&mut tape, x, 3, 2, 1).unwrap();
+    assert_eq!(
+        (tape.shape(max), tape.shape(avg)),
+        (&[2, 3, 3, 3][..], &[2, 3, 3, 3][..])
+    );
 }

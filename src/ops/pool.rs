@@ -5,7 +5,7 @@
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::pool::{self as k, PoolGeometry};
 use crate::device::gpu::{DeviceBuffer, pool as gpu};
-use crate::ops::{nchw, unary_to};
+use crate::ops::{buffer, nchw, unary_to};
 use crate::tensor::{Data, Tensor};
 use crate::{Error, Result};
 
@@ -56,6 +56,17 @@ fn geometry(
     })
 }
 
+/// Fails unless every offset within a plane fits max pooling's `u32` argmax.
+fn check_argmax_fits(op: &'static str, g: &PoolGeometry) -> Result<()> {
+    if g.h * g.w > u32::MAX as usize {
+        return Err(Error::invalid(
+            op,
+            format!("a {}x{} plane is too large to index", g.h, g.w),
+        ));
+    }
+    Ok(())
+}
+
 /// Max pooling with a `kernel × kernel` window, `stride` and `padding` (padding counts as −inf);
 /// the output is `[N, C, ⌊(H + 2p − k)/s⌋ + 1, ⌊(W + 2p − k)/s⌋ + 1]`. Backward routes each
 /// output gradient to its window's maximum, saved in forward; the first maximum (row-major) wins
@@ -69,12 +80,7 @@ pub fn max_pool2d(
 ) -> Result<Var> {
     const OP: &str = "max_pool2d";
     let g = geometry(tape, OP, x, kernel, stride, padding)?;
-    if g.h * g.w > u32::MAX as usize {
-        return Err(Error::invalid(
-            OP,
-            format!("a {}x{} plane is too large to index", g.h, g.w),
-        ));
-    }
+    check_argmax_fits(OP, &g)?;
     let in_shape = tape.shape(x).to_vec();
     let out_shape = [in_shape[0], in_shape[1], g.out_h(), g.out_w()];
     let xv = tape.value(x);
@@ -142,6 +148,71 @@ pub fn avg_pool2d(
         )?;
         Ok(vec![Some(dx)])
     }))
+}
+
+/// [`max_pool2d`] and [`avg_pool2d`] of the same input through the same window, as one op with two
+/// outputs, `[max, avg]`: a DARTS search edge's two pooling candidates. On a GPU each pass is one
+/// launch, which reads each window (or gathers each input element's gradients) once for both; on
+/// the CPU the two pools run one after the other. The values and gradients are those of the two
+/// ops, with the same bits, and the gradients reach `x` average first, as from the two ops.
+pub fn max_and_avg_pool2d(
+    tape: &mut Tape,
+    x: Var,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<[Var; 2]> {
+    const OP: &str = "max_and_avg_pool2d";
+    let g = geometry(tape, OP, x, kernel, stride, padding)?;
+    check_argmax_fits(OP, &g)?;
+    let in_shape = tape.shape(x).to_vec();
+    let out_shape = [in_shape[0], in_shape[1], g.out_h(), g.out_w()];
+    let xv = tape.value(x);
+    let device = xv.device();
+    let ([y_max, y_avg], argmax) = match xv.storage() {
+        Data::Cpu(v) => {
+            let (y_max, argmax) = k::max_pool2d(v, &g);
+            let y_avg = k::avg_pool2d(v, &g);
+            let outputs = [y_max, y_avg].map(|y| Tensor::from_vec(y, &out_shape));
+            (outputs, Argmax::Cpu(argmax))
+        }
+        Data::Gpu(exec, b) => {
+            let pools = gpu::max_avg_pool2d(exec, b, &g, [true, true])?;
+            let (Some((y_max, argmax)), Some(y_avg)) = (pools.max, pools.avg) else {
+                return Err(Error::invalid(OP, "the kernel left an output out"));
+            };
+            let outputs = [y_max, y_avg].map(|y| Tensor::from_buffer(y, &out_shape, device));
+            (outputs, Argmax::Gpu(argmax))
+        }
+    };
+    let outputs = vec![y_max?, y_avg?];
+    let vars = tape.record_many(OP, outputs, &[x, x], move |dys, _| {
+        let [dx_max, dx_avg] = match (&argmax, &dys[0], &dys[1]) {
+            (Argmax::Cpu(a), d_max, d_avg) => {
+                let dx_max = d_max
+                    .as_ref()
+                    .map(|d| k::max_pool2d_backward(d.data(), a, &g));
+                let dx_avg = d_avg.as_ref().map(|d| k::avg_pool2d_backward(d.data(), &g));
+                [dx_max, dx_avg].map(|dx| dx.map(|dx| Tensor::from_vec(dx, &in_shape)).transpose())
+            }
+            (Argmax::Gpu(a), d_max, d_avg) => {
+                let exec = device.executor()?.ok_or_else(|| {
+                    Error::invalid(OP, "the gradient is not on the input's device")
+                })?;
+                let grads = gpu::MaxAvgGrads {
+                    max: d_max.as_ref().map(|d| (buffer(d), a)),
+                    avg: d_avg.as_ref().map(buffer),
+                };
+                let dxs = gpu::max_avg_pool2d_backward(exec, grads, &g)?;
+                dxs.map(|dx| {
+                    dx.map(|dx| Tensor::from_buffer(dx, &in_shape, device))
+                        .transpose()
+                })
+            }
+        };
+        Ok(vec![dx_max?, dx_avg?])
+    });
+    Ok([vars[0], vars[1]])
 }
 
 /// Global average pooling, `[N, C, H, W] → [N, C]`: the mean of each plane. Backward gives every

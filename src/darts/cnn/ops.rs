@@ -9,8 +9,8 @@
 //! one, on every edge that reads the same state; the ReLU in the middle of a separable
 //! convolution is applied by the batch norm before it, in the same op; a search edge hands its
 //! candidates' final batch norms, with its weighted sum, to one op (`ops::mixed`); and its
-//! separable and dilated convolutions run stage by stage, their depthwise convolutions several
-//! to an op ([`forward_to_norms`]).
+//! candidates share ops where they can ([`forward_to_norms`]): its two pools are one op, and its
+//! separable and dilated convolutions run stage by stage, several convolutions to an op.
 
 use crate::autograd::Var;
 use crate::darts::genotype::PRIMITIVES;
@@ -18,7 +18,7 @@ use crate::nn::{BatchNorm2d, Conv2d, Ctx, ParamStore, join_name};
 use crate::ops::batchnorm::Activation;
 use crate::ops::conv::{Conv2dParams, conv2d_many};
 use crate::ops::elementwise::relu;
-use crate::ops::pool::{avg_pool2d, max_pool2d};
+use crate::ops::pool::{avg_pool2d, max_and_avg_pool2d, max_pool2d};
 use crate::ops::shape::{concat, slice, zero};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -378,25 +378,53 @@ impl Candidate {
     }
 }
 
+/// The max- and average-pooled `x` of a max-pool and an average-pool candidate of one stride among
+/// `candidates`, as one op (`ops::pool::max_and_avg_pool2d`: one launch each way on a GPU
+/// instead of two); `None` without such a pair.
+fn paired_pools(ctx: &mut Ctx, candidates: &[Candidate], x: Var) -> Result<Option<[Var; 2]>> {
+    let stride_of = |pool: fn(&Candidate) -> Option<usize>| candidates.iter().find_map(pool);
+    let max = stride_of(|op| match op {
+        Candidate::MaxPool { stride, .. } => Some(*stride),
+        _ => None,
+    });
+    let avg = stride_of(|op| match op {
+        Candidate::AvgPool { stride, .. } => Some(*stride),
+        _ => None,
+    });
+    match (max, avg) {
+        (Some(stride), Some(other)) if stride == other => {
+            Ok(Some(max_and_avg_pool2d(&mut ctx.tape, x, 3, stride, 1)?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// `candidates` applied to `input`, each up to its final batch norm: that norm's input, and the
 /// norm (`None` for `none` and the identity, which end in none). [`Candidate::forward`] applies
 /// it; a search edge hands all its candidates' to one op (`nn::batchnorm::normalized_mixed_sum`).
 ///
-/// The separable and dilated convolutions run stage by stage, with the values the ops one by one
-/// would give them, bit for bit: the first depthwise convolutions of all of them (which all read
-/// `ReLU(x)`) as one op, `ops::conv::conv2d_many` (one launch on a GPU instead of four), their
-/// 1×1 convolutions as another, each separable convolution's batch norm (with the next block's
-/// ReLU), then the second depthwise and 1×1 convolutions of the separable ones likewise.
+/// The candidates that can share launches do, with the values the ops one by one would give
+/// them, bit for bit. A max-pool and an average-pool candidate of one stride run as one op. The
+/// separable and dilated convolutions run stage by stage: the first depthwise convolutions of all
+/// of them (which all read `ReLU(x)`) as one op, `ops::conv::conv2d_many` (one launch on a GPU
+/// instead of four), their 1×1 convolutions as another, each separable convolution's batch norm
+/// (with the next block's ReLU), then the second depthwise and 1×1 convolutions of the separable
+/// ones likewise.
 pub fn forward_to_norms<'c>(
     ctx: &mut Ctx,
     candidates: &'c [Candidate],
     input: &mut EdgeInput,
 ) -> Result<Vec<(Var, Option<&'c BatchNorm2d>)>> {
+    let pools = paired_pools(ctx, candidates, input.x())?;
     let mut terms = Vec::with_capacity(candidates.len());
     for op in candidates {
-        terms.push(match op.blocks() {
-            None => Some(op.forward_plain_to_norm(ctx, input)?),
-            Some(_) => None,
+        terms.push(match (op, pools) {
+            (Candidate::MaxPool { bn, .. }, Some([max, _])) => Some((max, Some(bn))),
+            (Candidate::AvgPool { bn, .. }, Some([_, avg])) => Some((avg, Some(bn))),
+            _ => match op.blocks() {
+                None => Some(op.forward_plain_to_norm(ctx, input)?),
+                Some(_) => None,
+            },
         });
     }
     let chains: Vec<(usize, &[DwPwBlock])> = (candidates.iter().enumerate())

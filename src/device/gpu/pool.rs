@@ -1,5 +1,6 @@
 //! The pooling family on a GPU executor (`kernels/pool.cu`): max pooling with its argmax, average
-//! pooling that does not count padding, and global average pooling, forward and backward. Each
+//! pooling that does not count padding (either or both of the same input in one launch, as a
+//! DARTS search edge pools), and global average pooling, forward and backward. Each
 //! function mirrors its CPU reference in `device::cpu::pool` (same arguments, same result), checks
 //! the geometry and the lengths, allocates its output and launches. The backward kernels gather
 //! (each input element sums the outputs that chose it) instead of scattering with atomics, so every
@@ -95,30 +96,65 @@ impl Dims {
     }
 }
 
-/// Max pooling: the output and, per output element, the offset `iy · w + ix` of its maximum
-/// within its input plane. As on the CPU, the first maximum in row-major window order wins ties,
-/// a NaN wins over numbers, and a window holding nothing above −inf reports its first in-image
-/// element.
-pub fn max_pool2d(
+/// The outputs of [`max_avg_pool2d`]: the max pool with its argmax, and the average pool, each
+/// where asked for.
+pub struct MaxAvgPools {
+    /// The max pool and, per output element, the offset `iy · w + ix` of its maximum within its
+    /// input plane.
+    pub max: Option<(DeviceBuffer<f32>, DeviceBuffer<u32>)>,
+    /// The average pool.
+    pub avg: Option<DeviceBuffer<f32>>,
+}
+
+/// Max pooling and average pooling (padding not counted) of the same input through the same
+/// window, those `[max, avg]` asks for, in one launch that reads each window once. As on the CPU,
+/// the first maximum in row-major window order wins ties, a NaN wins over numbers, a window
+/// holding nothing above −inf reports its first in-image element, and each average is the sum of
+/// its window's in-image elements (in row-major window order) divided by their number.
+pub fn max_avg_pool2d(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
     g: &PoolGeometry,
-) -> Result<(DeviceBuffer<f32>, DeviceBuffer<u32>), GpuError> {
-    let op = "max_pool2d";
+    which: [bool; 2],
+) -> Result<MaxAvgPools, GpuError> {
+    pools(exec, "max_avg_pool2d", x, g, which)
+}
+
+/// [`max_avg_pool2d`] on behalf of `op`, which its errors name.
+fn pools(
+    exec: &dyn Executor,
+    op: &'static str,
+    x: &DeviceBuffer<f32>,
+    g: &PoolGeometry,
+    [max, avg]: [bool; 2],
+) -> Result<MaxAvgPools, GpuError> {
     let d = Dims::new(op, g)?;
     check_len(op, "x", x, d.in_len)?;
-    let mut y = exec.alloc(d.out_len)?;
-    let mut argmax = exec.alloc(d.out_len)?;
+    let mut out = MaxAvgPools {
+        max: match max {
+            true => Some((exec.alloc(d.out_len)?, exec.alloc(d.out_len)?)),
+            false => None,
+        },
+        avg: avg.then(|| exec.alloc(d.out_len)).transpose()?,
+    };
+    if !(max || avg) {
+        return Ok(out);
+    }
+    let (y_max, argmax) = match out.max.as_mut() {
+        Some((y, argmax)) => (Some(y), Some(argmax)),
+        None => (None, None),
+    };
     let config = LaunchConfig::grid_stride(d.out_len, THREADS);
-    // SAFETY: the kernel reads x[0..planes·h·w) and writes y and argmax at [0..planes·out_h·out_w),
-    // the lengths checked above and allocated here.
+    // SAFETY: the kernel reads x[0..planes·h·w) and writes the outputs it is given at
+    // [0..planes·out_h·out_w), the lengths checked above and allocated here.
     unsafe {
-        kernels::pool_max_fwd_f32(
+        kernels::pool_max_avg_fwd_f32(
             exec,
             config,
             x,
-            &mut y,
-            &mut argmax,
+            y_max,
+            argmax,
+            out.avg.as_mut(),
             d.planes,
             d.h,
             d.w,
@@ -129,79 +165,129 @@ pub fn max_pool2d(
             d.padding,
         )
     }?;
-    Ok((y, argmax))
+    Ok(out)
 }
 
-/// Max-pooling backward: each input element gets the sum of the output gradients whose window
-/// chose it (`dx[argmax[o]] += dy[o]`, added in output order). `argmax` must come from
-/// [`max_pool2d`] with the same geometry: an offset outside its output's window is ignored.
+/// The output gradients of [`max_avg_pool2d_backward`]: the max pool's with the argmax its forward
+/// returned, and the average pool's, each where a gradient is wanted.
+pub struct MaxAvgGrads<'a> {
+    /// `dy` of the max pool, and its argmax.
+    pub max: Option<(&'a DeviceBuffer<f32>, &'a DeviceBuffer<u32>)>,
+    /// `dy` of the average pool.
+    pub avg: Option<&'a DeviceBuffer<f32>>,
+}
+
+/// The backwards of max and average pooling with the geometry `g`, those that `grads` holds, in
+/// one launch: `[dx_max, dx_avg]`. Max: each input element gets the sum of the output gradients
+/// whose window chose it (`dx[argmax[o]] += dy[o]`, added in output order; an offset outside its
+/// output's window is ignored). Average, the transpose of its forward: each input element gets
+/// `Σ dy[o] / count[o]` over the outputs `o` whose windows hold it, in the CPU's order.
+pub fn max_avg_pool2d_backward(
+    exec: &dyn Executor,
+    grads: MaxAvgGrads,
+    g: &PoolGeometry,
+) -> Result<[Option<DeviceBuffer<f32>>; 2], GpuError> {
+    pool_grads(exec, "max_avg_pool2d_backward", grads, g)
+}
+
+/// [`max_avg_pool2d_backward`] on behalf of `op`, which its errors name.
+fn pool_grads(
+    exec: &dyn Executor,
+    op: &'static str,
+    grads: MaxAvgGrads,
+    g: &PoolGeometry,
+) -> Result<[Option<DeviceBuffer<f32>>; 2], GpuError> {
+    let d = Dims::new(op, g)?;
+    if let Some((dy, argmax)) = grads.max {
+        check_len(op, "the max pool's dy", dy, d.out_len)?;
+        check_len(op, "argmax", argmax, d.out_len)?;
+    }
+    if let Some(dy) = grads.avg {
+        check_len(op, "the average pool's dy", dy, d.out_len)?;
+    }
+    let mut dx_max = grads.max.map(|_| exec.alloc(d.in_len)).transpose()?;
+    let mut dx_avg = grads.avg.map(|_| exec.alloc(d.in_len)).transpose()?;
+    if dx_max.is_none() && dx_avg.is_none() {
+        return Ok([None, None]);
+    }
+    let config = LaunchConfig::grid_stride(d.in_len, THREADS);
+    // SAFETY: the kernel reads the gradients and the argmax it is given at
+    // [0..planes·out_h·out_w) (the outputs of each input element's plane) and writes the
+    // matching dx at [0..planes·h·w); the lengths are checked above and allocated here.
+    unsafe {
+        kernels::pool_max_avg_bwd_f32(
+            exec,
+            config,
+            grads.max.map(|(dy, _)| dy),
+            grads.max.map(|(_, argmax)| argmax),
+            grads.avg,
+            dx_max.as_mut(),
+            dx_avg.as_mut(),
+            d.planes,
+            d.h,
+            d.w,
+            d.out_h,
+            d.out_w,
+            d.kernel,
+            d.stride,
+            d.padding,
+        )
+    }?;
+    Ok([dx_max, dx_avg])
+}
+
+/// Max pooling alone ([`max_avg_pool2d`]): the output and its argmax.
+pub fn max_pool2d(
+    exec: &dyn Executor,
+    x: &DeviceBuffer<f32>,
+    g: &PoolGeometry,
+) -> Result<(DeviceBuffer<f32>, DeviceBuffer<u32>), GpuError> {
+    let op = "max_pool2d";
+    let pools = pools(exec, op, x, g, [true, false])?;
+    pools.max.ok_or_else(|| invalid(op, "no output".into()))
+}
+
+/// Max-pooling backward alone ([`max_avg_pool2d_backward`]). `argmax` must come from
+/// [`max_pool2d`] with the same geometry.
 pub fn max_pool2d_backward(
     exec: &dyn Executor,
     dy: &DeviceBuffer<f32>,
     argmax: &DeviceBuffer<u32>,
     g: &PoolGeometry,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
+    let grads = MaxAvgGrads {
+        max: Some((dy, argmax)),
+        avg: None,
+    };
     let op = "max_pool2d_backward";
-    let d = Dims::new(op, g)?;
-    check_len(op, "dy", dy, d.out_len)?;
-    check_len(op, "argmax", argmax, d.out_len)?;
-    let mut dx = exec.alloc(d.in_len)?;
-    let config = LaunchConfig::grid_stride(d.in_len, THREADS);
-    // SAFETY: the kernel reads dy and argmax at [0..planes·out_h·out_w) (the outputs of each
-    // input element's plane) and writes dx[0..planes·h·w); the lengths are checked above.
-    unsafe {
-        kernels::pool_max_bwd_f32(
-            exec, config, dy, argmax, &mut dx, d.planes, d.h, d.w, d.out_h, d.out_w, d.kernel,
-            d.stride, d.padding,
-        )
-    }?;
-    Ok(dx)
+    let [dx, _] = pool_grads(exec, op, grads, g)?;
+    dx.ok_or_else(|| invalid(op, "no gradient".into()))
 }
 
-/// Average pooling that does not count padding: each output is the sum of its window's in-image
-/// elements (in row-major window order) divided by their number.
+/// Average pooling alone ([`max_avg_pool2d`]).
 pub fn avg_pool2d(
     exec: &dyn Executor,
     x: &DeviceBuffer<f32>,
     g: &PoolGeometry,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
     let op = "avg_pool2d";
-    let d = Dims::new(op, g)?;
-    check_len(op, "x", x, d.in_len)?;
-    let mut y = exec.alloc(d.out_len)?;
-    let config = LaunchConfig::grid_stride(d.out_len, THREADS);
-    // SAFETY: the kernel reads x[0..planes·h·w) and writes y[0..planes·out_h·out_w), the lengths
-    // checked above and allocated here.
-    unsafe {
-        kernels::pool_avg_fwd_f32(
-            exec, config, x, &mut y, d.planes, d.h, d.w, d.out_h, d.out_w, d.kernel, d.stride,
-            d.padding,
-        )
-    }?;
-    Ok(y)
+    let pools = pools(exec, op, x, g, [false, true])?;
+    pools.avg.ok_or_else(|| invalid(op, "no output".into()))
 }
 
-/// Average-pooling backward, the transpose of the forward: each input element gets
-/// `Σ dy[o] / count[o]` over the outputs `o` whose windows hold it, in the CPU's order.
+/// Average-pooling backward alone ([`max_avg_pool2d_backward`]).
 pub fn avg_pool2d_backward(
     exec: &dyn Executor,
     dy: &DeviceBuffer<f32>,
     g: &PoolGeometry,
 ) -> Result<DeviceBuffer<f32>, GpuError> {
+    let grads = MaxAvgGrads {
+        max: None,
+        avg: Some(dy),
+    };
     let op = "avg_pool2d_backward";
-    let d = Dims::new(op, g)?;
-    check_len(op, "dy", dy, d.out_len)?;
-    let mut dx = exec.alloc(d.in_len)?;
-    let config = LaunchConfig::grid_stride(d.in_len, THREADS);
-    // SAFETY: the kernel reads dy[0..planes·out_h·out_w) and writes dx[0..planes·h·w); the
-    // lengths are checked above.
-    unsafe {
-        kernels::pool_avg_bwd_f32(
-            exec, config, dy, &mut dx, d.planes, d.h, d.w, d.out_h, d.out_w, d.kernel, d.stride,
-            d.padding,
-        )
-    }?;
-    Ok(dx)
+    let [_, dx] = pool_grads(exec, op, grads, g)?;
+    dx.ok_or_else(|| invalid(op, "no gradient".into()))
 }
 
 /// The number of planes of `plane` elements in `len` elements, checked.
