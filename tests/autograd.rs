@@ -6,27 +6,13 @@
 
 mod common;
 
-use common::randn;
+use common::{bits, launches, randn};
 use darts::autograd::SUM_TERMS;
 use darts::device::cpu::CHUNK;
 use darts::device::gpu::KernelId;
 use darts::ops::elementwise::scale;
 use darts::ops::shape::concat;
 use darts::{Device, Error, Result, Tape, Tensor};
-
-/// The bits of a tensor's values.
-fn bits(t: &Tensor) -> Vec<u32> {
-    let host = t.to_device(Device::Cpu).unwrap();
-    host.data().iter().map(|v| v.to_bits()).collect()
-}
-
-/// Launches of `kernel` on `device` so far (0 on the CPU).
-fn launches(device: Device, kernel: KernelId) -> u64 {
-    match device.executor().unwrap() {
-        Some(exec) => exec.counters().launches_per_kernel()[kernel as usize],
-        None => 0,
-    }
-}
 
 #[test]
 fn sum_of_has_the_bits_of_adding_two_at_a_time() {

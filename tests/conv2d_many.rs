@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::randn;
+use common::{bits, launches, randn};
 use darts::device::gpu::KernelId;
 use darts::gradcheck::{GradCheck, check_gradients};
 use darts::ops::conv::{Conv2dArgs, Conv2dParams, conv2d, conv2d_many};
@@ -104,20 +104,6 @@ fn groups() -> Vec<Group> {
             convs: [0, 1, 0, 1, 1].map(pointwise).into(),
         },
     ]
-}
-
-/// The bits of a tensor's values.
-fn bits(t: &Tensor) -> Vec<u32> {
-    let host = t.to_device(Device::Cpu).unwrap();
-    host.data().iter().map(|v| v.to_bits()).collect()
-}
-
-/// Launches of `kernel` on `device` so far (0 on the CPU).
-fn launches(device: Device, kernel: KernelId) -> u64 {
-    match device.executor().unwrap() {
-        Some(exec) => exec.counters().launches_per_kernel()[kernel as usize],
-        None => 0,
-    }
 }
 
 /// The random inputs of a group: its inputs, then one weight per convolution.

@@ -1,6 +1,6 @@
 mod common;
 
-use common::{assert_close, randn};
+use common::{assert_close, bits, launches, randn};
 use darts::device::gpu::KernelId;
 use darts::gradcheck::{GradCheck, check_gradients};
 use darts::ops::pool;
@@ -325,12 +325,6 @@ fn bad_arguments_are_errors() {
     ));
 }
 
-/// The bits of a tensor's values.
-fn bits(t: &Tensor) -> Vec<u32> {
-    let host = t.to_device(Device::Cpu).unwrap();
-    host.data().iter().map(|v| v.to_bits()).collect()
-}
-
 /// Both pools of one input as one op (a DARTS edge's two pooling candidates) give the values and
 /// the input gradient of the two ops, bit for bit, on the CPU and on the emulator, where each pass
 /// is one launch; with one output unused too. The input has ties (values on a coarse grid).
@@ -374,14 +368,6 @@ fn max_and_avg_pool_is_both_pools_bit_for_bit() {
                 }
             }
         }
-    }
-}
-
-/// Launches of `kernel` on `device` so far (0 on the CPU).
-fn launches(device: Device, kernel: KernelId) -> u64 {
-    match device.executor().unwrap() {
-        Some(exec) => exec.counters().launches_per_kernel()[kernel as usize],
-        None => 0,
     }
 }
 

@@ -4,8 +4,9 @@
 pub mod demo;
 pub mod gpu;
 
+use darts::device::gpu::KernelId;
 use darts::gradcheck::{GradCheck, check_gradients};
-use darts::{Result, Rng, Tape, Tensor, Var};
+use darts::{Device, Result, Rng, Tape, Tensor, Var};
 
 /// Standard-normal data of `shape` from `seed`.
 pub fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -54,4 +55,18 @@ pub fn assert_close(what: &str, got: &[f32], expected: &[f32], atol: f32, rtol: 
         .take(5)
         .collect();
     assert!(bad.is_empty(), "{what}: (index, got, expected) {bad:?}");
+}
+
+/// The bits of a tensor's values, on any device.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    let host = t.to_device(Device::Cpu).unwrap();
+    host.data().iter().map(|v| v.to_bits()).collect()
+}
+
+/// Launches of `kernel` on `device` so far (0 on the CPU).
+pub fn launches(device: Device, kernel: KernelId) -> u64 {
+    match device.executor().unwrap() {
+        Some(exec) => exec.counters().launches_per_kernel()[kernel as usize],
+        None => 0,
+    }
 }
